@@ -1,0 +1,412 @@
+//! The HTTP API of DESIGN.md §5 ("Manifest").
+
+use crate::catalog::{Read, Record};
+use crate::error::ApiError;
+use crate::metrics::{EndpointLabels, Metrics, RequestLabels};
+use crate::store::Store;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use chora_api::auth::{AuthError, Principal, Verifier};
+use chora_api::manifest::{
+    Health, Heartbeat, INDEX_HEADER, ListFilter, Registered, Registration, Status, is_valid_id,
+    is_valid_name,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest blocking read.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Who may write.
+pub enum Auth {
+    /// `--no-auth`: anyone.
+    Disabled,
+    Enabled(Verifier),
+}
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    /// Turns true when the server shuts down; blocking reads then answer at once.
+    pub closing: watch::Receiver<bool>,
+}
+
+type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/services", get(list).post(register))
+        .route("/v1/services/{name}", get(get_service))
+        .route("/v1/services/{name}/{id}", delete(deregister))
+        .route("/v1/services/{name}/{id}/heartbeat", put(heartbeat))
+        .route("/v1/health", get(health))
+        .route("/health", get(health))
+        .route("/v1/metrics", get(metrics))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Counts and times every request by its route template (not its raw path, which
+/// would make one series per instance).
+async fn track(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    st.metrics
+        .latency
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.clone(),
+            method: method.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    st.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!(
+                "`{name}` is not a valid service name (lower-case letters, digits, `.`, `_`, `-`; 1-63 characters, starting with a letter or digit)"
+            ),
+        ))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!(
+                "`{id}` is not a valid instance id (letters, digits, `.`, `_`, `-`; 1-128 characters)"
+            ),
+        ))
+    }
+}
+
+/// The caller, when auth is on: 401 without a valid token.
+fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    let Auth::Enabled(v) = &st.auth else {
+        return Ok(None);
+    };
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .map(|h| h.to_str().unwrap_or(""));
+    v.verify_header(header).map(Some).map_err(|e| {
+        let code = match e {
+            AuthError::Expired => "token_expired",
+            _ => "unauthorized",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    })
+}
+
+/// 403 when the caller's key belongs to another service.
+fn authorize(who: &Option<Principal>, name: &str) -> Result<(), ApiError> {
+    match who {
+        Some(p) if !p.may_act_on(name) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this API key may not act on service `{name}`"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {} KiB", MAX_BODY / 1024),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn with_index(index: u64, resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    resp.headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+    resp
+}
+
+fn json_bytes(status: StatusCode, read: Read) -> Response {
+    with_index(
+        read.index,
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            read.body,
+        ),
+    )
+}
+
+/// `?index=N&wait=D` and the other query parameters of a read.
+struct ReadParams {
+    block: Option<(u64, Duration)>,
+    filter: ListFilter,
+}
+
+fn parse_params(q: &[(String, String)], allowed_filters: bool) -> Result<ReadParams, ApiError> {
+    let mut index = None;
+    let mut wait = None;
+    let mut filter = ListFilter::default();
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", m);
+    for (k, v) in q {
+        match k.as_str() {
+            "index" => {
+                index = Some(v.parse::<u64>().map_err(|_| {
+                    bad(format!("`index` must be a non-negative integer, not `{v}`"))
+                })?)
+            }
+            "wait" => {
+                wait = Some(chora_api::duration::parse(v).map_err(|e| bad(format!("`wait`: {e}")))?)
+            }
+            "status" if allowed_filters => {
+                filter.status = Some(
+                    v.parse::<Status>()
+                        .map_err(|e| bad(format!("`status`: {e}")))?,
+                )
+            }
+            "tag" if allowed_filters => filter.tag = Some(v.clone()),
+            "name" if allowed_filters => {
+                check_name(v).map_err(|e| bad(format!("`name`: {}", e.message)))?;
+                filter.name = Some(v.clone());
+            }
+            _ => {
+                let known = if allowed_filters {
+                    "status, tag, name, index, wait"
+                } else {
+                    "index, wait"
+                };
+                return Err(bad(format!("unknown parameter `{k}` (expected {known})")));
+            }
+        }
+    }
+    if wait.is_some() && index.is_none() {
+        return Err(bad("`wait` needs `index`".into()));
+    }
+    Ok(ReadParams {
+        block: index.map(|i| (i, wait.unwrap_or(MAX_WAIT).min(MAX_WAIT))),
+        filter,
+    })
+}
+
+type QueryPairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+fn query_pairs(q: QueryPairs) -> Result<Vec<(String, String)>, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))
+}
+
+async fn block(st: &AppState, block: Option<(u64, Duration)>) {
+    if let Some((index, wait)) = block {
+        let mut closing = st.closing.clone();
+        tokio::select! {
+            _ = st.store.catalog().wait_past(index, wait) => {}
+            _ = closing.wait_for(|&c| c) => {}
+        }
+    }
+}
+
+async fn list(State(st): State<Shared>, q: QueryPairs) -> Result<Response, ApiError> {
+    let p = parse_params(&query_pairs(q)?, true)?;
+    block(&st, p.block).await;
+    Ok(json_bytes(
+        StatusCode::OK,
+        st.store.catalog().list(&p.filter),
+    ))
+}
+
+async fn get_service(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    q: QueryPairs,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    let p = parse_params(&query_pairs(q)?, false)?;
+    block(&st, p.block).await;
+    match st.store.catalog().service(&name) {
+        Ok(read) => Ok(json_bytes(StatusCode::OK, read)),
+        Err(index) => Ok(with_index(
+            index,
+            ApiError::not_found(format!("no service named `{name}` is registered")),
+        )),
+    }
+}
+
+async fn register(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&st, &headers)?;
+    let bytes = body_bytes(body)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty; expected {\"name\", \"version\", \"interfaces\"}",
+        ));
+    }
+    let reg: Registration = parse_json(&bytes)?;
+    check_name(&reg.name)?;
+    if reg.version.trim().is_empty() {
+        return Err(ApiError::bad_request("`version` must not be empty"));
+    }
+    for (kind, addr) in &reg.interfaces {
+        if kind.is_empty() || addr.is_empty() {
+            return Err(ApiError::bad_request(
+                "`interfaces` maps a non-empty kind (e.g. REST) to a non-empty address",
+            ));
+        }
+    }
+    if let Some(id) = &reg.id {
+        check_id(id)?;
+    }
+    authorize(&who, &reg.name)?;
+    let id = reg
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", reg.name, chora_api::random_hex(4)));
+    let record = Record::new(reg, id, SystemTime::now());
+    let (inst, created) = st.store.register(record).await?;
+    let l = st.store.catalog().liveness();
+    let out = Registered {
+        id: inst.id,
+        name: inst.name,
+        version: inst.version,
+        status: inst.status,
+        registered_at: inst.registered_at,
+        heartbeat_interval: l.heartbeat_interval.as_secs_f64(),
+        heartbeat_timeout: l.ttl.as_secs_f64(),
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(out)).into_response())
+}
+
+async fn heartbeat(
+    State(st): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&st, &headers)?;
+    let bytes = body_bytes(body)?;
+    check_name(&name)?;
+    check_id(&id)?;
+    authorize(&who, &name)?;
+    let status = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(parse_json::<Heartbeat>(&bytes)?.status)
+    };
+    st.store.heartbeat(&name, &id, status).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn deregister(
+    State(st): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&st, &headers)?;
+    check_name(&name)?;
+    check_id(&id)?;
+    authorize(&who, &name)?;
+    st.store.deregister(&name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn health(State(st): State<Shared>) -> Response {
+    let catalog = st.store.catalog();
+    let ping = tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await;
+    let problem = match ping {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("storage did not answer within 2 s".to_owned()),
+    };
+    let body = Health {
+        status: if problem.is_none() {
+            "healthy"
+        } else {
+            "unhealthy"
+        }
+        .to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        services_registered: catalog.len() as u64,
+        storage: st.store.kind().to_owned(),
+        message: problem.clone(),
+    };
+    let status = if problem.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    with_index(catalog.index(), (status, axum::Json(body)))
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    let text = st.metrics.render(st.store.catalog().counts());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,129 @@
+//! The Manifest: chora's service registry.
+//!
+//! [`run`] serves the HTTP API of DESIGN.md §5 on a listener the caller bound, until
+//! `shutdown` resolves. Reads come from the in-memory [`catalog::Catalog`]; writes
+//! go through a [`store::Store`] backend that makes them durable first.
+
+pub mod catalog;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod sqlite;
+pub mod store;
+
+use catalog::Liveness;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where instances are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageSpec {
+    Sqlite(PathBuf),
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StorageSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("`sqlite:` needs a path, e.g. sqlite:.chora/data/manifest.db".into());
+            }
+            Ok(StorageSpec::Sqlite(PathBuf::from(path)))
+        } else if let Some(urls) = s.strip_prefix("etcd:") {
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if urls.is_empty() {
+                return Err(
+                    "`etcd:` needs at least one URL, e.g. etcd:http://127.0.0.1:2379".into(),
+                );
+            }
+            Ok(StorageSpec::Etcd(urls))
+        } else {
+            Err(format!(
+                "`{s}` is not a storage (expected sqlite:PATH or etcd:URL[,URL…])"
+            ))
+        }
+    }
+}
+
+/// Everything `chora manifest serve` needs besides its listener.
+#[derive(Debug)]
+pub struct Config {
+    pub storage: StorageSpec,
+    pub liveness: Liveness,
+    /// `None` is `--no-auth`.
+    pub credentials: Option<chora_api::auth::Credentials>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Open(#[from] sqlite::OpenError),
+    #[error("the etcd storage backend is not available in this build yet")]
+    EtcdUnsupported,
+    #[error("invalid liveness settings: {0}")]
+    Liveness(String),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often the sweeper looks for overdue instances: a quarter of the heartbeat
+/// interval, between 10 ms and 1 s.
+fn sweep_tick(l: &Liveness) -> Duration {
+    (l.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Serves the registry on `listener` until `shutdown` resolves, then answers the
+/// requests in flight (blocking reads return at once), finishes queued writes and
+/// returns.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let l = config.liveness;
+    if l.heartbeat_interval.is_zero() || l.ttl.is_zero() {
+        return Err(ServeError::Liveness(
+            "the TTL and the heartbeat interval must be positive".into(),
+        ));
+    }
+    if l.ttl < l.heartbeat_interval {
+        return Err(ServeError::Liveness(format!(
+            "the TTL ({:?}) is shorter than the heartbeat interval ({:?})",
+            l.ttl, l.heartbeat_interval
+        )));
+    }
+    let store = match &config.storage {
+        StorageSpec::Sqlite(path) => sqlite::SqliteStore::open(path, l)?,
+        StorageSpec::Etcd(_) => return Err(ServeError::EtcdUnsupported),
+    };
+    let sweeper = store.spawn_sweeper(sweep_tick(&l));
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let state = Arc::new(http::AppState {
+        store: store.clone(),
+        auth: match &config.credentials {
+            Some(c) => http::Auth::Enabled(chora_api::auth::Verifier::new(c)),
+            None => http::Auth::Disabled,
+        },
+        metrics: metrics::Metrics::new(),
+        closing,
+    });
+    let app = http::router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing_tx.send_replace(true);
+        })
+        .await;
+    sweeper.abort();
+    let _ = sweeper.await;
+    store.close();
+    served.map_err(ServeError::Io)
+}

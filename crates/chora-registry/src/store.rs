@@ -1,0 +1,50 @@
+//! The storage seam. A backend makes changes durable and then applies them to the
+//! shared [`Catalog`], from which every read is served. The SQLite backend is the
+//! first implementation; the etcd backend is the second.
+
+use crate::catalog::{Catalog, Record};
+use chora_api::manifest::{Instance, Status};
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The instance is unknown (or expired).
+    #[error("no instance {id} of service {name}")]
+    NotFound { name: String, id: String },
+    /// The storage cannot be reached or refused the write; nothing was changed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A registry backend.
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `etcd`, as `/v1/health` reports it.
+    fn kind(&self) -> &'static str;
+
+    /// The read model this backend keeps up to date.
+    fn catalog(&self) -> &Catalog;
+
+    /// Durably stores a registration. Returns the instance and whether it is new.
+    fn register(&self, record: Record) -> BoxFuture<'_, Result<(Instance, bool), StoreError>>;
+
+    /// Records a heartbeat (it need not be durable).
+    fn heartbeat<'a>(
+        &'a self,
+        name: &'a str,
+        id: &'a str,
+        status: Option<Status>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Durably removes an instance; succeeds when it was already gone.
+    fn deregister<'a>(
+        &'a self,
+        name: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Checks that the storage answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}

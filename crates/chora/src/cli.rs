@@ -1,0 +1,76 @@
+//! The command line (DESIGN.md §1).
+
+use crate::failure::Failure;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chora",
+    version,
+    about = "Bring an ecosystem of services up from nothing",
+    after_help = "Example:\n  chora manifest serve --no-auth\n  chora manifest list"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The service registry: serve it, or query a running one
+    Manifest(crate::manifest::ManifestArgs),
+}
+
+/// Parses argv; on `--help`, `--version` or a usage error prints and returns the
+/// exit code (0 or 2).
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(e.exit_code() as u8)
+    })
+}
+
+/// Logs go to stderr; `CHORA_LOG` sets the level (error, warn, info, debug, trace).
+pub fn init_logging() {
+    let level = std::env::var("CHORA_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && is_terminal_stderr())
+        .with_target(false)
+        .try_init();
+}
+
+fn is_terminal_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+pub fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Manifest(args) => crate::manifest::run(args),
+    }
+}
+
+/// A multi-threaded runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot start the async runtime: {e}")))
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,23 @@
+//! The `chora` binary: parse the command line, run the command, map the outcome
+//! to the documented exit code. Everything else lives in the library crates.
+
+mod cli;
+mod failure;
+mod manifest;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = match cli::parse() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    cli::init_logging();
+    match cli::dispatch(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            failure.print();
+            ExitCode::from(failure.exit)
+        }
+    }
+}

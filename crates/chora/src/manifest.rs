@@ -1,0 +1,316 @@
+//! `chora manifest serve | list | get | query`.
+
+use crate::failure::{EXIT_CONFIG, Failure};
+use chora_api::ClientError;
+use chora_api::auth::Credentials;
+use chora_api::manifest::{Instance, ListFilter, Service, Status};
+use chora_registry::StorageSpec;
+use chora_registry::catalog::Liveness;
+use clap::{Args, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    #[command(subcommand)]
+    command: ManifestCommand,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ClientArgs {
+    /// Manifest URL(s), comma-separated; tried in order
+    #[arg(
+        long,
+        env = "MANIFEST_URL",
+        default_value = "http://127.0.0.1:8500",
+        global = true
+    )]
+    url: String,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestCommand {
+    /// Run the registry
+    #[command(
+        after_help = "Example:\n  chora manifest serve --listen 127.0.0.1:8500 \\\n      --storage sqlite:.chora/data/manifest.db --credentials .chora/credentials.json\n  chora manifest serve --no-auth --ttl 3 --heartbeat-interval 1"
+    )]
+    Serve(ServeArgs),
+    /// List every registered instance
+    #[command(after_help = "Example:\n  chora manifest list --format json")]
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one service (exact name) and its instances
+    #[command(after_help = "Example:\n  chora manifest get analyzer")]
+    Get {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List instances by status and/or tag
+    #[command(after_help = "Example:\n  chora manifest query --status up --tag core")]
+    Query {
+        /// up or unhealthy
+        #[arg(long)]
+        status: Option<Status>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    listen: String,
+    /// sqlite:PATH or etcd:URL[,URL…]
+    #[arg(long, default_value = "sqlite:.chora/data/manifest.db")]
+    storage: StorageSpec,
+    /// Seconds without a heartbeat before an instance is removed
+    #[arg(long, default_value_t = 30.0)]
+    ttl: f64,
+    /// Seconds between the heartbeats clients are asked to send; an instance is
+    /// `unhealthy` after two missed
+    #[arg(long, default_value_t = 10.0)]
+    heartbeat_interval: f64,
+    /// credentials.json holding jwt_secret and api_key_<service> entries
+    #[arg(long, env = "CHORA_CREDENTIALS", conflicts_with = "no_auth")]
+    credentials: Option<PathBuf>,
+    /// Accept writes from anyone (local play only)
+    #[arg(long)]
+    no_auth: bool,
+}
+
+pub fn run(args: ManifestArgs) -> Result<(), Failure> {
+    match args.command {
+        ManifestCommand::Serve(a) => serve(a),
+        ManifestCommand::List { client } => {
+            let c = client_of(&client)?;
+            let list = block_on(c.list(&ListFilter::default()), &client)?;
+            print_instances(&list, client.format);
+            Ok(())
+        }
+        ManifestCommand::Get { name, client } => {
+            let c = client_of(&client)?;
+            let svc = block_on(c.get(&name), &client)?;
+            print_service(&svc, client.format);
+            Ok(())
+        }
+        ManifestCommand::Query {
+            status,
+            tag,
+            client,
+        } => {
+            let c = client_of(&client)?;
+            let filter = ListFilter {
+                status,
+                tag,
+                name: None,
+            };
+            let list = block_on(c.list(&filter), &client)?;
+            print_instances(&list, client.format);
+            Ok(())
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<(), Failure> {
+    let bad_flag = |flag: &str, v: f64| {
+        Failure::new(
+            2,
+            "USAGE",
+            format!("--{flag} must be a positive number of seconds, not {v}"),
+        )
+    };
+    let ttl = chora_api::duration::seconds(a.ttl)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| bad_flag("ttl", a.ttl))?;
+    let heartbeat_interval = chora_api::duration::seconds(a.heartbeat_interval)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| bad_flag("heartbeat-interval", a.heartbeat_interval))?;
+    let credentials = if a.no_auth {
+        None
+    } else {
+        let path = a.credentials.clone().or_else(|| {
+            let default = PathBuf::from(".chora/credentials.json");
+            default.exists().then_some(default)
+        });
+        let Some(path) = path else {
+            return Err(Failure::new(
+                EXIT_CONFIG,
+                "CONFIG_ERROR",
+                "authentication is on but no credentials file was given",
+            )
+            .cause("neither --credentials nor CHORA_CREDENTIALS is set, and .chora/credentials.json does not exist")
+            .action("Pass the file written by `chora bootstrap`: --credentials .chora/credentials.json")
+            .action("Or, for local play only, turn auth off: chora manifest serve --no-auth"));
+        };
+        Some(Credentials::load(&path).map_err(|e| {
+            Failure::new(EXIT_CONFIG, "CONFIG_ERROR", e.to_string())
+                .action("Check the file is JSON with a `jwt_secret` entry")
+        })?)
+    };
+    let storage_label = match &a.storage {
+        StorageSpec::Sqlite(p) => format!("sqlite:{}", p.display()),
+        StorageSpec::Etcd(urls) => format!("etcd:{}", urls.join(",")),
+    };
+    let auth_label = if credentials.is_some() { "on" } else { "off" };
+    let config = chora_registry::Config {
+        storage: a.storage,
+        liveness: Liveness {
+            heartbeat_interval,
+            ttl,
+        },
+        credentials,
+    };
+    let rt = crate::cli::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    1,
+                    "BIND_FAILED",
+                    format!("cannot listen on {}: {e}", a.listen),
+                )
+                .cause("another process already uses this port")
+                .action(format!(
+                    "See who holds it: ss -ltnp 'sport = :{}'",
+                    port_of(&a.listen)
+                ))
+                .action("Or pick another address with --listen 127.0.0.1:PORT")
+            })?;
+        let addr = listener.local_addr().map_err(|e| {
+            Failure::new(
+                1,
+                "BIND_FAILED",
+                format!("cannot read the bound address: {e}"),
+            )
+        })?;
+        let serve = chora_registry::run(config, listener, crate::cli::shutdown_signal());
+        // The readiness line: tests and `chora bootstrap` wait for it.
+        println!(
+            "chora manifest listening on http://{addr} (storage {storage_label}, auth {auth_label})"
+        );
+        let _ = std::io::stdout().flush();
+        serve.await.map_err(|e| {
+            let exit = match e {
+                chora_registry::ServeError::Open(_) | chora_registry::ServeError::Liveness(_) => {
+                    EXIT_CONFIG
+                }
+                _ => 1,
+            };
+            Failure::new(exit, "MANIFEST_FAILED", e.to_string())
+        })?;
+        tracing::info!("the Manifest stopped");
+        Ok(())
+    })
+}
+
+fn port_of(listen: &str) -> &str {
+    listen.rsplit(':').next().unwrap_or(listen)
+}
+
+fn client_of(a: &ClientArgs) -> Result<chora_api::ManifestClient, Failure> {
+    chora_api::ManifestClient::new([a.url.as_str()]).map_err(|e| {
+        Failure::new(2, "USAGE", e.to_string())
+            .action("Pass --url http://HOST:PORT or set MANIFEST_URL")
+    })
+}
+
+fn block_on<T>(
+    fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    a: &ClientArgs,
+) -> Result<T, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?;
+    rt.block_on(fut).map_err(|e| client_failure(e, a))
+}
+
+fn client_failure(e: ClientError, a: &ClientArgs) -> Failure {
+    match e {
+        ClientError::Unreachable { .. } => Failure::new(1, "MANIFEST_UNREACHABLE", e.to_string())
+            .cause("the Manifest is not running")
+            .cause("--url or MANIFEST_URL points to the wrong address")
+            .action("Start everything with `chora bootstrap`, or the registry alone with `chora manifest serve`")
+            .action(format!("Check the address: curl {}/v1/health", a.url.split(',').next().unwrap_or(""))),
+        ClientError::NotFound { message } => Failure::new(1, "NOT_FOUND", message)
+            .action("List what is registered: chora manifest list"),
+        other => Failure::new(1, "MANIFEST_ERROR", other.to_string()),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("wire types serialize")
+    );
+}
+
+fn table() -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t
+}
+
+fn print_instances(list: &[Instance], format: Format) {
+    if format == Format::Json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No instances registered.");
+        return;
+    }
+    let mut t = table();
+    t.set_header([
+        "NAME",
+        "ID",
+        "VERSION",
+        "STATUS",
+        "ADDRESS",
+        "LAST HEARTBEAT",
+    ]);
+    for i in list {
+        t.add_row([
+            i.name.as_str(),
+            i.id.as_str(),
+            i.version.as_str(),
+            i.status.as_str(),
+            i.rest_url().unwrap_or("-"),
+            i.last_heartbeat.as_str(),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_service(s: &Service, format: Format) {
+    if format == Format::Json {
+        return print_json(s);
+    }
+    println!("{} {} ({})", s.name, s.version, s.status);
+    if let Some(d) = &s.metadata.description {
+        println!("  {d}");
+    }
+    if !s.metadata.tags.is_empty() {
+        println!("  tags: {}", s.metadata.tags.join(", "));
+    }
+    if !s.metadata.dependencies.is_empty() {
+        println!("  depends on: {}", s.metadata.dependencies.join(", "));
+    }
+    println!();
+    print_instances(&s.instances, format);
+}
