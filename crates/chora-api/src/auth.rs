@@ -126,17 +126,29 @@ fn unix_now() -> u64 {
 /// Signs an admin JWT for `subject`, valid for `ttl`.
 pub fn mint_admin_token(jwt_secret: &str, subject: &str, ttl: Duration) -> String {
     let iat = unix_now();
-    let claims = AdminClaims {
-        sub: subject.to_owned(),
-        iat,
-        exp: iat + ttl.as_secs().max(1),
-    };
+    sign_admin_claims(
+        jwt_secret,
+        &AdminClaims {
+            sub: subject.to_owned(),
+            iat,
+            exp: iat + ttl.as_secs().max(1),
+        },
+    )
+}
+
+/// Signs the given claims (HS256 with the UTF-8 bytes of `jwt_secret`).
+pub fn sign_admin_claims(jwt_secret: &str, claims: &AdminClaims) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(jwt_secret.as_bytes()),
     )
     .expect("HS256 signing with an HMAC key cannot fail")
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_seconds() -> u64 {
+    unix_now()
 }
 
 /// Who a bearer token says its holder is.

@@ -30,7 +30,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 pub enum Auth {
     /// `--no-auth`: anyone.
     Disabled,
-    Enabled(Verifier),
+    Enabled(Box<Verifier>),
 }
 
 pub struct AppState {

@@ -109,7 +109,7 @@ pub async fn run(
     let state = Arc::new(http::AppState {
         store: store.clone(),
         auth: match &config.credentials {
-            Some(c) => http::Auth::Enabled(chora_api::auth::Verifier::new(c)),
+            Some(c) => http::Auth::Enabled(Box::new(chora_api::auth::Verifier::new(c))),
             None => http::Auth::Disabled,
         },
         metrics: metrics::Metrics::new(),
