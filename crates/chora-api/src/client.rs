@@ -1,10 +1,10 @@
 //! The typed async client of the Manifest, with fail-over between several URLs.
 
-use crate::ErrorBody;
 use crate::manifest::{
     Health, Heartbeat, INDEX_HEADER, Instance, ListFilter, Registered, Registration, Service,
     Status,
 };
+use crate::{ErrorBody, root_cause};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -53,16 +53,6 @@ pub struct ManifestClient {
     preferred: Arc<AtomicUsize>,
     token: Option<Arc<str>>,
     timeout: Duration,
-}
-
-/// The innermost cause of an error, which is the part a person can act on
-/// ("Connection refused (os error 111)").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 impl ManifestClient {

@@ -11,9 +11,14 @@ pub mod client;
 pub mod duration;
 pub mod keeper;
 pub mod manifest;
+pub mod orchestrator;
 
 pub use client::{ClientError, ManifestClient};
 pub use keeper::Keeper;
+
+/// The capability services built into the `chora` binary
+/// (`chora capability serve --name NAME`).
+pub const CAPABILITIES: [&str; 5] = ["analyzer", "executor", "storage", "monitor", "logger"];
 
 /// The JSON error body every chora service returns with a 4xx or 5xx.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -39,6 +44,24 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
+/// Parses an RFC 3339 time (`2026-11-23T10:00:00Z`, with or without fractions or
+/// an offset).
+pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(Into::into)
+}
+
+/// The innermost cause of an error, which is the part a person can act on
+/// ("Connection refused (os error 111)").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
 /// `n` random bytes from the OS, hex encoded.
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
@@ -55,6 +78,14 @@ mod tests {
     fn rfc3339_is_utc_with_millis() {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        assert!(parse_rfc3339("2023-11-14T22:13:20Z").unwrap() < t);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -1,15 +1,12 @@
 //! The HTTP API of DESIGN.md §5 ("Manifest").
 
 use crate::catalog::{Read, Record};
-use crate::error::ApiError;
-use crate::metrics::{EndpointLabels, Metrics, RequestLabels};
 use crate::store::Store;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use chora_api::auth::{AuthError, Principal, Verifier};
@@ -17,12 +14,15 @@ use chora_api::manifest::{
     Health, Heartbeat, INDEX_HEADER, ListFilter, Registered, Registration, Status, is_valid_id,
     is_valid_name,
 };
+use chora_service::body::{MAX_BODY, is_blank};
+use chora_service::{ApiError, HttpMetrics};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
-/// Largest request body accepted (413 beyond).
-pub const MAX_BODY: usize = 64 * 1024;
 /// Longest blocking read.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -33,10 +33,52 @@ pub enum Auth {
     Enabled(Box<Verifier>),
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+/// The HTTP metrics plus `manifest_services_registered{status}`.
+pub struct RegistryMetrics {
+    http: Arc<HttpMetrics>,
+    registered: Family<StatusLabels, Gauge>,
+}
+
+impl RegistryMetrics {
+    pub fn new() -> RegistryMetrics {
+        let http = HttpMetrics::new("manifest");
+        let registered = Family::<StatusLabels, Gauge>::default();
+        http.register(
+            "manifest_services_registered",
+            "Registered instances by status",
+            registered.clone(),
+        );
+        RegistryMetrics { http, registered }
+    }
+
+    fn response(&self, (up, unhealthy): (usize, usize)) -> Response {
+        self.registered
+            .get_or_create(&StatusLabels { status: "up" })
+            .set(up as i64);
+        self.registered
+            .get_or_create(&StatusLabels {
+                status: "unhealthy",
+            })
+            .set(unhealthy as i64);
+        self.http.response()
+    }
+}
+
+impl Default for RegistryMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub auth: Auth,
-    pub metrics: Metrics,
+    pub metrics: RegistryMetrics,
     /// Turns true when the server shuts down; blocking reads then answer at once.
     pub closing: watch::Receiver<bool>,
 }
@@ -44,7 +86,7 @@ pub struct AppState {
 type Shared = Arc<AppState>;
 
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/services", get(list).post(register))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/services/{name}/{id}", delete(deregister))
@@ -52,47 +94,14 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/health", get(health))
         .route("/health", get(health))
         .route("/v1/metrics", get(metrics))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method",
-            )
-        })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .route("/metrics", get(metrics));
+    chora_service::json_fallbacks(routes)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http.clone(),
+            chora_service::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-/// Counts and times every request by its route template (not its raw path, which
-/// would make one series per instance).
-async fn track(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await;
-    st.metrics
-        .latency
-        .get_or_create(&EndpointLabels {
-            endpoint: endpoint.clone(),
-            method: method.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    st.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint,
-            method,
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -153,22 +162,11 @@ fn authorize(who: &Option<Principal>, name: &str) -> Result<(), ApiError> {
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than {} KiB", MAX_BODY / 1024),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {e}"))
-        }
-    })
+    chora_service::body::bytes(body)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    chora_service::body::json(bytes)
 }
 
 fn with_index(index: u64, resp: impl IntoResponse) -> Response {
@@ -293,7 +291,7 @@ async fn register(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&st, &headers)?;
     let bytes = body_bytes(body)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if is_blank(&bytes) {
         return Err(ApiError::bad_request(
             "the request body is empty; expected {\"name\", \"version\", \"interfaces\"}",
         ));
@@ -349,7 +347,7 @@ async fn heartbeat(
     check_name(&name)?;
     check_id(&id)?;
     authorize(&who, &name)?;
-    let status = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let status = if is_blank(&bytes) {
         None
     } else {
         Some(parse_json::<Heartbeat>(&bytes)?.status)
@@ -400,13 +398,5 @@ async fn health(State(st): State<Shared>) -> Response {
 }
 
 async fn metrics(State(st): State<Shared>) -> Response {
-    let text = st.metrics.render(st.store.catalog().counts());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        text,
-    )
-        .into_response()
+    st.metrics.response(st.store.catalog().counts())
 }

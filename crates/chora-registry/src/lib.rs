@@ -5,9 +5,7 @@
 //! go through a [`store::Store`] backend that makes them durable first.
 
 pub mod catalog;
-pub mod error;
 pub mod http;
-pub mod metrics;
 pub mod sqlite;
 pub mod store;
 
@@ -112,7 +110,7 @@ pub async fn run(
             Some(c) => http::Auth::Enabled(Box::new(chora_api::auth::Verifier::new(c))),
             None => http::Auth::Disabled,
         },
-        metrics: metrics::Metrics::new(),
+        metrics: http::RegistryMetrics::new(),
         closing,
     });
     let app = http::router(state);

@@ -48,3 +48,14 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the storage answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
+
+impl From<StoreError> for chora_service::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => chora_service::ApiError::not_found(e.to_string()),
+            StoreError::Unavailable(_) => {
+                chora_service::ApiError::unavailable("storage_unavailable", e.to_string())
+            }
+        }
+    }
+}

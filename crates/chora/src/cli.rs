@@ -20,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// The service registry: serve it, or query a running one
     Manifest(crate::manifest::ManifestArgs),
+    /// The orchestrator: deploys and supervises services
+    Orchestrator(crate::services::OrchestratorArgs),
+    /// The API gateway in front of every service
+    Gateway(crate::services::GatewayArgs),
+    /// The capability services (analyzer, executor, storage, monitor, logger)
+    Capability(crate::services::CapabilityArgs),
 }
 
 /// Parses argv; on `--help`, `--version` or a usage error prints and returns the
@@ -53,6 +59,9 @@ fn is_terminal_stderr() -> bool {
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Manifest(args) => crate::manifest::run(args),
+        Command::Orchestrator(args) => crate::services::orchestrator(args),
+        Command::Gateway(args) => crate::services::gateway(args),
+        Command::Capability(args) => crate::services::capability(args),
     }
 }
 

@@ -4,6 +4,8 @@
 mod cli;
 mod failure;
 mod manifest;
+mod serve;
+mod services;
 
 use std::process::ExitCode;
 

@@ -1,13 +1,12 @@
 //! `chora manifest serve | list | get | query`.
 
-use crate::failure::{EXIT_CONFIG, Failure};
+use crate::failure::Failure;
+use crate::serve::{load_credentials, no_credentials, serve};
 use chora_api::ClientError;
-use chora_api::auth::Credentials;
 use chora_api::manifest::{Instance, ListFilter, Service, Status};
 use chora_registry::StorageSpec;
 use chora_registry::catalog::Liveness;
 use clap::{Args, Subcommand, ValueEnum};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -95,7 +94,7 @@ struct ServeArgs {
 
 pub fn run(args: ManifestArgs) -> Result<(), Failure> {
     match args.command {
-        ManifestCommand::Serve(a) => serve(a),
+        ManifestCommand::Serve(a) => serve_registry(a),
         ManifestCommand::List { client } => {
             let c = client_of(&client)?;
             let list = block_on(c.list(&ListFilter::default()), &client)?;
@@ -126,7 +125,7 @@ pub fn run(args: ManifestArgs) -> Result<(), Failure> {
     }
 }
 
-fn serve(a: ServeArgs) -> Result<(), Failure> {
+fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
     let bad_flag = |flag: &str, v: f64| {
         Failure::new(
             2,
@@ -140,33 +139,29 @@ fn serve(a: ServeArgs) -> Result<(), Failure> {
     let heartbeat_interval = chora_api::duration::seconds(a.heartbeat_interval)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| bad_flag("heartbeat-interval", a.heartbeat_interval))?;
+    if ttl < heartbeat_interval {
+        return Err(Failure::new(
+            2,
+            "USAGE",
+            format!(
+                "--ttl ({}) must not be shorter than --heartbeat-interval ({})",
+                a.ttl, a.heartbeat_interval
+            ),
+        ));
+    }
     let credentials = if a.no_auth {
         None
     } else {
-        let path = a.credentials.clone().or_else(|| {
-            let default = PathBuf::from(".chora/credentials.json");
-            default.exists().then_some(default)
-        });
-        let Some(path) = path else {
-            return Err(Failure::new(
-                EXIT_CONFIG,
-                "CONFIG_ERROR",
-                "authentication is on but no credentials file was given",
-            )
-            .cause("neither --credentials nor CHORA_CREDENTIALS is set, and .chora/credentials.json does not exist")
-            .action("Pass the file written by `chora bootstrap`: --credentials .chora/credentials.json")
-            .action("Or, for local play only, turn auth off: chora manifest serve --no-auth"));
-        };
-        Some(Credentials::load(&path).map_err(|e| {
-            Failure::new(EXIT_CONFIG, "CONFIG_ERROR", e.to_string())
-                .action("Check the file is JSON with a `jwt_secret` entry")
-        })?)
+        Some(load_credentials(a.credentials.as_deref())?.ok_or_else(no_credentials)?)
     };
     let storage_label = match &a.storage {
         StorageSpec::Sqlite(p) => format!("sqlite:{}", p.display()),
         StorageSpec::Etcd(urls) => format!("etcd:{}", urls.join(",")),
     };
-    let auth_label = if credentials.is_some() { "on" } else { "off" };
+    let detail = format!(
+        "storage {storage_label}, auth {}",
+        if credentials.is_some() { "on" } else { "off" }
+    );
     let config = chora_registry::Config {
         storage: a.storage,
         liveness: Liveness {
@@ -175,52 +170,9 @@ fn serve(a: ServeArgs) -> Result<(), Failure> {
         },
         credentials,
     };
-    let rt = crate::cli::runtime()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&a.listen)
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    1,
-                    "BIND_FAILED",
-                    format!("cannot listen on {}: {e}", a.listen),
-                )
-                .cause("another process already uses this port")
-                .action(format!(
-                    "See who holds it: ss -ltnp 'sport = :{}'",
-                    port_of(&a.listen)
-                ))
-                .action("Or pick another address with --listen 127.0.0.1:PORT")
-            })?;
-        let addr = listener.local_addr().map_err(|e| {
-            Failure::new(
-                1,
-                "BIND_FAILED",
-                format!("cannot read the bound address: {e}"),
-            )
-        })?;
-        let serve = chora_registry::run(config, listener, crate::cli::shutdown_signal());
-        // The readiness line: tests and `chora bootstrap` wait for it.
-        println!(
-            "chora manifest listening on http://{addr} (storage {storage_label}, auth {auth_label})"
-        );
-        let _ = std::io::stdout().flush();
-        serve.await.map_err(|e| {
-            let exit = match e {
-                chora_registry::ServeError::Open(_) | chora_registry::ServeError::Liveness(_) => {
-                    EXIT_CONFIG
-                }
-                _ => 1,
-            };
-            Failure::new(exit, "MANIFEST_FAILED", e.to_string())
-        })?;
-        tracing::info!("the Manifest stopped");
-        Ok(())
+    serve("manifest", &a.listen, &detail, |l, s| {
+        chora_registry::run(config, l, s)
     })
-}
-
-fn port_of(listen: &str) -> &str {
-    listen.rsplit(':').next().unwrap_or(listen)
 }
 
 fn client_of(a: &ClientArgs) -> Result<chora_api::ManifestClient, Failure> {

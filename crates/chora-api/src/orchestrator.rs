@@ -1,0 +1,96 @@
+//! The orchestrator's wire types (DESIGN.md §5, "Orchestrator").
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/deploy` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub name: String,
+    pub version: String,
+    pub port: u16,
+    /// argv of a local process. Without `command` and `image`, a capability name
+    /// runs as `chora capability serve --name NAME --listen 127.0.0.1:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A Docker image (the Docker runtime only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The child's environment; this is how secrets reach it (never argv).
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+}
+
+impl DeploySpec {
+    /// The `url` of a deployed service.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `POST /v1/deploy` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub status: State,
+    pub url: String,
+}
+
+/// The state of a deployed service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its process is running.
+    Running,
+    /// It died unasked and waits out its restart backoff.
+    Restarting,
+    /// Stopped on request.
+    Stopped,
+    /// It exited by itself with status 0: not restarted.
+    Exited,
+    /// It kept failing: restarts gave up.
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Stopped => "stopped",
+            State::Exited => "exited",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// `POST /v1/services/{name}/stop|start|restart` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub name: String,
+    pub state: State,
+}
+
+/// One row of `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub version: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub restarts: u32,
+    pub url: String,
+    /// When the current (or last) process started, RFC 3339.
+    pub started_at: Option<String>,
+    /// The Manifest instance id the current process registers under.
+    pub instance_id: Option<String>,
+    /// How the last process ended, when it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}

@@ -1,0 +1,353 @@
+//! The API gateway (DESIGN.md §5, "Gateway").
+//!
+//! `ANY /api/v1/{service}/{path…}` goes, with the same method, path and query, to
+//! the `REST` interface of an `up` instance of `{service}`, round-robin. Unknown
+//! service 404, no up instance 503, upstream refused or reset 502 (a refused
+//! connection is retried once on another instance), no answer within the timeout
+//! 504 — all as JSON errors. Bodies stream both ways; a small request body is
+//! kept so that a refused connection can be retried. Upstream connections are
+//! pooled. The route table comes from [`table::follow`].
+
+pub mod table;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use chora_service::ApiError;
+use chora_service::register::{SelfRegistration, keep_registered};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Request bodies up to this size are kept for a retry on another instance.
+const RETRY_BODY: u64 = 256 * 1024;
+
+/// Everything `chora gateway serve` needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Manifest URL(s), comma-separated.
+    pub manifest_url: String,
+    /// The gateway's own API key, for its registration (`CHORA_API_KEY`).
+    pub api_key: Option<String>,
+    /// How long an upstream may take to answer (504 beyond).
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid Manifest URL: {0}")]
+    Manifest(#[from] chora_api::ClientError),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+struct Gateway {
+    routes: Arc<table::Shared>,
+    client: Client<HttpConnector, Body>,
+    timeout: Duration,
+    metrics: Arc<chora_service::HttpMetrics>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ServiceLabels, Histogram>,
+}
+
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let addr = listener.local_addr()?;
+    let manifest = chora_api::ManifestClient::new([config.manifest_url.as_str()])?;
+    let routes = Arc::new(table::Shared::default());
+    let follower = tokio::spawn(table::follow(manifest, routes.clone()));
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+
+    let metrics = chora_service::HttpMetrics::new("gateway");
+    let requests = Family::<RequestLabels, Counter>::default();
+    metrics.register(
+        "gateway_requests",
+        "Proxied requests by service and status",
+        requests.clone(),
+    );
+    let latency = Family::<ServiceLabels, Histogram>::new_with_constructor(
+        chora_service::metrics::latency_histogram,
+    );
+    metrics.register(
+        "gateway_request_duration_seconds",
+        "Proxied request latency (to response headers) by service",
+        latency.clone(),
+    );
+    let gw = Arc::new(Gateway {
+        routes,
+        client,
+        timeout: config.upstream_timeout,
+        metrics,
+        requests,
+        latency,
+    });
+    let app = router(gw);
+    let keeper = keep_registered(SelfRegistration {
+        manifest_url: config.manifest_url.clone(),
+        token: config.api_key.clone(),
+        name: "gateway".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        addr,
+        description: Some("Routes /api/v1/{service}/… to healthy instances".into()),
+        tags: vec!["infrastructure".into()],
+        dependencies: vec!["manifest".into()],
+        instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
+    })?;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    follower.abort();
+    if let Err(e) = keeper.shutdown().await {
+        tracing::warn!(error = %e, "could not deregister from the Manifest");
+    }
+    served.map_err(GatewayError::Io)
+}
+
+fn router(gw: Arc<Gateway>) -> Router {
+    chora_service::json_fallbacks(
+        Router::new()
+            .route("/api/v1/{service}", any(proxy))
+            .route("/api/v1/{service}/{*path}", any(proxy))
+            .route("/health", get(health))
+            .route(
+                "/metrics",
+                get(|State(gw): State<Arc<Gateway>>| async move { gw.metrics.response() }),
+            ),
+    )
+    .with_state(gw)
+}
+
+async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    let table = gw.routes.get();
+    let connected = gw.routes.connected.load(Ordering::Relaxed);
+    axum::Json(serde_json::json!({
+        "status": "healthy",
+        "service": "gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "routes": table.services.len(),
+        "registry": if connected { "connected" } else { "unreachable: serving the last known routes" },
+    }))
+    .into_response()
+}
+
+/// Hop-by-hop headers, never forwarded.
+const HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop(h: &mut HeaderMap) {
+    for name in &HOP {
+        h.remove(name);
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The request body: kept in memory when small (so it can be sent twice), else
+/// streamed.
+enum ReqBody {
+    Kept(axum::body::Bytes),
+    Stream(Body),
+}
+
+async fn proxy(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let start = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let rest = parts
+        .uri
+        .path()
+        .strip_prefix("/api/v1/")
+        .unwrap_or_default();
+    let (service, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let service = service.to_owned();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{tail}?{q}"),
+        None => tail.to_owned(),
+    };
+
+    let table = gw.routes.get();
+    let (resp, label) = match table.services.get(&service) {
+        None => (
+            ApiError::not_found(format!("no service `{service}` is registered")).into_response(),
+            "_unknown".to_owned(),
+        ),
+        Some(r) if r.up.is_empty() => (
+            ApiError::unavailable("no_instance", format!("no instance of `{service}` is up"))
+                .into_response(),
+            service.clone(),
+        ),
+        Some(r) => {
+            let request_id = parts
+                .headers
+                .get(&X_REQUEST_ID)
+                .cloned()
+                .unwrap_or_else(|| {
+                    HeaderValue::from_str(&chora_api::random_hex(16))
+                        .expect("hex is a header value")
+                });
+            let small = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|n| n <= RETRY_BODY)
+                .unwrap_or(!parts.headers.contains_key(header::TRANSFER_ENCODING));
+            strip_hop(&mut parts.headers);
+            parts.headers.remove(header::HOST);
+            let xff = match parts
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {}", peer.ip()),
+                None => peer.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                parts.headers.insert(&X_FORWARDED_FOR, v);
+            }
+            parts
+                .headers
+                .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+
+            let mut body = if small {
+                match body.collect().await {
+                    Ok(c) => ReqBody::Kept(c.to_bytes()),
+                    Err(e) => {
+                        let r = ApiError::bad_request(format!("cannot read the request body: {e}"))
+                            .into_response();
+                        return finish(&gw, &service, r, start);
+                    }
+                }
+            } else {
+                ReqBody::Stream(body)
+            };
+            let first = r.next.fetch_add(1, Ordering::Relaxed);
+            let mut attempt = 0;
+            let mut resp = loop {
+                let base = &r.up[(first + attempt) % r.up.len()];
+                let uri: Uri = match format!("{base}{path_and_query}").parse() {
+                    Ok(u) => u,
+                    Err(e) => {
+                        break ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "bad_upstream",
+                            format!("`{base}` is not a usable address: {e}"),
+                        )
+                        .into_response();
+                    }
+                };
+                let b = match &mut body {
+                    ReqBody::Kept(bytes) => Body::from(bytes.clone()),
+                    ReqBody::Stream(s) => std::mem::take(s),
+                };
+                let mut up = axum::http::Request::from_parts(parts.clone(), b);
+                *up.uri_mut() = uri;
+                match tokio::time::timeout(gw.timeout, gw.client.request(up)).await {
+                    Ok(Ok(resp)) => {
+                        let mut resp = resp.map(Body::new);
+                        strip_hop(resp.headers_mut());
+                        break resp;
+                    }
+                    Ok(Err(e)) => {
+                        let retry = e.is_connect()
+                            && matches!(body, ReqBody::Kept(_))
+                            && attempt + 1 < r.up.len().min(2);
+                        if retry {
+                            tracing::debug!(%service, upstream = %base, "connection refused; retrying on another instance");
+                            attempt += 1;
+                            continue;
+                        }
+                        break ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_failed",
+                            format!(
+                                "`{service}` at {base} failed: {}",
+                                chora_api::root_cause(&e)
+                            ),
+                        )
+                        .into_response();
+                    }
+                    Err(_) => {
+                        break ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            format!("`{service}` did not answer within {:?}", gw.timeout),
+                        )
+                        .into_response();
+                    }
+                }
+            };
+            resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+            (resp, service.clone())
+        }
+    };
+    finish(&gw, &label, resp, start)
+}
+
+fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {
+    gw.latency
+        .get_or_create(&ServiceLabels {
+            service: service.to_owned(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    gw.requests
+        .get_or_create(&RequestLabels {
+            service: service.to_owned(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}

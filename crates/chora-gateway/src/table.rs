@@ -1,0 +1,98 @@
+//! The route table: which services exist and where their `up` instances listen.
+//! It follows the Manifest with blocking reads (no registry call per request) and
+//! keeps serving the last table it had while the registry is unreachable.
+
+use chora_api::ManifestClient;
+use chora_api::manifest::{Instance, ListFilter, Status};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// One service's routes.
+pub struct Routes {
+    /// Base URLs (`http://127.0.0.1:8800`) of its `up` instances.
+    pub up: Vec<String>,
+    /// Round-robin position, carried over when the table is rebuilt.
+    pub next: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+pub struct Table {
+    pub services: HashMap<String, Routes>,
+}
+
+impl Table {
+    fn build(list: &[Instance], old: &Table) -> Table {
+        let mut services: HashMap<String, Routes> = HashMap::new();
+        for i in list {
+            let r = services.entry(i.name.clone()).or_insert_with(|| Routes {
+                up: Vec::new(),
+                next: old
+                    .services
+                    .get(&i.name)
+                    .map(|r| r.next.clone())
+                    .unwrap_or_default(),
+            });
+            if i.status == Status::Up
+                && let Some(url) = i.rest_url()
+            {
+                r.up.push(url.trim_end_matches('/').to_owned());
+            }
+        }
+        Table { services }
+    }
+}
+
+/// The shared, swappable table.
+#[derive(Default)]
+pub struct Shared {
+    table: RwLock<Arc<Table>>,
+    /// False while the registry cannot be reached (the table is the last known).
+    pub connected: AtomicBool,
+    /// True once a first table was loaded.
+    pub loaded: AtomicBool,
+}
+
+impl Shared {
+    pub fn get(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, t: Table) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+    }
+}
+
+/// Follows the Manifest forever (until the task is aborted).
+pub async fn follow(client: ManifestClient, shared: Arc<Shared>) {
+    let mut index: Option<u64> = None;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let block = index.map(|i| (i, Duration::from_secs(60)));
+        match client.watch(&ListFilter::default(), block).await {
+            Ok((list, new_index)) => {
+                let old = shared.get();
+                shared.set(Table::build(&list, &old));
+                if !shared.connected.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        instances = list.len(),
+                        "route table loaded from the Manifest"
+                    );
+                }
+                shared.loaded.store(true, Ordering::Relaxed);
+                index = Some(new_index);
+                delay = Duration::from_millis(50);
+            }
+            Err(e) => {
+                if shared.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the Manifest is unreachable; serving the last known routes");
+                }
+                // The registry may come back as a new incarnation: read afresh.
+                index = None;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The orchestrator: deploys services and keeps them running (DESIGN.md §5).
+//!
+//! [`run`] serves the API on a listener the caller bound until `shutdown`
+//! resolves, then stops every child (SIGTERM, then SIGKILL after the grace period),
+//! deregisters itself and returns. Units are started through the
+//! [`runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
+
+pub mod http;
+pub mod runtime;
+pub mod supervisor;
+
+use chora_api::auth::Credentials;
+use chora_service::register::{SelfRegistration, keep_registered};
+use prometheus_client::encoding::EncodeLabelSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+/// Which runtime starts units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+}
+
+/// Everything `chora orchestrator serve` needs besides its listener.
+#[derive(Debug)]
+pub struct Config {
+    /// Manifest URL(s), comma-separated; passed on to children as `MANIFEST_URL`.
+    pub manifest_url: String,
+    /// `None` turns auth off (local play and tests only).
+    pub credentials: Option<Credentials>,
+    pub runtime: RuntimeKind,
+    /// Where children's `<name>.log` files go.
+    pub logs_dir: PathBuf,
+    pub policy: supervisor::RestartPolicy,
+    /// This binary (for the default capability command).
+    pub self_exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error("the Docker runtime is not available in this build yet; use --runtime process")]
+    DockerUnsupported,
+    #[error("invalid Manifest URL: {0}")]
+    Manifest(#[from] chora_api::ClientError),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), OrchestratorError> {
+    let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
+        RuntimeKind::Process => Arc::new(runtime::ProcessRuntime {
+            logs_dir: config.logs_dir.clone(),
+        }),
+        RuntimeKind::Docker => return Err(OrchestratorError::DockerUnsupported),
+    };
+    let addr = listener.local_addr()?;
+    let metrics = chora_service::HttpMetrics::new("orchestrator");
+    let restarts_total = prometheus_client::metrics::family::Family::default();
+    metrics.register(
+        "orchestrator_restarts",
+        "Restarts of deployed services after a failure",
+        restarts_total.clone(),
+    );
+    let token = config.credentials.as_ref().and_then(|c| {
+        c.api_key("orchestrator").map(str::to_owned).or_else(|| {
+            c.jwt_secret().map(|s| {
+                chora_api::auth::mint_admin_token(
+                    s,
+                    "orchestrator",
+                    std::time::Duration::from_secs(30 * 86400),
+                )
+            })
+        })
+    });
+    let ctx = Arc::new(supervisor::Ctx {
+        runtime,
+        policy: config.policy,
+        manifest_url: config.manifest_url.clone(),
+        credentials: config.credentials.clone(),
+        self_exe: config.self_exe.clone(),
+        restarts_total,
+    });
+    let state = Arc::new(http::AppState::new(
+        ctx,
+        config.credentials.as_ref(),
+        metrics,
+    ));
+    let app = http::router(state.clone());
+    let keeper = keep_registered(SelfRegistration {
+        manifest_url: config.manifest_url.clone(),
+        token,
+        name: "orchestrator".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        addr,
+        description: Some("Deploys and supervises chora services".into()),
+        tags: vec!["infrastructure".into()],
+        dependencies: vec!["manifest".into()],
+        instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
+    })?;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Children first, then ourselves.
+    state.remove_all().await;
+    if let Err(e) = keeper.shutdown().await {
+        tracing::warn!(error = %e, "could not deregister from the Manifest");
+    }
+    served.map_err(OrchestratorError::Io)
+}

@@ -1,0 +1,56 @@
+//! Keeping a service registered in the Manifest.
+
+use chora_api::keeper::Backoff;
+use chora_api::manifest::{Metadata, Registration};
+use chora_api::{ClientError, Keeper, ManifestClient};
+use std::net::SocketAddr;
+
+/// What a service says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct SelfRegistration {
+    /// One or more Manifest URLs (comma-separated also accepted).
+    pub manifest_url: String,
+    /// The service's own API key (`CHORA_API_KEY`), or an admin token.
+    pub token: Option<String>,
+    pub name: String,
+    pub version: String,
+    /// Where it listens; its REST interface is `http://<addr>`.
+    pub addr: SocketAddr,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub dependencies: Vec<String>,
+    /// A fixed instance id (`CHORA_INSTANCE_ID`, set by the orchestrator so it
+    /// can deregister a child it saw die); otherwise `<name>-<8 hex>`.
+    pub instance_id: Option<String>,
+}
+
+/// The address others use to reach `addr`: an unspecified IP becomes loopback.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a
+}
+
+/// Starts a [`Keeper`] for `s`. Call `shutdown()` on it to deregister.
+pub fn keep_registered(s: SelfRegistration) -> Result<Keeper, ClientError> {
+    let mut client = ManifestClient::new([s.manifest_url.as_str()])?;
+    if let Some(t) = s.token {
+        client = client.with_token(t);
+    }
+    let reg = Registration {
+        name: s.name,
+        version: s.version,
+        interfaces: [("REST".to_string(), format!("http://{}", reachable(s.addr)))].into(),
+        metadata: Some(Metadata {
+            description: s.description,
+            dependencies: s.dependencies,
+            tags: s.tags,
+            environment: None,
+            custom: Default::default(),
+        }),
+        id: s.instance_id,
+    };
+    Ok(Keeper::spawn(client, reg, Backoff::default()))
+}

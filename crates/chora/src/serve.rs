@@ -1,0 +1,77 @@
+//! What every `chora … serve` shares: bind, print the readiness line, serve until
+//! SIGTERM or SIGINT, map a failure to the error template.
+
+use crate::failure::{EXIT_CONFIG, Failure};
+use std::future::Future;
+
+/// Binds `listen`, prints `chora <service> listening on http://ADDR (detail)`,
+/// runs `serve(listener, shutdown)` on a multi-threaded runtime.
+pub fn serve<F, Fut, E>(
+    service: &'static str,
+    listen: &str,
+    detail: &str,
+    serve: F,
+) -> Result<(), Failure>
+where
+    F: FnOnce(tokio::net::TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let rt = crate::cli::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| bind_failure(listen, e))?;
+        let addr = listener.local_addr().map_err(|e| {
+            Failure::new(
+                1,
+                "BIND_FAILED",
+                format!("cannot read the bound address: {e}"),
+            )
+        })?;
+        chora_service::print_ready(service, addr, detail);
+        serve(listener, Box::pin(crate::cli::shutdown_signal()))
+            .await
+            .map_err(|e| Failure::new(1, "SERVICE_FAILED", format!("chora {service}: {e}")))?;
+        tracing::info!("chora {service} stopped");
+        Ok(())
+    })
+}
+
+fn bind_failure(listen: &str, e: std::io::Error) -> Failure {
+    let port = listen.rsplit(':').next().unwrap_or(listen);
+    Failure::new(1, "BIND_FAILED", format!("cannot listen on {listen}: {e}"))
+        .cause("another process already uses this port")
+        .action(format!("See who holds it: ss -ltnp 'sport = :{port}'"))
+        .action("Or pick another address with --listen 127.0.0.1:PORT")
+}
+
+/// Reads a credentials file named by a flag or `CHORA_CREDENTIALS`, else
+/// `.chora/credentials.json` when it exists; `None` when there is none.
+pub fn load_credentials(
+    flag: Option<&std::path::Path>,
+) -> Result<Option<chora_api::auth::Credentials>, Failure> {
+    let path = flag.map(|p| p.to_path_buf()).or_else(|| {
+        let default = std::path::PathBuf::from(".chora/credentials.json");
+        default.exists().then_some(default)
+    });
+    path.map(|p| {
+        chora_api::auth::Credentials::load(&p).map_err(|e| {
+            Failure::new(EXIT_CONFIG, "CONFIG_ERROR", e.to_string())
+                .action("Check the file is JSON with a `jwt_secret` entry")
+        })
+    })
+    .transpose()
+}
+
+/// The refusal when auth is on and no credentials were found.
+pub fn no_credentials() -> Failure {
+    Failure::new(
+        EXIT_CONFIG,
+        "CONFIG_ERROR",
+        "authentication is on but no credentials file was given",
+    )
+    .cause("neither --credentials nor CHORA_CREDENTIALS is set, and .chora/credentials.json does not exist")
+    .action("Pass the file written by `chora bootstrap`: --credentials .chora/credentials.json")
+    .action("Or, for local play only, turn auth off with --no-auth")
+}
