@@ -23,16 +23,26 @@ pub struct Table {
 }
 
 impl Table {
+    /// The table for `list`. Services of the old table that have no instance any
+    /// more stay, with no route: they are known but down (503), not unknown (404).
     fn build(list: &[Instance], old: &Table) -> Table {
-        let mut services: HashMap<String, Routes> = HashMap::new();
+        let mut services: HashMap<String, Routes> = old
+            .services
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    Routes {
+                        up: Vec::new(),
+                        next: r.next.clone(),
+                    },
+                )
+            })
+            .collect();
         for i in list {
             let r = services.entry(i.name.clone()).or_insert_with(|| Routes {
                 up: Vec::new(),
-                next: old
-                    .services
-                    .get(&i.name)
-                    .map(|r| r.next.clone())
-                    .unwrap_or_default(),
+                next: Default::default(),
             });
             if i.status == Status::Up
                 && let Some(url) = i.rest_url()
