@@ -84,6 +84,9 @@ pub struct Config {
     pub instance_id: Option<String>,
     /// Where storage and logger keep their files.
     pub data_dir: PathBuf,
+    /// The version it registers under (`CHORA_SERVICE_VERSION`, set by the
+    /// orchestrator from the deploy request).
+    pub version: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +140,7 @@ pub async fn run(
         manifest_url: config.manifest_url.clone(),
         token: config.api_key.clone(),
         name: cap.name().to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: config.version.clone(),
         addr,
         description: Some(cap.description().to_owned()),
         tags: vec!["capability".to_owned()],

@@ -77,7 +77,12 @@ pub struct ProcessRuntime {
 }
 
 /// Variables of the orchestrator's own environment a child must not inherit.
-const PRIVATE_ENV: &[&str] = &["CHORA_API_KEY", "CHORA_CREDENTIALS", "CHORA_INSTANCE_ID"];
+const PRIVATE_ENV: &[&str] = &[
+    "CHORA_API_KEY",
+    "CHORA_CREDENTIALS",
+    "CHORA_INSTANCE_ID",
+    "CHORA_PID_FILE",
+];
 
 impl Runtime for ProcessRuntime {
     fn kind(&self) -> &'static str {

@@ -175,6 +175,7 @@ impl Actor {
             .or_insert_with(|| self.ctx.manifest_url.clone());
         env.insert("CHORA_INSTANCE_ID".into(), id.clone());
         env.insert("CHORA_SERVICE_NAME".into(), self.spec.name.clone());
+        env.insert("CHORA_SERVICE_VERSION".into(), self.spec.version.clone());
         env.insert("PORT".into(), self.spec.port.to_string());
         let argv = argv_of(&self.ctx, &self.spec);
         let unit = self.ctx.runtime.start(&self.spec, &argv, &env)?;

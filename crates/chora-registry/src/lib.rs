@@ -58,6 +58,8 @@ pub struct Config {
     pub liveness: Liveness,
     /// `None` is `--no-auth`.
     pub credentials: Option<chora_api::auth::Credentials>,
+    /// Register the registry itself as service `manifest` (and keep it alive).
+    pub register_self: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,46 @@ pub enum ServeError {
 /// interval, between 10 ms and 1 s.
 fn sweep_tick(l: &Liveness) -> Duration {
     (l.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Registers the registry as service `manifest`, durably, under an id derived
+/// from its address (so a restart replaces its own record), and heartbeats it
+/// from inside.
+async fn register_self(
+    store: &Arc<sqlite::SqliteStore>,
+    addr: std::net::SocketAddr,
+) -> Result<(String, tokio::task::JoinHandle<()>), ServeError> {
+    use store::Store;
+    let addr = chora_service::register::reachable(addr);
+    let id = format!("manifest-{:08x}", u32::from(addr.port()));
+    let reg = chora_api::manifest::Registration {
+        name: "manifest".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        interfaces: [("REST".to_string(), format!("http://{addr}"))].into(),
+        metadata: Some(chora_api::manifest::Metadata {
+            description: Some("The Manifest: chora's service registry".into()),
+            tags: vec!["core".into()],
+            ..Default::default()
+        }),
+        id: Some(id.clone()),
+    };
+    let record = catalog::Record::new(reg, id.clone(), std::time::SystemTime::now());
+    store
+        .register(record)
+        .await
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    let weak = Arc::downgrade(store);
+    let every = store.catalog().liveness().heartbeat_interval;
+    let id2 = id.clone();
+    let beat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else { return };
+            let _ = s.catalog().heartbeat("manifest", &id2, None);
+        }
+    });
+    Ok((id, beat))
 }
 
 /// Serves the registry on `listener` until `shutdown` resolves, then answers the
@@ -114,6 +156,11 @@ pub async fn run(
         closing,
     });
     let app = http::router(state);
+    let me = if config.register_self {
+        Some(register_self(&store, listener.local_addr()?).await?)
+    } else {
+        None
+    };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -122,6 +169,10 @@ pub async fn run(
         .await;
     sweeper.abort();
     let _ = sweeper.await;
+    if let Some((id, beat)) = me {
+        beat.abort();
+        let _ = store::Store::deregister(&*store, "manifest", &id).await;
+    }
     store.close();
     served.map_err(ServeError::Io)
 }

@@ -18,6 +18,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Bring the whole system up, phase by phase (and status, rollback, reset, validate, config)
+    #[command(
+        after_help = "Example:\n  chora bootstrap\n  chora bootstrap --dry-run\n  chora bootstrap status"
+    )]
+    Bootstrap(crate::bootstrap::BootstrapArgs),
     /// The service registry: serve it, or query a running one
     Manifest(crate::manifest::ManifestArgs),
     /// The orchestrator: deploys and supervises services
@@ -37,12 +42,25 @@ pub fn parse() -> Result<Cli, ExitCode> {
     })
 }
 
+impl Cli {
+    /// Servers log at info; the bootstrap's own output is its progress lines, so
+    /// its logs show only warnings unless `--verbose`.
+    pub fn default_log_level(&self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match &self.command {
+            Command::Bootstrap(b) if b.verbose() => LevelFilter::DEBUG,
+            Command::Bootstrap(_) => LevelFilter::WARN,
+            _ => LevelFilter::INFO,
+        }
+    }
+}
+
 /// Logs go to stderr; `CHORA_LOG` sets the level (error, warn, info, debug, trace).
-pub fn init_logging() {
+pub fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
     let level = std::env::var("CHORA_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+        .unwrap_or(default);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -58,6 +76,7 @@ fn is_terminal_stderr() -> bool {
 
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Bootstrap(args) => crate::bootstrap::run(args),
         Command::Manifest(args) => crate::manifest::run(args),
         Command::Orchestrator(args) => crate::services::orchestrator(args),
         Command::Gateway(args) => crate::services::gateway(args),
@@ -75,11 +94,16 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
+    shutdown_signal_name().await;
+}
+
+/// Resolves with the signal's name when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal_name() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }

@@ -1,6 +1,7 @@
 //! The `chora` binary: parse the command line, run the command, map the outcome
 //! to the documented exit code. Everything else lives in the library crates.
 
+mod bootstrap;
 mod cli;
 mod failure;
 mod manifest;
@@ -14,7 +15,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    cli::init_logging();
+    cli::init_logging(args.default_log_level());
     match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

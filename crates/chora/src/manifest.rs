@@ -90,6 +90,9 @@ struct ServeArgs {
     /// Accept writes from anyone (local play only)
     #[arg(long)]
     no_auth: bool,
+    /// Register the registry itself as service `manifest`
+    #[arg(long)]
+    register_self: bool,
 }
 
 pub fn run(args: ManifestArgs) -> Result<(), Failure> {
@@ -169,6 +172,7 @@ fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
             ttl,
         },
         credentials,
+        register_self: a.register_self,
     };
     serve("manifest", &a.listen, &detail, |l, s| {
         chora_registry::run(config, l, s)

@@ -29,10 +29,23 @@ where
                 format!("cannot read the bound address: {e}"),
             )
         })?;
+        // Under `chora bootstrap`, say who we are once we listen (CHORA_PID_FILE),
+        // so that a bootstrap killed mid-start finds us again.
+        let pidfile = std::env::var_os("CHORA_PID_FILE").map(std::path::PathBuf::from);
+        if let Some(p) = &pidfile
+            && let Err(e) = chora_bootstrap::proc::write_pidfile(p)
+        {
+            tracing::warn!(error = %e, path = %p.display(), "cannot write the pid file");
+        }
         chora_service::print_ready(service, addr, detail);
         serve(listener, Box::pin(crate::cli::shutdown_signal()))
             .await
             .map_err(|e| Failure::new(1, "SERVICE_FAILED", format!("chora {service}: {e}")))?;
+        if let Some(p) = &pidfile
+            && chora_bootstrap::proc::read_pidfile(p).is_some_and(|id| id.pid == std::process::id())
+        {
+            let _ = std::fs::remove_file(p);
+        }
         tracing::info!("chora {service} stopped");
         Ok(())
     })

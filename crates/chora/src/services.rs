@@ -180,6 +180,8 @@ pub fn capability(args: CapabilityArgs) -> Result<(), Failure> {
         api_key,
         instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
         data_dir: a.data_dir,
+        version: std::env::var("CHORA_SERVICE_VERSION")
+            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned()),
     };
     serve(name, &a.listen, "", |l, s| {
         chora_capabilities::run(config, l, s)

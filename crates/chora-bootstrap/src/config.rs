@@ -1,0 +1,601 @@
+//! `.chora/bootstrap-config.yml`: the seed's section 5 schema plus how each
+//! service runs (DESIGN.md §4). Loading checks everything before anything starts
+//! and names the file, line and field of each mistake.
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A configuration mistake: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    /// The offending lines, as the YAML parser shows them (may be empty).
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Dev,
+    Staging,
+    Prod,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Dev => "dev",
+            Environment::Staging => "staging",
+            Environment::Prod => "prod",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployVia {
+    Orchestrator,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// 1 core, 2 infrastructure, 3 capabilities.
+    pub phase: u8,
+    /// argv of a local process; `chora` as the program means this binary.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub docker_compose: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Default: `http://127.0.0.1:<port>/health`.
+    #[serde(default)]
+    pub health_endpoint: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dependencies: Vec<Spanned<String>>,
+    /// Seconds to wait for the service to be healthy.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub deploy_via: Option<DeployVia>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl ServiceSpec {
+    pub fn health_url(&self) -> Option<String> {
+        self.health_endpoint
+            .clone()
+            .or_else(|| self.port.map(|p| format!("http://127.0.0.1:{p}/health")))
+    }
+
+    pub fn url(&self) -> Option<String> {
+        self.port.map(|p| format!("http://127.0.0.1:{p}"))
+    }
+
+    pub fn deps(&self) -> impl Iterator<Item = &str> {
+        self.dependencies.iter().map(|d| d.value.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub health_check: f64,
+    pub phase_0: f64,
+    pub phase_1: f64,
+    pub phase_2: f64,
+    pub phase_3: f64,
+    pub phase_4: f64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            health_check: 120.0,
+            phase_0: 300.0,
+            phase_1: 300.0,
+            phase_2: 600.0,
+            phase_3: 900.0,
+            phase_4: 120.0,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn phase(&self, n: u8) -> f64 {
+        match n {
+            0 => self.phase_0,
+            1 => self.phase_1,
+            2 => self.phase_2,
+            3 => self.phase_3,
+            _ => self.phase_4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    pub initial_delay: f64,
+    pub max_delay: f64,
+    pub backoff_factor: f64,
+    pub max_attempts: u32,
+    /// Health checks in a row that must answer 200.
+    pub required_consecutive: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            initial_delay: 1.0,
+            max_delay: 30.0,
+            backoff_factor: 2.0,
+            max_attempts: 10,
+            required_consecutive: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    pub jwt_secret_bits: u32,
+    pub api_key_bits: u32,
+    pub storage_path: Option<String>,
+    pub storage_permissions: String,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            jwt_secret_bits: 256,
+            api_key_bits: 256,
+            storage_path: None,
+            storage_permissions: "0600".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    pub level: String,
+    pub format: Option<String>,
+    pub file: Option<String>,
+    pub max_bytes: u64,
+    pub backup_count: u32,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            level: "info".into(),
+            format: None,
+            file: None,
+            max_bytes: 10 * 1024 * 1024,
+            backup_count: 5,
+        }
+    }
+}
+
+/// A built-in validation test (by name) or a custom one (with `script`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "thirty")]
+    pub timeout: f64,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// A failing required test fails the bootstrap; otherwise it is a warning.
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn thirty() -> f64 {
+    30.0
+}
+fn sixty() -> f64 {
+    60.0
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Validation {
+    pub tests: Vec<Spanned<TestSpec>>,
+}
+
+/// A script run before or after a phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub script: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "sixty")]
+    pub timeout: f64,
+}
+
+/// Scripts run before and after each phase (`pre_phase_N`, `post_phase_N`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    pub pre_phase_0: Vec<Hook>,
+    pub post_phase_0: Vec<Hook>,
+    pub pre_phase_1: Vec<Hook>,
+    pub post_phase_1: Vec<Hook>,
+    pub pre_phase_2: Vec<Hook>,
+    pub post_phase_2: Vec<Hook>,
+    pub pre_phase_3: Vec<Hook>,
+    pub post_phase_3: Vec<Hook>,
+    pub pre_phase_4: Vec<Hook>,
+    pub post_phase_4: Vec<Hook>,
+}
+
+impl Hooks {
+    /// The hooks to run before (`pre`) or after a phase.
+    pub fn of(&self, phase: u8, pre: bool) -> &[Hook] {
+        match (phase, pre) {
+            (0, true) => &self.pre_phase_0,
+            (0, false) => &self.post_phase_0,
+            (1, true) => &self.pre_phase_1,
+            (1, false) => &self.post_phase_1,
+            (2, true) => &self.pre_phase_2,
+            (2, false) => &self.post_phase_2,
+            (3, true) => &self.pre_phase_3,
+            (3, false) => &self.post_phase_3,
+            (4, true) => &self.pre_phase_4,
+            _ => &self.post_phase_4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prerequisites {
+    /// Free disk space needed under the chora home, in GiB.
+    pub min_disk_gb: f64,
+}
+
+impl Default for Prerequisites {
+    fn default() -> Self {
+        Prerequisites { min_disk_gb: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: String,
+    pub environment: Environment,
+    pub services: BTreeMap<String, Spanned<ServiceSpec>>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub logging: Logging,
+    #[serde(default)]
+    pub validation: Validation,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub prerequisites: Prerequisites,
+    #[serde(default)]
+    pub etcd: Option<Etcd>,
+}
+
+/// The built-in names of the four validation tests.
+pub const BUILTIN_TESTS: [&str; 4] = [
+    "service_discovery",
+    "gateway_routing",
+    "orchestrator_control",
+    "health_dashboard",
+];
+
+impl Config {
+    /// Parses and checks the YAML text of `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let full = e.to_string();
+            // The parser's message is "line L column C: what" followed by a snippet.
+            let mut lines = full.lines();
+            let first = lines.next().unwrap_or_default();
+            let message = first
+                .split_once(": ")
+                .filter(|(head, _)| head.contains("line"))
+                .map(|(_, m)| m)
+                .unwrap_or(first)
+                .trim_start_matches("error: ")
+                .to_owned();
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+                snippet: lines.collect::<Vec<_>>().join("\n"),
+            }
+        })?;
+        config.check(file)?;
+        Ok(config)
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+            snippet: String::new(),
+        })?;
+        Config::parse(&text, file)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.get(name).map(|s| &s.value)
+    }
+
+    /// Names of the services of `phase`, in dependency order (dependencies first,
+    /// then by name).
+    pub fn phase_services(&self, phase: u8) -> Vec<String> {
+        self.waves(phase).into_iter().flatten().collect()
+    }
+
+    /// The services of `phase` in waves: each wave depends only on earlier ones,
+    /// so a wave can start all at once.
+    pub fn waves(&self, phase: u8) -> Vec<Vec<String>> {
+        let members: BTreeSet<&str> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.value.phase == phase)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        let mut waves = Vec::new();
+        while done.len() < members.len() {
+            let wave: Vec<&str> = members
+                .iter()
+                .filter(|n| !done.contains(*n))
+                .filter(|n| {
+                    self.services[**n]
+                        .value
+                        .deps()
+                        .all(|d| !members.contains(d) || done.contains(d))
+                })
+                .copied()
+                .collect();
+            if wave.is_empty() {
+                break; // a cycle: `check` refuses such a config
+            }
+            done.extend(wave.iter().copied());
+            waves.push(wave.into_iter().map(str::to_owned).collect());
+        }
+        waves
+    }
+
+    /// All services, dependency order across phases.
+    pub fn start_order(&self) -> Vec<String> {
+        (1..=3).flat_map(|p| self.phase_services(p)).collect()
+    }
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let err = |loc: serde_saphyr::Location, message: String| ConfigError {
+            file: file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message,
+            snippet: String::new(),
+        };
+        if self.version.trim().is_empty() {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message: "`version` must not be empty".into(),
+                snippet: String::new(),
+            });
+        }
+        let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+        for (name, s) in &self.services {
+            let loc = s.referenced;
+            let spec = &s.value;
+            let at = |m: String| err(loc, format!("services.{name}: {m}"));
+            if !chora_api::manifest::is_valid_name(name) {
+                return Err(at("the name must match ^[a-z0-9][a-z0-9._-]{0,62}$".into()));
+            }
+            if !(1..=3).contains(&spec.phase) {
+                return Err(at(format!(
+                    "`phase` is {} but must be 1, 2 or 3",
+                    spec.phase
+                )));
+            }
+            let ways = [
+                spec.command.is_some(),
+                spec.image.is_some(),
+                spec.docker_compose.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if ways > 1 {
+                return Err(at(
+                    "give one of `command`, `image` or `docker_compose`, not several".into(),
+                ));
+            }
+            if spec
+                .command
+                .as_ref()
+                .is_some_and(|c| c.first().is_none_or(|p| p.is_empty()))
+            {
+                return Err(at("`command` must name a program".into()));
+            }
+            match (spec.phase, spec.deploy_via) {
+                (3, None) => {
+                    return Err(at("phase 3 services are deployed through the orchestrator: add `deploy_via: orchestrator`".into()));
+                }
+                (1 | 2, Some(_)) => {
+                    return Err(at("`deploy_via` is for phase 3 services only".into()));
+                }
+                _ => {}
+            }
+            if spec.phase < 3 && ways == 0 {
+                return Err(at(
+                    "needs `command`, `image` or `docker_compose`: how to run it".into(),
+                ));
+            }
+            if spec.phase == 3 && ways == 0 && !chora_api::CAPABILITIES.contains(&name.as_str()) {
+                return Err(at(format!(
+                    "`{name}` is not a built-in capability: give a `command` or `image`"
+                )));
+            }
+            if spec.phase == 3 && spec.port.is_none() {
+                return Err(at("phase 3 services need a `port`".into()));
+            }
+            if spec.port.is_none() && spec.health_endpoint.is_none() {
+                return Err(at("needs a `port` or a `health_endpoint`".into()));
+            }
+            if let Some(t) = spec.timeout
+                && !(t.is_finite() && t > 0.0)
+            {
+                return Err(at("`timeout` must be a positive number of seconds".into()));
+            }
+            if let Some(p) = spec.port
+                && let Some(other) = ports.insert(p, name)
+            {
+                return Err(at(format!("port {p} is also used by `{other}`")));
+            }
+            for d in &spec.dependencies {
+                let Some(dep) = self.services.get(&d.value) else {
+                    return Err(err(
+                        d.referenced,
+                        format!(
+                            "services.{name}.dependencies: unknown service `{}`",
+                            d.value
+                        ),
+                    ));
+                };
+                if dep.value.phase > spec.phase {
+                    return Err(err(
+                        d.referenced,
+                        format!(
+                            "services.{name}.dependencies: `{}` starts in phase {}, after `{name}` (phase {})",
+                            d.value, dep.value.phase, spec.phase
+                        ),
+                    ));
+                }
+                if d.value == *name {
+                    return Err(err(
+                        d.referenced,
+                        format!("services.{name}.dependencies: a service cannot depend on itself"),
+                    ));
+                }
+            }
+        }
+        // Cycles: whatever `waves` cannot place.
+        for phase in 1..=3 {
+            let placed: usize = self.waves(phase).iter().map(Vec::len).sum();
+            let members: Vec<(&String, &Spanned<ServiceSpec>)> = self
+                .services
+                .iter()
+                .filter(|(_, s)| s.value.phase == phase)
+                .collect();
+            if placed < members.len() {
+                let placed: BTreeSet<String> = self.waves(phase).into_iter().flatten().collect();
+                let stuck: Vec<&str> = members
+                    .iter()
+                    .filter(|(n, _)| !placed.contains(*n))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                let first = self.services[stuck[0]].referenced;
+                return Err(err(
+                    first,
+                    format!("services: dependency cycle among {}", stuck.join(", ")),
+                ));
+            }
+        }
+        for required in ["manifest"] {
+            if !self.services.contains_key(required) {
+                return Err(ConfigError {
+                    file: file.to_owned(),
+                    line: 1,
+                    column: 1,
+                    message: format!(
+                        "services: `{required}` is required (the registry everything else finds itself in)"
+                    ),
+                    snippet: String::new(),
+                });
+            }
+        }
+        if self.services.values().any(|s| s.value.phase == 3)
+            && !self.services.contains_key("orchestrator")
+        {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message: "services: phase 3 services need an `orchestrator` service to deploy them"
+                    .into(),
+                snippet: String::new(),
+            });
+        }
+        for t in &self.validation.tests {
+            if t.value.script.is_none() && !BUILTIN_TESTS.contains(&t.value.name.as_str()) {
+                return Err(err(
+                    t.referenced,
+                    format!(
+                        "validation.tests: `{}` is not a built-in test ({}) and has no `script`",
+                        t.value.name,
+                        BUILTIN_TESTS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let r = &self.retry;
+        if !(r.initial_delay > 0.0 && r.max_delay >= r.initial_delay && r.backoff_factor >= 1.0) {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message:
+                    "retry: need initial_delay > 0, max_delay >= initial_delay, backoff_factor >= 1"
+                        .into(),
+                snippet: String::new(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,501 @@
+//! What every step of a run shares: where things live, the config, the
+//! credentials, and how to start, find, check and stop each service.
+
+use crate::config::{Config, ServiceSpec};
+use crate::proc::{ProcId, spawn_detached};
+use crate::state::ServiceRecord;
+use chora_api::auth::Credentials;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything chora bootstrap keeps: `.chora/` under the working directory, or
+/// `CHORA_HOME`.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    pub fn from_env() -> Home {
+        let root = std::env::var_os("CHORA_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".chora"));
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(&root))
+                .unwrap_or(root)
+        };
+        Home { root }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("bootstrap-config.yml")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("bootstrap-state.json")
+    }
+    pub fn credentials(&self) -> PathBuf {
+        self.root.join("credentials.json")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("bootstrap.lock")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn pidfile(&self, name: &str) -> PathBuf {
+        self.run().join(format!("{name}.pid"))
+    }
+    pub fn log_of(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    pub fn audit(&self) -> PathBuf {
+        self.logs().join("bootstrap.log")
+    }
+}
+
+/// A failed step: what happened, for the error template.
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub message: String,
+    pub causes: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StepError {
+            message: message.into(),
+            causes: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+    pub fn cause(mut self, c: impl Into<String>) -> Self {
+        self.causes.push(c.into());
+        self
+    }
+    pub fn action(mut self, a: impl Into<String>) -> Self {
+        self.actions.push(a.into());
+        self
+    }
+}
+
+/// How a check of an already started service went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// It was running and healthy: left alone.
+    Healthy,
+    /// It was gone or sick and was started again.
+    Restarted,
+}
+
+pub struct Ctx {
+    pub home: Home,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub credentials: Option<Credentials>,
+    pub http: reqwest::Client,
+    pub self_exe: PathBuf,
+    pub cwd: PathBuf,
+}
+
+/// The last `n` lines of a file (for error messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Ctx {
+    pub fn spec(&self, name: &str) -> &ServiceSpec {
+        self.config
+            .service(name)
+            .expect("names come from the config")
+    }
+
+    /// `${CHORA_HOME}` expanded.
+    pub fn expand(&self, s: &str) -> String {
+        s.replace("${CHORA_HOME}", &self.home.root.display().to_string())
+    }
+
+    /// The argv of a service's command: `chora` is this binary.
+    pub fn argv(&self, spec: &ServiceSpec) -> Option<Vec<String>> {
+        spec.command.as_ref().map(|c| {
+            c.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if i == 0 && a == "chora" {
+                        self.self_exe.display().to_string()
+                    } else {
+                        self.expand(a)
+                    }
+                })
+                .collect()
+        })
+    }
+
+    pub fn url_of(&self, name: &str) -> Option<String> {
+        self.config.service(name).and_then(ServiceSpec::url)
+    }
+
+    pub fn manifest_url(&self) -> String {
+        self.url_of("manifest")
+            .unwrap_or_else(|| "http://127.0.0.1:8500".into())
+    }
+
+    /// A short-lived admin JWT, when there are credentials.
+    pub fn admin_token(&self) -> Option<String> {
+        let secret = self.credentials.as_ref()?.jwt_secret()?;
+        Some(chora_api::auth::mint_admin_token(
+            secret,
+            "chora-bootstrap",
+            Duration::from_secs(600),
+        ))
+    }
+
+    pub fn manifest(&self) -> chora_api::ManifestClient {
+        let c = chora_api::ManifestClient::new([self.manifest_url()]).expect("a valid URL");
+        match self.admin_token() {
+            Some(t) => c.with_token(t),
+            None => c,
+        }
+    }
+
+    /// The environment a service starts with: its `env`, its API key, and where
+    /// to find the Manifest. Secrets travel here, never in argv.
+    pub fn env_for(&self, name: &str, spec: &ServiceSpec) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), self.expand(v)))
+            .collect();
+        if let Some(key) = self.credentials.as_ref().and_then(|c| c.api_key(name)) {
+            env.insert("CHORA_API_KEY".into(), key.to_owned());
+        }
+        env.insert("CHORA_HOME".into(), self.home.root.display().to_string());
+        env.entry("CHORA_DATA_DIR".into())
+            .or_insert_with(|| self.home.data().display().to_string());
+        if name != "manifest" {
+            env.entry("MANIFEST_URL".into())
+                .or_insert_with(|| self.manifest_url());
+        }
+        env
+    }
+
+    /// The process of a local service started earlier, if it still runs.
+    pub fn find_local(&self, name: &str, record: Option<&ServiceRecord>) -> Option<ProcId> {
+        crate::proc::read_pidfile(&self.home.pidfile(name)).or_else(|| {
+            let r = record?;
+            let id = ProcId {
+                pid: r.pid?,
+                start_time: r.start_time?,
+            };
+            id.alive().then_some(id)
+        })
+    }
+
+    fn health_timeout(&self, spec: &ServiceSpec) -> Duration {
+        Duration::from_secs_f64(spec.timeout.unwrap_or(self.config.timeouts.health_check))
+    }
+
+    /// Starts a phase 1-2 service as a process that outlives the CLI, waits until
+    /// it is healthy, and returns how to find it again.
+    pub async fn start_local(&self, name: &str) -> Result<ServiceRecord, StepError> {
+        let spec = self.spec(name);
+        let Some(argv) = self.argv(spec) else {
+            return Err(StepError::new(format!(
+                "`{name}` has no `command`; only local processes run in this build"
+            ))
+            .action("Give it a `command` in the config"));
+        };
+        let mut env = self.env_for(name, spec);
+        let pidfile = self.home.pidfile(name);
+        let _ = std::fs::remove_file(&pidfile);
+        env.insert("CHORA_PID_FILE".into(), pidfile.display().to_string());
+        let log = self.home.log_of(name);
+        let mut child = spawn_detached(&argv, &env, &log, &self.cwd).map_err(|e| {
+            StepError::new(format!("cannot start `{name}` ({}): {e}", argv[0]))
+                .cause("the program in `command` does not exist or is not executable")
+                .action(format!(
+                    "Check services.{name}.command in {}",
+                    self.config_path.display()
+                ))
+        })?;
+        let url = spec.health_url().expect("checked by the config");
+        let waited = crate::health::wait(
+            &self.http,
+            &url,
+            &self.config.retry,
+            self.health_timeout(spec),
+            || match child.try_wait() {
+                Ok(Some(status)) => Some(format!("the process exited ({status})")),
+                _ => None,
+            },
+        )
+        .await;
+        if let Err(e) = waited {
+            // Never leave a half-started service behind.
+            if let Some(id) = ProcId::of(child.id()) {
+                id.stop(Duration::from_secs(2)).await;
+            }
+            let _ = child.try_wait();
+            let last = tail(&log, 5);
+            let mut err = StepError::new(format!("`{name}` did not become healthy: {e}"))
+                .cause(format!("its health endpoint {url} never answered 200"));
+            if let Some(p) = spec.port {
+                err = err.cause(format!("port {p} is taken or the service failed to start"));
+            }
+            if !last.is_empty() {
+                err = err.cause(format!("its log ends with:\n{}", indent(&last)));
+            }
+            return Err(err
+                .action(format!("Read its log: {}", log.display()))
+                .action(format!(
+                    "Check services.{name} in {}",
+                    self.config_path.display()
+                ))
+                .action("Fix the cause and run `chora bootstrap` again to resume"));
+        }
+        // The service writes its own pid file once it listens; a program that does
+        // not is known by the pid we started.
+        let id = crate::proc::read_pidfile(&pidfile)
+            .or_else(|| ProcId::of(child.id()))
+            .ok_or_else(|| {
+                StepError::new(format!(
+                    "`{name}` answered its health check but its process is gone"
+                ))
+            })?;
+        // Reap nothing: the child lives on, in its own session, after we exit.
+        std::mem::forget(child);
+        Ok(ServiceRecord {
+            phase: spec.phase,
+            pid: Some(id.pid),
+            start_time: Some(id.start_time),
+            container: None,
+            deployed_via: None,
+            url: spec.url(),
+            started_at: crate::state::now(),
+        })
+    }
+
+    /// A phase 1-2 service: healthy → left alone; otherwise stopped if it
+    /// lingers, and started again.
+    pub async fn ensure_local(
+        &self,
+        name: &str,
+        record: Option<&ServiceRecord>,
+    ) -> Result<(Ensured, ServiceRecord), StepError> {
+        let spec = self.spec(name);
+        if let Some(id) = self.find_local(name, record) {
+            let url = spec.health_url().expect("checked by the config");
+            let quick = crate::config::Retry {
+                required_consecutive: 1,
+                ..self.config.retry.clone()
+            };
+            if crate::health::wait(&self.http, &url, &quick, Duration::from_secs(2), || None)
+                .await
+                .is_ok()
+            {
+                let mut r = record.cloned().unwrap_or_default();
+                r.phase = spec.phase;
+                r.pid = Some(id.pid);
+                r.start_time = Some(id.start_time);
+                r.url = spec.url();
+                if r.started_at.is_empty() {
+                    r.started_at = crate::state::now();
+                }
+                return Ok((Ensured::Healthy, r));
+            }
+            tracing::warn!(
+                service = name,
+                pid = id.pid,
+                "running but unhealthy; restarting"
+            );
+            id.stop(Duration::from_secs(5)).await;
+        }
+        Ok((Ensured::Restarted, self.start_local(name).await?))
+    }
+
+    /// Stops a phase 1-2 service (SIGTERM, then SIGKILL). True when nothing of it
+    /// runs any more.
+    pub async fn stop_local(&self, name: &str, record: Option<&ServiceRecord>) -> bool {
+        let gone = match self.find_local(name, record) {
+            Some(id) => id.stop(Duration::from_secs(5)).await != crate::proc::Stopped::StillRunning,
+            None => true,
+        };
+        if gone {
+            let _ = std::fs::remove_file(self.home.pidfile(name));
+        }
+        gone
+    }
+
+    fn orchestrator(&self) -> Result<String, StepError> {
+        self.url_of("orchestrator").ok_or_else(|| {
+            StepError::new("no `orchestrator` service in the config to deploy through")
+        })
+    }
+
+    /// The orchestrator's view of every deployed service.
+    pub async fn deployed(&self) -> Result<Vec<chora_api::orchestrator::ServiceStatus>, StepError> {
+        let url = format!("{}/v1/services", self.orchestrator()?);
+        let mut req = self.http.get(&url);
+        if let Some(t) = self.admin_token() {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            StepError::new(format!(
+                "the orchestrator at {url} did not answer: {}",
+                chora_api::root_cause(&e)
+            ))
+        })?;
+        if !resp.status().is_success() {
+            return Err(StepError::new(format!(
+                "the orchestrator answered {}",
+                resp.status()
+            )));
+        }
+        resp.json()
+            .await
+            .map_err(|e| StepError::new(format!("the orchestrator sent an unexpected answer: {e}")))
+    }
+
+    /// Deploys a phase 3 service through the orchestrator and waits until it is
+    /// healthy.
+    pub async fn deploy(&self, name: &str) -> Result<ServiceRecord, StepError> {
+        let spec = self.spec(name);
+        let orch = self.orchestrator()?;
+        let mut environment = self.env_for(name, spec);
+        environment.remove("CHORA_HOME");
+        let body = chora_api::orchestrator::DeploySpec {
+            name: name.to_owned(),
+            version: spec.version.clone().unwrap_or_else(|| "1.0.0".into()),
+            port: spec.port.expect("checked by the config"),
+            command: self.argv(spec),
+            image: spec.image.clone(),
+            environment,
+            dependencies: spec.deps().map(str::to_owned).collect(),
+        };
+        let mut req = self
+            .http
+            .post(format!("{orch}/v1/deploy"))
+            .timeout(Duration::from_secs(30))
+            .header(
+                "idempotency-key",
+                format!("bootstrap-{name}-{}", crate::state::now()),
+            )
+            .json(&body);
+        if let Some(t) = self.admin_token() {
+            req = req.bearer_auth(t);
+        }
+        let fail = |m: String| {
+            StepError::new(format!("deploying `{name}` failed: {m}"))
+                .action(format!(
+                    "See the orchestrator's log: {}",
+                    self.home.log_of("orchestrator").display()
+                ))
+                .action(format!(
+                    "Check services.{name} in {}",
+                    self.config_path.display()
+                ))
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| fail(chora_api::root_cause(&e)))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<chora_api::ErrorBody>(&text)
+                .map(|b| b.message)
+                .unwrap_or(text);
+            return Err(fail(format!("the orchestrator answered {status}: {msg}")));
+        }
+        let url = spec.health_url().expect("checked by the config");
+        let start = Instant::now();
+        let timeout = self.health_timeout(spec);
+        let waited =
+            crate::health::wait(&self.http, &url, &self.config.retry, timeout, || None).await;
+        if let Err(e) = waited {
+            let last = tail(&self.home.log_of(name), 5);
+            let mut err = fail(format!("not healthy after {:?}: {e}", start.elapsed()));
+            if !last.is_empty() {
+                err = err.cause(format!("its log ends with:\n{}", indent(&last)));
+            }
+            return Err(err.action(format!(
+                "Read its log: {}",
+                self.home.log_of(name).display()
+            )));
+        }
+        Ok(ServiceRecord {
+            phase: 3,
+            deployed_via: Some("orchestrator".into()),
+            url: spec.url(),
+            started_at: crate::state::now(),
+            ..Default::default()
+        })
+    }
+
+    /// A phase 3 service: running and healthy → left alone; otherwise deployed
+    /// again.
+    pub async fn ensure_deployed(&self, name: &str) -> Result<(Ensured, ServiceRecord), StepError> {
+        let spec = self.spec(name);
+        let running = self
+            .deployed()
+            .await?
+            .into_iter()
+            .any(|s| s.name == name && s.state == chora_api::orchestrator::State::Running);
+        if running {
+            let url = spec.health_url().expect("checked by the config");
+            if crate::health::check(&self.http, &url).await.is_ok() {
+                return Ok((
+                    Ensured::Healthy,
+                    ServiceRecord {
+                        phase: 3,
+                        deployed_via: Some("orchestrator".into()),
+                        url: spec.url(),
+                        started_at: crate::state::now(),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        Ok((Ensured::Restarted, self.deploy(name).await?))
+    }
+
+    /// Undeploys a phase 3 service (the orchestrator stops it).
+    pub async fn undeploy(&self, name: &str) -> Result<(), StepError> {
+        let orch = self.orchestrator()?;
+        let mut req = self
+            .http
+            .delete(format!("{orch}/v1/services/{name}"))
+            .timeout(Duration::from_secs(30));
+        if let Some(t) = self.admin_token() {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(StepError::new(format!(
+                "the orchestrator answered {}",
+                r.status()
+            ))),
+            // No orchestrator, no children: they die with it.
+            Err(e) if e.is_connect() => Ok(()),
+            Err(e) => Err(StepError::new(chora_api::root_cause(&e))),
+        }
+    }
+}
+
+pub fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,85 @@
+//! Health waits (DESIGN.md §2): GET the health URL until `required_consecutive`
+//! answers of 200 in a row. The delay after a failure starts at `initial_delay`,
+//! grows by `backoff_factor` and caps at `max_delay`; between successes it is
+//! `initial_delay`.
+
+use crate::config::Retry;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url} was not healthy within {} (last: {last})", crate::output::human(*waited))]
+pub struct Unhealthy {
+    pub url: String,
+    pub waited: Duration,
+    pub last: String,
+}
+
+/// A client for health checks: short timeouts, no pooling surprises.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// One check: `Ok` on a 200.
+pub async fn check(http: &reqwest::Client, url: &str) -> Result<(), String> {
+    match http.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) => Err(chora_api::root_cause(&e)),
+    }
+}
+
+/// Waits until `url` is healthy, at most `timeout`. `gone` is polled between
+/// checks: when it reports the service died, the wait ends at once with its words.
+pub async fn wait(
+    http: &reqwest::Client,
+    url: &str,
+    retry: &Retry,
+    timeout: Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> Result<Duration, Unhealthy> {
+    let start = Instant::now();
+    let initial = Duration::from_secs_f64(retry.initial_delay);
+    let max = Duration::from_secs_f64(retry.max_delay);
+    let mut delay = initial;
+    let mut streak = 0;
+    let mut last = String::from("no answer yet");
+    loop {
+        match check(http, url).await {
+            Ok(()) => {
+                streak += 1;
+                delay = initial;
+                if streak >= retry.required_consecutive.max(1) {
+                    return Ok(start.elapsed());
+                }
+            }
+            Err(e) => {
+                streak = 0;
+                last = e;
+                if let Some(why) = gone() {
+                    return Err(Unhealthy {
+                        url: url.to_owned(),
+                        waited: start.elapsed(),
+                        last: why,
+                    });
+                }
+            }
+        }
+        if start.elapsed() + delay > timeout {
+            return Err(Unhealthy {
+                url: url.to_owned(),
+                waited: start.elapsed(),
+                last,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        if streak == 0 {
+            delay = Duration::from_secs_f64(
+                (delay.as_secs_f64() * retry.backoff_factor).min(max.as_secs_f64()),
+            );
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The built-in configuration templates. A missing config file is written from
+//! the template of the chosen environment. `chora` as a program means this binary;
+//! `${CHORA_HOME}` is the chora home directory (`.chora` by default).
+
+use crate::config::Environment;
+
+/// The `dev` environment: every service a local process of this binary, the
+/// Manifest on SQLite, health checks tuned to confirm a healthy service in tens of
+/// milliseconds.
+pub const DEV: &str = r#"# chora bootstrap configuration (written from the built-in `dev` template).
+# `chora bootstrap config validate` checks it; unknown keys are errors.
+version: "1.0"
+environment: dev
+
+services:
+  manifest:
+    phase: 1
+    command: [chora, manifest, serve, --listen, "127.0.0.1:8500",
+              --storage, "sqlite:${CHORA_HOME}/data/manifest.db",
+              --credentials, "${CHORA_HOME}/credentials.json",
+              --ttl, "10", --heartbeat-interval, "1", --register-self]
+    port: 8500
+    health_endpoint: http://127.0.0.1:8500/health
+    timeout: 30
+    dependencies: []
+
+  orchestrator:
+    phase: 2
+    command: [chora, orchestrator, serve, --listen, "127.0.0.1:8600",
+              --manifest-url, "http://127.0.0.1:8500",
+              --credentials, "${CHORA_HOME}/credentials.json",
+              --logs, "${CHORA_HOME}/logs"]
+    port: 8600
+    health_endpoint: http://127.0.0.1:8600/health
+    timeout: 30
+    dependencies: [manifest]
+
+  gateway:
+    phase: 2
+    command: [chora, gateway, serve, --listen, "127.0.0.1:8700",
+              --manifest-url, "http://127.0.0.1:8500"]
+    port: 8700
+    health_endpoint: http://127.0.0.1:8700/health
+    timeout: 30
+    dependencies: [manifest]
+
+  analyzer:
+    phase: 3
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 8800
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+  executor:
+    phase: 3
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 8900
+    timeout: 30
+    dependencies: [manifest, orchestrator, analyzer]
+
+  storage:
+    phase: 3
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 9000
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+  monitor:
+    phase: 3
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 9100
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+  logger:
+    phase: 3
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 9200
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+timeouts:
+  health_check: 30
+  phase_0: 30
+  phase_1: 60
+  phase_2: 60
+  phase_3: 120
+  phase_4: 60
+
+# Health waits: a check every 10 ms while healthy, backing off x1.5 up to
+# 250 ms while not; 3 answers of 200 in a row confirm a service.
+retry:
+  initial_delay: 0.01
+  max_delay: 0.25
+  backoff_factor: 1.5
+  max_attempts: 10
+  required_consecutive: 3
+
+credentials:
+  jwt_secret_bits: 256
+  api_key_bits: 256
+  storage_permissions: "0600"
+
+logging:
+  level: info
+  max_bytes: 10485760
+  backup_count: 5
+
+prerequisites:
+  min_disk_gb: 1
+
+validation:
+  tests:
+    - name: service_discovery
+      timeout: 30
+    - name: gateway_routing
+      timeout: 30
+    - name: orchestrator_control
+      timeout: 60
+    - name: health_dashboard
+      timeout: 30
+"#;
+
+/// The template text for `env`, if there is one.
+pub fn template(env: Environment) -> Option<String> {
+    match env {
+        Environment::Dev => Some(DEV.to_owned()),
+        Environment::Staging => Some(
+            DEV.replace(
+                "written from the built-in `dev` template",
+                "written from the built-in `staging` template",
+            )
+            .replace("environment: dev", "environment: staging"),
+        ),
+        Environment::Prod => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn the_dev_template_is_valid_and_ordered() {
+        let c = Config::parse(DEV, Path::new("t.yml")).unwrap();
+        assert_eq!(c.phase_services(1), ["manifest"]);
+        assert_eq!(c.phase_services(2), ["gateway", "orchestrator"]);
+        let waves = c.waves(3);
+        assert_eq!(waves[0], ["analyzer", "logger", "monitor", "storage"]);
+        assert_eq!(waves[1], ["executor"]);
+    }
+}

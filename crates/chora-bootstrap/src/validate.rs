@@ -1,0 +1,377 @@
+//! Phase 4 and `chora bootstrap validate` (DESIGN.md §6): service discovery,
+//! gateway routing, orchestrator control, health dashboard, then the custom
+//! script tests of the config.
+
+use crate::ctx::{Ctx, StepError};
+use crate::output::{Reporter, human};
+use chora_api::manifest::{ListFilter, Status};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Tests to leave out (`--skip-*`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Skip {
+    pub discovery: bool,
+    pub routing: bool,
+    pub control: bool,
+}
+
+/// One test's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TestResult {
+    pub name: String,
+    pub passed: bool,
+    pub required: bool,
+    pub duration_ms: u64,
+    pub detail: String,
+}
+
+/// Phase 4's verdict: the first failed required test.
+pub fn verdict(results: &[TestResult]) -> Result<(), StepError> {
+    match results.iter().find(|r| !r.passed && r.required) {
+        None => Ok(()),
+        Some(r) => Err(StepError::new(format!(
+            "validation test `{}` failed: {}",
+            r.name, r.detail
+        ))
+        .action("Run the checks alone: chora bootstrap validate")
+        .action("See each service's log under .chora/logs/")),
+    }
+}
+
+/// Waits (blocking reads) until every name in `names` has an `up` instance.
+/// On timeout, returns the missing names.
+pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Result<(), String> {
+    let client = ctx.manifest();
+    let deadline = Instant::now() + limit;
+    let mut index = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let block = index.map(|i| (i, left.min(Duration::from_secs(5))));
+        let missing: Vec<String> = match client
+            .watch(
+                &ListFilter {
+                    status: Some(Status::Up),
+                    ..Default::default()
+                },
+                block,
+            )
+            .await
+        {
+            Ok((list, i)) => {
+                index = Some(i);
+                let up: BTreeSet<&str> = list.iter().map(|x| x.name.as_str()).collect();
+                names
+                    .iter()
+                    .filter(|n| !up.contains(n.as_str()))
+                    .cloned()
+                    .collect()
+            }
+            Err(e) => {
+                index = None;
+                if Instant::now() >= deadline {
+                    return Err(format!("the Manifest is unreachable: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(missing.join(", "));
+        }
+    }
+}
+
+/// Waits until `name` has no `up` instance left.
+async fn wait_gone(ctx: &Ctx, name: &str, limit: Duration) -> Result<(), String> {
+    let client = ctx.manifest();
+    let deadline = Instant::now() + limit;
+    let mut index = None;
+    let filter = ListFilter {
+        status: Some(Status::Up),
+        name: Some(name.to_owned()),
+        ..Default::default()
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (list, i) = client
+            .watch(
+                &filter,
+                index.map(|i| (i, left.min(Duration::from_secs(5)))),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        index = Some(i);
+        if list.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{name} still listed after {limit:?}"));
+        }
+    }
+}
+
+/// Runs the enabled tests in order, reporting each.
+pub async fn run_all(ctx: &Ctx, out: &mut Reporter, skip: Skip) -> Vec<TestResult> {
+    let mut results = Vec::new();
+    let tests: Vec<crate::config::TestSpec> = if ctx.config.validation.tests.is_empty() {
+        crate::config::BUILTIN_TESTS
+            .iter()
+            .map(|n| crate::config::TestSpec {
+                name: (*n).into(),
+                enabled: true,
+                timeout: 30.0,
+                script: None,
+                args: vec![],
+                required: true,
+            })
+            .collect()
+    } else {
+        ctx.config
+            .validation
+            .tests
+            .iter()
+            .map(|t| t.value.clone())
+            .collect()
+    };
+    for t in tests {
+        if !t.enabled {
+            continue;
+        }
+        let skipped = match t.name.as_str() {
+            "service_discovery" => skip.discovery,
+            "gateway_routing" => skip.routing,
+            "orchestrator_control" => skip.control,
+            _ => false,
+        } && t.script.is_none();
+        if skipped {
+            continue;
+        }
+        let limit = Duration::from_secs_f64(t.timeout);
+        let label = label_of(&t.name);
+        out.begin(&label);
+        let start = Instant::now();
+        let r = match &t.script {
+            Some(script) => run_script(ctx, script, &t.args, limit, &[])
+                .await
+                .map(|()| "script passed".to_string()),
+            None => match tokio::time::timeout(limit, builtin(ctx, &t.name, limit)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("did not finish within {}", human(limit))),
+            },
+        };
+        let took = start.elapsed();
+        let (passed, detail) = match r {
+            Ok(d) => {
+                out.ok_with(&label, Some(took), &d);
+                (true, d)
+            }
+            Err(e) if !t.required => {
+                out.warn(&label, &format!("{e} (not required)"));
+                (false, e)
+            }
+            Err(e) => {
+                out.fail(&label, Some(took), &e);
+                (false, e)
+            }
+        };
+        results.push(TestResult {
+            name: t.name.clone(),
+            passed,
+            required: t.required,
+            duration_ms: took.as_millis() as u64,
+            detail,
+        });
+    }
+    results
+}
+
+fn label_of(name: &str) -> String {
+    match name {
+        "service_discovery" => "Service discovery".into(),
+        "gateway_routing" => "Gateway routing".into(),
+        "orchestrator_control" => "Orchestrator control".into(),
+        "health_dashboard" => "Health dashboard".into(),
+        other => format!("Custom test {other}"),
+    }
+}
+
+async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, String> {
+    match name {
+        "service_discovery" => {
+            let names: Vec<String> = ctx.config.services.keys().cloned().collect();
+            wait_registered(ctx, &names, limit)
+                .await
+                .map_err(|m| format!("not registered and up: {m}"))?;
+            Ok(format!("all {} services registered and up", names.len()))
+        }
+        "gateway_routing" => {
+            let gw = ctx
+                .url_of("gateway")
+                .ok_or("no `gateway` service in the config")?;
+            if ctx.config.service("analyzer").is_none() {
+                return Ok("skipped: no analyzer in the config".into());
+            }
+            let deadline = Instant::now() + limit;
+            loop {
+                let t = Instant::now();
+                let r = ctx
+                    .http
+                    .post(format!("{gw}/api/v1/analyzer/analyze"))
+                    .json(&serde_json::json!({"text": "chora validation request"}))
+                    .send()
+                    .await;
+                let latency = t.elapsed();
+                let problem = match r {
+                    Ok(resp) if resp.status().is_success() => {
+                        match resp.json::<serde_json::Value>().await {
+                            Ok(v) if v["words"] == 3 => {
+                                return Ok(format!(
+                                    "routed to analyzer, valid answer in {}",
+                                    human(latency)
+                                ));
+                            }
+                            Ok(v) => format!("unexpected answer {v}"),
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                    Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
+                    Err(e) => chora_api::root_cause(&e),
+                };
+                if Instant::now() >= deadline {
+                    return Err(problem);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        "orchestrator_control" => {
+            let Some(spec) = ctx.config.service("analyzer") else {
+                return Ok("skipped: no analyzer in the config".into());
+            };
+            let orch = ctx
+                .url_of("orchestrator")
+                .ok_or("no `orchestrator` service in the config")?;
+            let t = Instant::now();
+            let act = |what: &'static str| {
+                let mut req = ctx
+                    .http
+                    .post(format!("{orch}/v1/services/analyzer/{what}"))
+                    .timeout(Duration::from_secs(30));
+                if let Some(tok) = ctx.admin_token() {
+                    req = req.bearer_auth(tok);
+                }
+                async move {
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("{what}: HTTP {}", r.status().as_u16())),
+                        Err(e) => Err(format!("{what}: {}", chora_api::root_cause(&e))),
+                    }
+                }
+            };
+            act("stop").await?;
+            wait_gone(ctx, "analyzer", limit).await?;
+            let stopped = t.elapsed();
+            act("start").await?;
+            wait_registered(ctx, &["analyzer".to_string()], limit)
+                .await
+                .map_err(|m| format!("not back: {m}"))?;
+            let url = spec.health_url().unwrap_or_default();
+            crate::health::wait(&ctx.http, &url, &ctx.config.retry, limit, || None)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "stopped analyzer (left discovery in {}), started it, healthy again after {}",
+                human(stopped),
+                human(t.elapsed())
+            ))
+        }
+        "health_dashboard" => {
+            let list = ctx
+                .manifest()
+                .list(&ListFilter::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let sick: Vec<&str> = list
+                .iter()
+                .filter(|i| i.status != Status::Up)
+                .map(|i| i.name.as_str())
+                .collect();
+            if !sick.is_empty() {
+                return Err(format!("unhealthy: {}", sick.join(", ")));
+            }
+            let mut bad = Vec::new();
+            for (name, s) in &ctx.config.services {
+                if let Some(url) = s.value.health_url()
+                    && let Err(e) = crate::health::check(&ctx.http, &url).await
+                {
+                    bad.push(format!("{name} ({e})"));
+                }
+            }
+            if bad.is_empty() {
+                Ok(format!(
+                    "all {} services report healthy",
+                    ctx.config.services.len()
+                ))
+            } else {
+                Err(format!("health checks failing: {}", bad.join(", ")))
+            }
+        }
+        other => Err(format!("unknown built-in test `{other}`")),
+    }
+}
+
+/// Runs a script (a hook or a custom test) with a timeout; non-zero exit fails.
+/// It gets the URLs of the system in its environment, never a secret.
+pub async fn run_script(
+    ctx: &Ctx,
+    script: &str,
+    args: &[String],
+    limit: Duration,
+    extra_env: &[(String, String)],
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(ctx.expand(script));
+    cmd.args(args.iter().map(|a| ctx.expand(a)))
+        .current_dir(&ctx.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env_remove("CHORA_API_KEY")
+        .env("CHORA_HOME", &ctx.home.root)
+        .env("MANIFEST_URL", ctx.manifest_url())
+        .kill_on_drop(true);
+    for (name, var) in [
+        ("gateway", "GATEWAY_URL"),
+        ("orchestrator", "ORCHESTRATOR_URL"),
+    ] {
+        if let Some(u) = ctx.url_of(name) {
+            cmd.env(var, u);
+        }
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Err(_) => Err(format!("{script} did not finish within {}", human(limit))),
+        Ok(Err(e)) => Err(format!("{script}: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().last().unwrap_or("").trim().to_owned();
+            Err(format!(
+                "{script} exited with {}{}",
+                out.status,
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                }
+            ))
+        }
+    }
+}
