@@ -208,7 +208,11 @@ pub fn dry_run(ctx: &Ctx, out: &mut Reporter) {
                         spec.port.unwrap_or(0)
                     ),
                 };
-                let env: Vec<String> = ctx.env_for(name, spec).into_keys().collect();
+                let mut env: Vec<String> = ctx.env_for(name, spec).into_keys().collect();
+                if !env.iter().any(|k| k == "CHORA_API_KEY") {
+                    env.push("CHORA_API_KEY".into()); // from the credentials phase 0 writes
+                    env.sort();
+                }
                 let verb = if phase == 3 {
                     "deploy via orchestrator"
                 } else {
