@@ -3,7 +3,7 @@
 
 use crate::chora_bin;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -623,7 +623,7 @@ fn sigint_saves_the_state_and_exits_6() {
         &format!("health_endpoint: http://127.0.0.1:{gw}/health\n    timeout: 30"),
         &format!("health_endpoint: http://127.0.0.1:{dead}/health\n    timeout: 60"),
     ));
-    let mut child = site.spawn(&["bootstrap"]);
+    let child = site.spawn(&["bootstrap"]);
     // Wait until phase 2 is under way (the state file says so).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
