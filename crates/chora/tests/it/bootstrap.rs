@@ -716,3 +716,118 @@ fn hooks_and_custom_validation_tests_run() {
         "{err}"
     );
 }
+
+#[test]
+fn sigkill_at_twenty_moments_always_recovers_with_one_process_per_service() {
+    let site = Site::new();
+    // How long a cold run takes here, to spread the kills over all of it.
+    site.ok(&["bootstrap", "--skip-validation"]);
+    site.ok(&["bootstrap", "reset", "--force", "--keep-credentials"]);
+    let t = Instant::now();
+    site.ok(&["bootstrap", "--skip-validation"]);
+    let full = t.elapsed();
+    for i in 0..20u32 {
+        site.ok(&["bootstrap", "reset", "--force", "--keep-credentials"]);
+        let mut child = site.spawn(&["bootstrap", "--skip-validation"]);
+        // The kill moment (not a synchronisation): i/20 of a full run.
+        std::thread::sleep(full * i / 20);
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        let state_path = site.home().join("bootstrap-state.json");
+        if let Ok(text) = std::fs::read_to_string(&state_path) {
+            serde_json::from_str::<Value>(&text).unwrap_or_else(|e| {
+                panic!("kill #{i}: the state file does not parse ({e}): {text}")
+            });
+        }
+        let (code, out, err) = site.run(&["bootstrap", "--skip-validation"]);
+        assert_eq!(
+            code,
+            0,
+            "kill #{i} at {:?}: the next run failed\n{out}\n{err}",
+            full * i / 20
+        );
+        site.assert_one_process_each();
+        assert_eq!(site.state()["status"], "completed", "kill #{i}");
+    }
+}
+
+/// Output with what varies between runs (paths, ports, pids, times, sizes)
+/// replaced by names, for snapshots.
+fn normalize(site: &Site, text: &str) -> String {
+    let mut t = text.replace(&site.home().display().to_string(), "[HOME]");
+    let names = [
+        "manifest",
+        "orchestrator",
+        "gateway",
+        "analyzer",
+        "executor",
+        "storage",
+        "monitor",
+        "logger",
+    ];
+    for (p, n) in site.ports.iter().zip(names) {
+        t = t.replace(&p.to_string(), &format!("[{n}-port]"));
+    }
+    // Which port is lowest varies: any port is just [port].
+    for n in names {
+        t = t.replace(&format!("[{n}-port]"), "[port]");
+    }
+    // Numbers that vary (several digits: pids, sizes, versions) become N, and
+    // durations become T; single digits (phases, counts) stay.
+    let mut out = String::new();
+    let chars: Vec<char> = t.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_digit()
+                    || (chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+            {
+                i += 1;
+            }
+            let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
+            let unit = rest.starts_with("ms") || rest.starts_with('s') || rest.starts_with("m ");
+            if unit {
+                out.push('T');
+                i += if rest.starts_with("ms") { 2 } else { 1 };
+                // "2m 5s": swallow the seconds part too.
+                if rest.starts_with("m ") {
+                    while i < chars.len() && chars[i] != 's' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            } else if i - start > 1 {
+                out.push('N');
+            } else {
+                out.push(chars[start]);
+            }
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn snapshot_of_a_successful_run() {
+    let site = Site::new();
+    let out = site.ok(&["bootstrap"]);
+    insta::assert_snapshot!("bootstrap_success", normalize(&site, &out));
+}
+
+#[test]
+fn snapshot_of_a_failed_run() {
+    let site = Site::new();
+    site.write_config(&site.template().replacen(
+        "command: [chora, manifest, serve",
+        "command: [/nonexistent/chora-manifest, serve",
+        1,
+    ));
+    let (code, out, err) = site.run(&["bootstrap"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!("bootstrap_failure_stdout", normalize(&site, &out));
+    insta::assert_snapshot!("bootstrap_failure_stderr", normalize(&site, &err));
+}
