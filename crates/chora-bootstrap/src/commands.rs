@@ -37,7 +37,10 @@ async fn stop_phases_above(
             let record = state.services.get(&name);
             let t = std::time::Instant::now();
             if phase == 3 {
-                if record.is_none() {
+                // When the orchestrator goes too, it stops its children itself
+                // (first, on SIGTERM); undeploying them one by one would only
+                // need tokens the running orchestrator may no longer accept.
+                if record.is_none() || target < 2 {
                     continue;
                 }
                 out.begin(&format!("Undeploying {name}"));

@@ -20,7 +20,15 @@ pub struct Site {
 impl Site {
     pub fn new() -> Site {
         let dir = chora_testkit::temp_dir();
-        let ports: Vec<u16> = (0..8).map(|_| chora_testkit::free_port()).collect();
+        // Hold all eight at once so that no two are the same.
+        let held: Vec<std::net::TcpListener> = (0..8)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
         let s = Site { dir, ports };
         s.write_config(&s.template());
         s
@@ -830,4 +838,74 @@ fn snapshot_of_a_failed_run() {
     assert_eq!(code, 2);
     insta::assert_snapshot!("bootstrap_failure_stdout", normalize(&site, &out));
     insta::assert_snapshot!("bootstrap_failure_stderr", normalize(&site, &err));
+}
+
+#[test]
+fn credentials_rotate_and_apply_and_config_show() {
+    let site = Site::new();
+    site.ok(&["bootstrap", "--skip-validation"]);
+    let shown = site.ok(&["bootstrap", "config", "show"]);
+    assert!(
+        shown.contains("version: \"1.0\"") && shown.contains(&site.port("manifest").to_string())
+    );
+    let path = site.home().join("credentials.json");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let out = site.ok(&["bootstrap", "config", "rotate-credentials"]);
+    assert!(out.contains("apply-credentials"), "{out}");
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(before, after);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let manifest = site.pid_of("manifest");
+    site.ok(&["bootstrap", "config", "apply-credentials"]);
+    assert_ne!(
+        site.pid_of("manifest"),
+        manifest,
+        "restarted with the new credentials"
+    );
+    site.assert_one_process_each();
+    // The restarted system works with the new keys end to end.
+    site.ok(&["bootstrap", "validate"]);
+}
+
+#[test]
+fn status_watch_redraws_when_the_registry_changes() {
+    let site = Site::new();
+    site.ok(&["bootstrap", "--skip-validation"]);
+    let mut watcher = site.spawn(&["bootstrap", "status", "--watch", "--format", "json"]);
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let de = serde_json::Deserializer::from_reader(stdout).into_iter::<Value>();
+        for doc in de.flatten() {
+            let _ = tx.send(doc);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a first status");
+    assert_eq!(first["overall_status"], "healthy");
+    site.ok(&["bootstrap", "rollback", "--to-phase", "2", "--force"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a redraw after the change");
+        let analyzer = doc["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "analyzer")
+            .unwrap()
+            .clone();
+        if analyzer["status"] == "down" {
+            assert_ne!(doc["overall_status"], "healthy");
+            break;
+        }
+    }
+    unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
+    assert!(watcher.wait().unwrap().success());
 }
