@@ -150,6 +150,9 @@ pub struct Catalog {
     state: RwLock<State>,
     changes: watch::Sender<u64>,
     liveness: Liveness,
+    /// True: every change moves the index by one (SQLite). False: the backend
+    /// sets it with [`Catalog::publish`] (etcd, whose revision is the index).
+    auto_index: bool,
 }
 
 impl Catalog {
@@ -165,6 +168,70 @@ impl Catalog {
             }),
             changes,
             liveness,
+            auto_index: true,
+        }
+    }
+
+    /// A catalog whose index the backend sets (see [`Catalog::publish`]).
+    pub fn with_external_index(liveness: Liveness) -> Catalog {
+        Catalog {
+            auto_index: false,
+            ..Catalog::new(liveness, 0)
+        }
+    }
+
+    /// Sets the index to `index` (if higher) and wakes blocking reads.
+    pub fn publish(&self, index: u64) {
+        let mut st = self.write();
+        if index > st.index {
+            st.index = index;
+            self.changes.send_replace(index);
+        }
+    }
+
+    /// Waits until the index has reached `index` (the backend applied a write
+    /// it made), at most `wait`. True when it has.
+    pub async fn wait_applied(&self, index: u64, wait: Duration) -> bool {
+        let mut rx = self.changes.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|&i| i >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Replaces everything with `entries` (a backend's full resync).
+    pub fn reset(&self, entries: Vec<(Record, Status)>, index: u64) {
+        let now = (SystemTime::now(), Instant::now());
+        let mut st = self.write();
+        st.services.clear();
+        st.count = 0;
+        for (r, status) in entries {
+            let mut e = Entry::new(r, now);
+            e.status = status;
+            e.reported = status;
+            e.render();
+            let name = e.record.name.clone();
+            let id = e.record.id.clone();
+            if st.services.entry(name).or_default().insert(id, e).is_none() {
+                st.count += 1;
+            }
+        }
+        st.index = st.index.max(index);
+        self.changes.send_replace(st.index);
+    }
+
+    /// Sets an instance's status (backends that track liveness themselves).
+    pub fn set_status(&self, name: &str, id: &str, status: Status) {
+        let mut st = self.write();
+        if let Some(e) = st.entry_mut(name, id)
+            && e.status != status
+        {
+            e.status = status;
+            e.reported = status;
+            if status == Status::Up {
+                e.last_heartbeat = SystemTime::now();
+            }
+            e.render();
+            self.bump(&mut st);
         }
     }
 
@@ -181,8 +248,10 @@ impl Catalog {
     }
 
     fn bump(&self, st: &mut State) {
-        st.index += 1;
-        self.changes.send_replace(st.index);
+        if self.auto_index {
+            st.index += 1;
+            self.changes.send_replace(st.index);
+        }
     }
 
     pub fn index(&self) -> u64 {
@@ -227,6 +296,11 @@ impl Catalog {
     /// Applies a durable registration: a new instance, or a known one updated in
     /// place (keeping `registered_at`). Either way it counts as a heartbeat.
     pub fn upsert(&self, record: Record) -> Instance {
+        self.upsert_status(record, Status::Up)
+    }
+
+    /// [`Catalog::upsert`] with the status the backend knows.
+    pub fn upsert_status(&self, record: Record, status: Status) -> Instance {
         let now = (SystemTime::now(), Instant::now());
         let mut st = self.write();
         let inst = match st.entry_mut(&record.name, &record.id) {
@@ -238,13 +312,16 @@ impl Catalog {
                 };
                 e.last_heartbeat = now.0;
                 e.last_seen = now.1;
-                e.reported = Status::Up;
-                e.status = Status::Up;
+                e.reported = status;
+                e.status = status;
                 e.render();
                 e.instance()
             }
             None => {
-                let e = Entry::new(record, now);
+                let mut e = Entry::new(record, now);
+                e.reported = status;
+                e.status = status;
+                e.render();
                 let inst = e.instance();
                 st.services
                     .entry(inst.name.clone())

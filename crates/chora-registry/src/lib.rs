@@ -5,6 +5,7 @@
 //! go through a [`store::Store`] backend that makes them durable first.
 
 pub mod catalog;
+pub mod etcd;
 pub mod http;
 pub mod sqlite;
 pub mod store;
@@ -66,8 +67,8 @@ pub struct Config {
 pub enum ServeError {
     #[error(transparent)]
     Open(#[from] sqlite::OpenError),
-    #[error("the etcd storage backend is not available in this build yet")]
-    EtcdUnsupported,
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdOpenError),
     #[error("invalid liveness settings: {0}")]
     Liveness(String),
     #[error("the HTTP server failed: {0}")]
@@ -84,10 +85,9 @@ fn sweep_tick(l: &Liveness) -> Duration {
 /// from its address (so a restart replaces its own record), and heartbeats it
 /// from inside.
 async fn register_self(
-    store: &Arc<sqlite::SqliteStore>,
+    store: &Arc<dyn store::Store>,
     addr: std::net::SocketAddr,
 ) -> Result<(String, tokio::task::JoinHandle<()>), ServeError> {
-    use store::Store;
     let addr = chora_service::register::reachable(addr);
     let id = format!("manifest-{:08x}", u32::from(addr.port()));
     let reg = chora_api::manifest::Registration {
@@ -114,7 +114,7 @@ async fn register_self(
         loop {
             tick.tick().await;
             let Some(s) = weak.upgrade() else { return };
-            let _ = s.catalog().heartbeat("manifest", &id2, None);
+            let _ = s.heartbeat("manifest", &id2, None).await;
         }
     });
     Ok((id, beat))
@@ -140,11 +140,15 @@ pub async fn run(
             l.ttl, l.heartbeat_interval
         )));
     }
-    let store = match &config.storage {
-        StorageSpec::Sqlite(path) => sqlite::SqliteStore::open(path, l)?,
-        StorageSpec::Etcd(_) => return Err(ServeError::EtcdUnsupported),
+    // SQLite expires instances itself (the sweeper); etcd does it with leases.
+    let (store, sweeper, sqlite): (Arc<dyn store::Store>, _, _) = match &config.storage {
+        StorageSpec::Sqlite(path) => {
+            let s = sqlite::SqliteStore::open(path, l)?;
+            let sweeper = s.spawn_sweeper(sweep_tick(&l));
+            (s.clone(), Some(sweeper), Some(s))
+        }
+        StorageSpec::Etcd(urls) => (etcd::EtcdStore::open(urls, l).await?, None, None),
     };
-    let sweeper = store.spawn_sweeper(sweep_tick(&l));
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         store: store.clone(),
@@ -167,12 +171,16 @@ pub async fn run(
             closing_tx.send_replace(true);
         })
         .await;
-    sweeper.abort();
-    let _ = sweeper.await;
+    if let Some(sw) = sweeper {
+        sw.abort();
+        let _ = sw.await;
+    }
     if let Some((id, beat)) = me {
         beat.abort();
-        let _ = store::Store::deregister(&*store, "manifest", &id).await;
+        let _ = store.deregister("manifest", &id).await;
     }
-    store.close();
+    if let Some(s) = sqlite {
+        s.close();
+    }
     served.map_err(ServeError::Io)
 }

@@ -81,6 +81,42 @@ pub fn spawn_server(bin: &Path, dir: &Path, args: &[&str], envs: &[(&str, &str)]
         "chora {}",
         args.iter().take(2).cloned().collect::<Vec<_>>().join(" ")
     );
+    spawn_until(bin, dir, args, envs, label, |line| {
+        let rest = line.split(READY_PREFIX).nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Starts a process and waits until `ready` finds its address in a line of its
+/// output (stdout or stderr).
+pub fn spawn_until(
+    bin: &Path,
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    label: String,
+    ready: impl Fn(&str) -> Option<SocketAddr>,
+) -> Server {
+    start_process(bin, dir, args, envs, label).wait(ready)
+}
+
+/// A started process whose readiness is not yet known. Start it on the thread
+/// that owns it (`PR_SET_PDEATHSIG` ties the child to that thread); waiting may
+/// happen anywhere.
+pub struct Starting {
+    child: Child,
+    label: String,
+    output: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+pub fn start_process(
+    bin: &Path,
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    label: String,
+) -> Starting {
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .current_dir(dir)
@@ -99,37 +135,55 @@ pub fn spawn_server(bin: &Path, dir: &Path, args: &[&str], envs: &[(&str, &str)]
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn chora");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     let output = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    pump(child.stdout.take().unwrap(), output.clone(), Some(tx));
-    pump(child.stderr.take().unwrap(), output.clone(), None);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.split(READY_PREFIX).nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("");
-                    break addr.parse().expect("readiness line carries an address");
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                std::thread::sleep(Duration::from_millis(50));
-                panic!(
-                    "{label} did not become ready ({status:?}); output:\n{}",
-                    output.lock().unwrap()
-                );
-            }
-        }
-    };
-    Server {
-        child: Some(child),
-        addr,
+    let (tx, lines) = mpsc::channel();
+    pump(
+        child.stdout.take().unwrap(),
+        output.clone(),
+        Some(tx.clone()),
+    );
+    pump(child.stderr.take().unwrap(), output.clone(), Some(tx));
+    Starting {
+        child,
         label,
         output,
+        lines,
+    }
+}
+
+impl Starting {
+    /// Waits (up to 15 s) until `ready` finds the address in a line of output.
+    pub fn wait(mut self, ready: impl Fn(&str) -> Option<SocketAddr>) -> Server {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = ready(&line) {
+                        break addr;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let status = self.child.wait();
+                    std::thread::sleep(Duration::from_millis(50));
+                    panic!(
+                        "{} did not become ready ({status:?}); output:\n{}",
+                        self.label,
+                        self.output.lock().unwrap()
+                    );
+                }
+            }
+        };
+        Server {
+            child: Some(self.child),
+            addr,
+            label: self.label,
+            output: self.output,
+        }
     }
 }
 
@@ -151,6 +205,171 @@ fn pump(
             }
         }
     });
+}
+
+/// True when Debian's `etcd` is installed. When it is not, a test that needs it
+/// fails if `CHORA_REQUIRE_ETCD=1` (CI), and otherwise says why it skips.
+pub fn etcd_available(test: &str) -> bool {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CHORA_REQUIRE_ETCD").as_deref() == Ok("1") {
+            panic!(
+                "{test}: etcd is required (CHORA_REQUIRE_ETCD=1) but not installed: apt-get install etcd-server"
+            );
+        }
+        eprintln!("SKIPPED {test}: etcd is not installed (apt-get install etcd-server)");
+    }
+    found
+}
+
+/// One etcd member started by a test, on free loopback ports, with its own
+/// data directory; it can be stopped and started again on the same data.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data: PathBuf,
+    cluster: String,
+    pub server: Option<Server>,
+}
+
+impl EtcdMember {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (or restarts) the member and waits until it serves clients.
+    pub fn start(&mut self, new_cluster: bool) {
+        let pending = self.spawn(new_cluster);
+        self.ready(pending);
+    }
+
+    fn ready(&mut self, pending: Starting) {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
+        self.server = Some(pending.wait(move |line| {
+            line.contains("serving insecure client requests")
+                .then_some(addr)
+        }));
+    }
+
+    /// Starts the process on this thread without waiting.
+    fn spawn(&self, new_cluster: bool) -> Starting {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let data = self.data.display().to_string();
+        let state = if new_cluster { "new" } else { "existing" };
+        let args = [
+            "--name",
+            &self.name,
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &self.cluster,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            "chora-test",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ];
+        let dir = self.data.parent().unwrap().to_owned();
+        start_process(
+            Path::new("etcd"),
+            &dir,
+            &args,
+            &[],
+            format!("etcd {}", self.name),
+        )
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill9();
+        }
+    }
+}
+
+/// An etcd cluster of `n` members started by a test.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = temp_dir();
+        let ports: Vec<(u16, u16)> = {
+            let held: Vec<std::net::TcpListener> = (0..2 * n)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect();
+            let p: Vec<u16> = held
+                .iter()
+                .map(|l| l.local_addr().unwrap().port())
+                .collect();
+            (0..n).map(|i| (p[2 * i], p[2 * i + 1])).collect()
+        };
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<EtcdMember> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| EtcdMember {
+                name: format!("e{i}"),
+                client_port: *c,
+                peer_port: *p,
+                data: dir.path().join(format!("e{i}")),
+                cluster: cluster.clone(),
+                server: None,
+            })
+            .collect();
+        let mut c = EtcdCluster {
+            members: Vec::new(),
+            _dir: dir,
+        };
+        std::mem::swap(&mut c.members, &mut members);
+        c.start_all(true);
+        c
+    }
+
+    /// Starts every member (on this thread) and waits for all of them together:
+    /// members wait for a quorum before they serve.
+    pub fn start_all(&mut self, new_cluster: bool) {
+        let pending: Vec<Starting> = self.members.iter().map(|m| m.spawn(new_cluster)).collect();
+        std::thread::scope(|s| {
+            for (m, p) in self.members.iter_mut().zip(pending) {
+                s.spawn(move || m.ready(p));
+            }
+        });
+    }
+
+    /// `etcd:URL,URL,…` for `chora manifest serve --storage`.
+    pub fn storage(&self) -> String {
+        format!("etcd:{}", self.urls().join(","))
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::url).collect()
+    }
 }
 
 /// A port that was free a moment ago (for restarting a server on the same address).

@@ -9,21 +9,85 @@ mod manifest_api;
 mod manifest_auth;
 mod manifest_cli;
 mod manifest_durability;
+mod manifest_etcd;
 
 use chora_testkit::{Server, spawn_server};
 use serde_json::Value;
 use std::path::Path;
 use tempfile::TempDir;
 
+/// Runs each listed `async fn name(b: Backend)` once on SQLite and once on etcd,
+/// as `…::sqlite::name` and `…::etcd::name`.
+#[macro_export]
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::Backend::sqlite()).await
+            })*
+        }
+        mod etcd {
+            $(#[tokio::test]
+            async fn $name() {
+                let Some(b) = $crate::Backend::etcd(stringify!($name)) else { return };
+                super::$name(b).await
+            })*
+        }
+    };
+}
+
 pub fn chora_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chora"))
 }
 
-/// A registry process on a free port over a SQLite file in its own temp dir.
+/// Where a test registry keeps its instances. The contract suite runs every
+/// test once per backend.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite,
+    /// An etcd cluster started for the test, and its `--storage` argument.
+    Etcd {
+        storage: String,
+        cluster: std::sync::Arc<std::sync::Mutex<chora_testkit::EtcdCluster>>,
+    },
+}
+
+impl Backend {
+    pub fn sqlite() -> Backend {
+        Backend::Sqlite
+    }
+
+    /// An etcd backend, or `None` (with the reason printed) where etcd is not
+    /// installed and not required.
+    pub fn etcd(test: &str) -> Option<Backend> {
+        chora_testkit::etcd_available(test)
+            .then(|| Backend::on(chora_testkit::EtcdCluster::start(1)))
+    }
+
+    pub fn on(cluster: chora_testkit::EtcdCluster) -> Backend {
+        Backend::Etcd {
+            storage: cluster.storage(),
+            cluster: std::sync::Arc::new(std::sync::Mutex::new(cluster)),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Etcd { .. } => "etcd",
+        }
+    }
+}
+
+/// A registry process on a free port over a SQLite file in its own temp dir, or
+/// over an etcd cluster.
 pub struct Registry {
     pub server: Server,
     pub dir: TempDir,
     pub http: reqwest::Client,
+    pub backend: Backend,
+    extra: Vec<String>,
 }
 
 impl Registry {
@@ -34,15 +98,39 @@ impl Registry {
     }
 
     pub fn start_in(dir: TempDir, listen: &str, extra: &[&str]) -> Registry {
-        let db = format!("sqlite:{}", dir.path().join("manifest.db").display());
-        let mut args = vec!["manifest", "serve", "--listen", listen, "--storage", &db];
+        Self::start_on(Backend::Sqlite, dir, listen, extra)
+    }
+
+    pub fn start_on(backend: Backend, dir: TempDir, listen: &str, extra: &[&str]) -> Registry {
+        let storage = match &backend {
+            Backend::Sqlite => format!("sqlite:{}", dir.path().join("manifest.db").display()),
+            Backend::Etcd { storage, .. } => storage.clone(),
+        };
+        let mut args = vec![
+            "manifest",
+            "serve",
+            "--listen",
+            listen,
+            "--storage",
+            &storage,
+        ];
         args.extend_from_slice(extra);
         let server = spawn_server(chora_bin(), dir.path(), &args, &[]);
         Registry {
             server,
             dir,
             http: reqwest::Client::new(),
+            backend,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// SIGKILLs the registry and starts it again on the same address and storage.
+    pub fn kill_and_restart(mut self) -> Registry {
+        let addr = self.server.addr.to_string();
+        self.server.kill9();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Self::start_on(self.backend.clone(), self.dir, &addr, &extra)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,6 +1,6 @@
 //! Auth as DESIGN.md §5 says: scoped API keys, admin JWTs, open reads.
 
-use crate::{Registry, assert_error};
+use crate::{Backend, Registry, assert_error};
 use chora_api::auth::{AdminClaims, mint_admin_token, sign_admin_claims, unix_seconds};
 use serde_json::json;
 use std::time::Duration;
@@ -12,12 +12,12 @@ struct Authed {
     storage_key: String,
 }
 
-fn start() -> Authed {
+fn start(b: Backend) -> Authed {
     let dir = chora_testkit::temp_dir();
     let (path, pairs) = chora_testkit::write_credentials(dir.path(), &["analyzer", "storage"]);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).unwrap().1.clone();
     let creds = path.display().to_string();
-    let r = Registry::start_in(dir, "127.0.0.1:0", &["--credentials", &creds]);
+    let r = Registry::start_on(b, dir, "127.0.0.1:0", &["--credentials", &creds]);
     Authed {
         r,
         secret: get("jwt_secret"),
@@ -30,9 +30,8 @@ fn body(name: &str) -> serde_json::Value {
     json!({"name": name, "version": "1", "interfaces": {"REST": "http://127.0.0.1:9"}})
 }
 
-#[tokio::test]
-async fn writes_need_a_valid_token_and_change_nothing_without_one() {
-    let a = start();
+async fn writes_need_a_valid_token_and_change_nothing_without_one(b: Backend) {
+    let a = start(b);
     let r = &a.r;
     let missing = r.post("/v1/services", &body("analyzer"), None).await;
     assert_error(&missing, 401);
@@ -65,9 +64,8 @@ async fn writes_need_a_valid_token_and_change_nothing_without_one() {
     );
 }
 
-#[tokio::test]
-async fn api_keys_act_only_on_their_own_service() {
-    let a = start();
+async fn api_keys_act_only_on_their_own_service(b: Backend) {
+    let a = start(b);
     let r = &a.r;
     let (s, reg) = r
         .post("/v1/services", &body("analyzer"), Some(&a.analyzer_key))
@@ -95,9 +93,8 @@ async fn api_keys_act_only_on_their_own_service() {
     assert_eq!(r.delete(&del, Some(&a.analyzer_key)).await.0, 204);
 }
 
-#[tokio::test]
-async fn admin_jwts_may_do_anything_until_they_expire() {
-    let a = start();
+async fn admin_jwts_may_do_anything_until_they_expire(b: Backend) {
+    let a = start(b);
     let r = &a.r;
     let admin = mint_admin_token(&a.secret, "ops", Duration::from_secs(60));
     let (s, reg) = r
@@ -181,3 +178,9 @@ async fn the_server_refuses_to_start_without_credentials_unless_told() {
         "{err}"
     );
 }
+
+crate::contract!(
+    writes_need_a_valid_token_and_change_nothing_without_one,
+    api_keys_act_only_on_their_own_service,
+    admin_jwts_may_do_anything_until_they_expire,
+);

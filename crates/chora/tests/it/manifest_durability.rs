@@ -1,16 +1,15 @@
 //! Acknowledged writes survive SIGKILL; the heartbeat keeper survives a registry
 //! that comes back empty.
 
-use crate::Registry;
+use crate::{Backend, Registry};
 use chora_api::manifest::{ListFilter, Registration};
 use chora_api::{Keeper, ManifestClient, keeper::Backoff};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-#[tokio::test]
-async fn acknowledged_writes_survive_sigkill() {
-    let mut r = Registry::start(&["--no-auth"]);
+async fn acknowledged_writes_survive_sigkill(b: Backend) {
+    let r = Registry::start_on(b, chora_testkit::temp_dir(), "127.0.0.1:0", &["--no-auth"]);
     let mut kept = BTreeSet::new();
     let mut removed = Vec::new();
     // Concurrent registrations share commits; every 201 must still be durable.
@@ -45,9 +44,7 @@ async fn acknowledged_writes_survive_sigkill() {
         removed.push(k);
     }
 
-    let addr = r.server.addr.to_string();
-    r.server.kill9();
-    let r = Registry::start_in(r.dir, &addr, &["--no-auth"]);
+    let r = r.kill_and_restart();
 
     let (_, list) = r.get("/v1/services").await;
     let found: BTreeSet<(String, String)> = list
@@ -178,3 +175,5 @@ async fn the_client_fails_over_to_the_next_url() {
     let out = client.register(&reg).await.unwrap();
     assert_eq!(client.get("fo").await.unwrap().instances[0].id, out.id);
 }
+
+crate::contract!(acknowledged_writes_survive_sigkill);

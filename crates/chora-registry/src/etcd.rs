@@ -1,0 +1,503 @@
+//! The etcd backend: Manifest nodes that keep no state of their own.
+//!
+//! An instance is the key `/chora/services/{name}/{id}` on a lease whose TTL is
+//! the registry's TTL, plus the key `/chora/alive/{name}/{id}` on a second lease
+//! of twice the heartbeat interval. A heartbeat, on any node, keeps both leases
+//! alive (lease keep-alives are cheap: no write). When the short lease runs out,
+//! etcd deletes the alive key and every node sees the instance turn `unhealthy`;
+//! when the long one runs out, etcd deletes the instance. Each node follows the
+//! prefix with a watch into its catalog (reads never go to etcd), and the etcd
+//! revision is the change index, so `X-Chora-Index` means the same on every node.
+//! A write is answered only once this node's catalog has applied it, so a client
+//! reads its own writes.
+
+use crate::catalog::{Catalog, Liveness, Record};
+use crate::store::{BoxFuture, Store, StoreError};
+use chora_api::manifest::{Instance, Status};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+const PREFIX: &str = "/chora/";
+/// How long a write waits for this node's catalog to apply it.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach etcd at {endpoints}: {message}")]
+pub struct EtcdOpenError {
+    pub endpoints: String,
+    pub message: String,
+}
+
+/// What is stored under an instance key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Envelope {
+    record: Record,
+    lease: i64,
+    alive_lease: i64,
+    reported: Status,
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Live {
+    meta: HashMap<Key, Envelope>,
+    alive: HashSet<Key>,
+}
+
+impl Live {
+    fn status(&self, k: &Key) -> Status {
+        match self.meta.get(k) {
+            Some(e) if e.reported == Status::Up && self.alive.contains(k) => Status::Up,
+            _ => Status::Unhealthy,
+        }
+    }
+}
+
+pub struct EtcdStore {
+    client: Client,
+    catalog: Arc<Catalog>,
+    live: RwLock<Live>,
+    ttl: i64,
+    alive_ttl: i64,
+    /// False while the watch is broken (etcd unreachable).
+    connected: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn svc_key(name: &str, id: &str) -> String {
+    format!("{PREFIX}services/{name}/{id}")
+}
+
+fn alive_key(name: &str, id: &str) -> String {
+    format!("{PREFIX}alive/{name}/{id}")
+}
+
+/// `(kind, name, id)` of a key under the prefix.
+fn parse_key(key: &str) -> Option<(&str, String, String)> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let mut it = rest.splitn(3, '/');
+    Some((it.next()?, it.next()?.to_owned(), it.next()?.to_owned()))
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+/// Runs an etcd call again (up to three times) when it fails: the client
+/// balances over the endpoints, and the next try goes to another member when one
+/// is down. Every call made through here is safe to repeat.
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut last = None;
+    for attempt in 0..3 {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(unavailable(last.expect("at least one attempt")))
+}
+
+fn ceil_secs(d: Duration) -> i64 {
+    d.as_secs_f64().ceil().max(1.0) as i64
+}
+
+impl EtcdStore {
+    /// Connects, loads every instance and starts following changes.
+    pub async fn open(
+        endpoints: &[String],
+        liveness: Liveness,
+    ) -> Result<Arc<EtcdStore>, EtcdOpenError> {
+        let fail = |message: String| EtcdOpenError {
+            endpoints: endpoints.join(","),
+            message,
+        };
+        let eps: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://").to_owned())
+            .collect();
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        let client = Client::connect(eps, Some(opts))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let store = Arc::new(EtcdStore {
+            client,
+            catalog: Arc::new(Catalog::with_external_index(liveness)),
+            live: RwLock::default(),
+            ttl: ceil_secs(liveness.ttl),
+            alive_ttl: ceil_secs(liveness.heartbeat_interval * 2),
+            connected: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        let rev = store.resync().await.map_err(|e| fail(e.to_string()))?;
+        let weak = Arc::downgrade(&store);
+        let task = tokio::spawn(follow(weak, rev));
+        *store.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(store)
+    }
+
+    fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Loads everything under the prefix; returns the revision it was read at.
+    async fn resync(&self) -> Result<i64, StoreError> {
+        let resp = retry(|| {
+            let mut c = self.client();
+            async move { c.get(PREFIX, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut live = Live::default();
+        for kv in resp.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            match parse_key(key) {
+                Some(("services", n, i)) => {
+                    if let Ok(env) = serde_json::from_slice::<Envelope>(kv.value()) {
+                        live.meta.insert((n, i), env);
+                    }
+                }
+                Some(("alive", n, i)) => {
+                    live.alive.insert((n, i));
+                }
+                _ => {}
+            }
+        }
+        let entries = live
+            .meta
+            .iter()
+            .map(|(k, e)| (e.record.clone(), live.status(k)))
+            .collect();
+        self.catalog.reset(entries, rev as u64);
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        self.connected.store(true, Ordering::Relaxed);
+        Ok(rev)
+    }
+
+    fn apply(&self, events: &[etcd_client::Event]) {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            let Some((kind, name, id)) = parse_key(key) else {
+                continue;
+            };
+            let k = (name, id);
+            match (kind, ev.event_type()) {
+                ("services", EventType::Put) => {
+                    let Ok(env) = serde_json::from_slice::<Envelope>(kv.value()) else {
+                        continue;
+                    };
+                    let record = env.record.clone();
+                    live.meta.insert(k.clone(), env);
+                    let status = live.status(&k);
+                    self.catalog.upsert_status(record, status);
+                }
+                ("services", EventType::Delete) => {
+                    live.meta.remove(&k);
+                    live.alive.remove(&k);
+                    self.catalog.remove(&k.0, &k.1);
+                }
+                ("alive", EventType::Put) => {
+                    live.alive.insert(k.clone());
+                    let status = live.status(&k);
+                    self.catalog.set_status(&k.0, &k.1, status);
+                }
+                ("alive", EventType::Delete) => {
+                    live.alive.remove(&k);
+                    self.catalog.set_status(&k.0, &k.1, Status::Unhealthy);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<i64, StoreError> {
+        let resp = retry(|| {
+            let mut c = self.client();
+            async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            }
+        })
+        .await?;
+        resp.map(|r| r.ttl())
+            .ok_or_else(|| StoreError::Unavailable("etcd closed the keep-alive stream".into()))
+    }
+
+    /// A lease. (A retried grant may leave an unused lease behind; it expires.)
+    async fn grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        retry(|| {
+            let mut c = self.client();
+            async move { c.lease_grant(ttl, None).await }
+        })
+        .await
+        .map(|r| r.id())
+    }
+
+    async fn put_both(&self, env: &Envelope) -> Result<u64, StoreError> {
+        let r = &env.record;
+        let value = serde_json::to_vec(env).expect("envelopes serialize");
+        let txn = Txn::new().and_then(vec![
+            TxnOp::put(
+                svc_key(&r.name, &r.id),
+                value,
+                Some(PutOptions::new().with_lease(env.lease)),
+            ),
+            TxnOp::put(
+                alive_key(&r.name, &r.id),
+                "1",
+                Some(PutOptions::new().with_lease(env.alive_lease)),
+            ),
+        ]);
+        let resp = retry(|| {
+            let mut c = self.client();
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0) as u64)
+    }
+
+    async fn applied(&self, rev: u64) {
+        if !self.catalog.wait_applied(rev, APPLY_WAIT).await {
+            tracing::warn!(
+                revision = rev,
+                "the watch has not delivered a write this node made"
+            );
+        }
+    }
+
+    fn envelope(&self, name: &str, id: &str) -> Option<Envelope> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .meta
+            .get(&(name.to_owned(), id.to_owned()))
+            .cloned()
+    }
+
+    pub fn close(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Follows the prefix: watch from the revision after the last full read; on any
+/// error or compaction, read everything again and watch from there.
+async fn follow(store: std::sync::Weak<EtcdStore>, mut rev: i64) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        let watched = s
+            .client()
+            .watch(
+                PREFIX,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
+            )
+            .await;
+        let mut stream = match watched {
+            Ok(w) => w,
+            Err(e) => {
+                if s.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "lost etcd; serving the last known catalog");
+                }
+                drop(s);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                if let Some(s) = store.upgrade()
+                    && let Ok(r) = s.resync().await
+                {
+                    tracing::info!(revision = r, "etcd is back; catalog reloaded");
+                    rev = r;
+                    delay = Duration::from_millis(50);
+                }
+                continue;
+            }
+        };
+        s.connected.store(true, Ordering::Relaxed);
+        drop(s);
+        loop {
+            let msg = stream.message().await;
+            let Some(s) = store.upgrade() else { return };
+            match msg {
+                Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
+                    if let Ok(r) = s.resync().await {
+                        rev = r;
+                    }
+                    break;
+                }
+                Ok(Some(resp)) => {
+                    s.apply(resp.events());
+                    if let Some(h) = resp.header() {
+                        rev = rev.max(h.revision());
+                        s.catalog.publish(h.revision() as u64);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    s.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!("the etcd watch ended; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn register(&self, mut record: Record) -> BoxFuture<'_, Result<(Instance, bool), StoreError>> {
+        Box::pin(async move {
+            let known = self.envelope(&record.name, &record.id);
+            let (lease, alive_lease, created) = match &known {
+                Some(env) if self.keep_alive(env.lease).await? > 0 => {
+                    record.registered_at_ms = env.record.registered_at_ms;
+                    let alive = match self.keep_alive(env.alive_lease).await? {
+                        0 => self.grant(self.alive_ttl).await?,
+                        _ => env.alive_lease,
+                    };
+                    (env.lease, alive, false)
+                }
+                _ => (
+                    self.grant(self.ttl).await?,
+                    self.grant(self.alive_ttl).await?,
+                    true,
+                ),
+            };
+            let env = Envelope {
+                record: record.clone(),
+                lease,
+                alive_lease,
+                reported: Status::Up,
+            };
+            let rev = self.put_both(&env).await?;
+            self.applied(rev).await;
+            let inst = self
+                .catalog
+                .service(&record.name)
+                .ok()
+                .and_then(|r| serde_json::from_slice::<chora_api::manifest::Service>(&r.body).ok())
+                .and_then(|s| s.instances.into_iter().find(|i| i.id == record.id))
+                .ok_or_else(|| {
+                    StoreError::Unavailable(
+                        "the registration did not reach this node's catalog".into(),
+                    )
+                })?;
+            Ok((inst, created))
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        name: &'a str,
+        id: &'a str,
+        status: Option<Status>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let not_found = || StoreError::NotFound {
+                name: name.to_owned(),
+                id: id.to_owned(),
+            };
+            let mut env = self.envelope(name, id).ok_or_else(not_found)?;
+            if self.keep_alive(env.lease).await? <= 0 {
+                return Err(not_found());
+            }
+            let mut rewrite = false;
+            if self.keep_alive(env.alive_lease).await? <= 0 {
+                env.alive_lease = self.grant(self.alive_ttl).await?;
+                rewrite = true;
+            }
+            if let Some(s) = status
+                && s != env.reported
+            {
+                env.reported = s;
+                rewrite = true;
+            }
+            if rewrite {
+                let rev = self.put_both(&env).await?;
+                self.applied(rev).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn deregister<'a>(
+        &'a self,
+        name: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let txn = Txn::new().and_then(vec![
+                TxnOp::delete(svc_key(name, id), None),
+                TxnOp::delete(alive_key(name, id), None),
+            ]);
+            let known = self.envelope(name, id);
+            let resp = retry(|| {
+                let mut c = self.client();
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0) as u64;
+            if let Some(env) = known {
+                let mut c = self.client();
+                let _ = c.lease_revoke(env.lease).await;
+                let _ = c.lease_revoke(env.alive_lease).await;
+                self.applied(rev).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            retry(|| {
+                let mut c = self.client();
+                async move {
+                    c.get(
+                        format!("{PREFIX}ping"),
+                        Some(GetOptions::new().with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+}
