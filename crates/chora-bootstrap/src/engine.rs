@@ -451,12 +451,37 @@ impl Run {
         }
         self.out
             .ok(&format!("Disk space: {free:.1} GiB available"), None);
-        // Directories.
-        for d in [ctx.home.logs(), ctx.home.data(), ctx.home.run()] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| StepError::new(format!("cannot create {}: {e}", d.display())))?;
+        // Directories and the services' databases: the same runner as
+        // `chora prepare`, so the services carry no cold-boot code.
+        let t = Instant::now();
+        let home = ctx.home.root.clone();
+        let report =
+            tokio::task::spawn_blocking(move || chora_prepare::chora_services_prepare(&home).run())
+                .await
+                .map_err(|e| StepError::new(e.to_string()))?;
+        if !report.ok {
+            let why = report
+                .first_failure()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            self.out
+                .fail("Prepare directories and databases", Some(t.elapsed()), &why);
+            return Err(StepError::new(format!(
+                "preparing {} failed: {why}",
+                ctx.home.root.display()
+            ))
+            .action("Check the permissions of the chora home directory"));
         }
-        self.out.ok("Created directory structure", None);
+        let made = report.changes().count();
+        if made == 0 {
+            self.out
+                .ok("Directories and databases in place", Some(t.elapsed()));
+        } else {
+            self.out.ok(
+                &format!("Prepared directories and databases ({made} created)"),
+                Some(t.elapsed()),
+            );
+        }
         // Credentials: generated once.
         let path = ctx.home.credentials();
         if path.exists() {

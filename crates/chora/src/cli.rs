@@ -23,6 +23,8 @@ pub enum Command {
         after_help = "Example:\n  chora bootstrap\n  chora bootstrap --dry-run\n  chora bootstrap status"
     )]
     Bootstrap(crate::bootstrap::BootstrapArgs),
+    /// Prepare an application's infrastructure (directories, SQLite, configs, downloads)
+    Prepare(crate::prepare::PrepareArgs),
     /// The service registry: serve it, or query a running one
     Manifest(crate::manifest::ManifestArgs),
     /// The orchestrator: deploys and supervises services
@@ -50,6 +52,8 @@ impl Cli {
         match &self.command {
             Command::Bootstrap(b) if b.verbose() => LevelFilter::DEBUG,
             Command::Bootstrap(_) => LevelFilter::WARN,
+            // Its report says everything; CHORA_LOG=info shows each step.
+            Command::Prepare(_) => LevelFilter::OFF,
             _ => LevelFilter::INFO,
         }
     }
@@ -78,6 +82,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Bootstrap(args) => crate::bootstrap::run(args),
         Command::Manifest(args) => crate::manifest::run(args),
+        Command::Prepare(args) => crate::prepare::run(args),
         Command::Orchestrator(args) => crate::services::orchestrator(args),
         Command::Gateway(args) => crate::services::gateway(args),
         Command::Capability(args) => crate::services::capability(args),

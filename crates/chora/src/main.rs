@@ -5,6 +5,7 @@ mod bootstrap;
 mod cli;
 mod failure;
 mod manifest;
+mod prepare;
 mod serve;
 mod services;
 

@@ -10,6 +10,7 @@ mod manifest_auth;
 mod manifest_cli;
 mod manifest_durability;
 mod manifest_etcd;
+mod prepare;
 
 use chora_testkit::{Server, spawn_server};
 use serde_json::Value;
