@@ -105,6 +105,8 @@ pub struct Ctx {
     pub http: reqwest::Client,
     pub self_exe: PathBuf,
     pub cwd: PathBuf,
+    /// The fencing token of the etcd lock this run holds, sent with deploys.
+    pub fencing: Option<u64>,
 }
 
 /// The last `n` lines of a file (for error messages).
@@ -121,9 +123,16 @@ impl Ctx {
             .expect("names come from the config")
     }
 
-    /// `${CHORA_HOME}` expanded.
+    /// `${CHORA_HOME}` and `${ETCD_ENDPOINTS}` (from `etcd.endpoints`) expanded.
     pub fn expand(&self, s: &str) -> String {
+        let etcd = self
+            .config
+            .etcd
+            .as_ref()
+            .map(|e| e.endpoints.join(","))
+            .unwrap_or_default();
         s.replace("${CHORA_HOME}", &self.home.root.display().to_string())
+            .replace("${ETCD_ENDPOINTS}", &etcd)
     }
 
     /// The argv of a service's command: `chora` is this binary.

@@ -166,6 +166,7 @@ pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, 
         self_exe: std::env::current_exe()
             .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot find this executable: {e}")))?,
         cwd: std::env::current_dir().map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?,
+        fencing: None,
     })
 }
 
@@ -718,6 +719,7 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         http: c.http.clone(),
         self_exe: c.self_exe.clone(),
         cwd: c.cwd.clone(),
+        fencing: c.fencing,
     }
 }
 
@@ -777,6 +779,29 @@ pub async fn bootstrap(opts: Options) -> Result<(), Failure> {
             .cause("another bootstrap, rollback or reset is running in this directory")
             .action("Wait for it to finish, then run `chora bootstrap` again")
     })?;
+    let etcd_lock = match ctx.config.etcd.as_ref().filter(|e| !e.endpoints.is_empty()) {
+        Some(e) => Some(
+            crate::etcdlock::acquire(&e.endpoints, "chora bootstrap")
+                .await
+                .map_err(|m| {
+                    Failure::new(1, "LOCKED", m)
+                        .cause("another bootstrap against the same etcd cluster is running")
+                        .action("Wait for it to finish, then run `chora bootstrap` again")
+                })?,
+        ),
+        None => None,
+    };
+    let mut ctx = ctx;
+    ctx.fencing = etcd_lock.as_ref().map(|l| l.token);
+    let r = run_phases(ctx, out, home, &opts).await;
+    if let Some(l) = etcd_lock {
+        l.release().await;
+    }
+    r
+}
+
+/// Everything a run does once it holds its locks.
+async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Result<(), Failure> {
     let loaded = load_state(&home)?;
     let audit = Audit::new(
         &home.audit(),

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod ctx;
 pub mod engine;
+pub mod etcdlock;
 pub mod failure;
 pub mod health;
 pub mod lock;

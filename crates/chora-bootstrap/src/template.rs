@@ -126,6 +126,25 @@ validation:
       timeout: 30
 "#;
 
+/// The `prod` environment: the Manifest on an etcd cluster (`etcd.endpoints`),
+/// the bootstrap lock in etcd too. The services still run as local processes of
+/// this binary (the Docker runtime is not built yet).
+pub fn prod() -> String {
+    DEV.replace(
+        "written from the built-in `dev` template",
+        "written from the built-in `prod` template",
+    )
+    .replace("environment: dev", "environment: prod")
+    .replace(
+        "\"sqlite:${CHORA_HOME}/data/manifest.db\"",
+        "\"etcd:${ETCD_ENDPOINTS}\"",
+    )
+    .replace(
+        "--ttl, \"10\", --heartbeat-interval, \"1\"",
+        "--ttl, \"15\", --heartbeat-interval, \"2\"",
+    ) + "\n# The etcd cluster the Manifest keeps its instances in, and where the bootstrap\n# lock lives.\netcd:\n  endpoints: [http://127.0.0.1:2379]\n"
+}
+
 /// The template text for `env`, if there is one.
 pub fn template(env: Environment) -> Option<String> {
     match env {
@@ -137,7 +156,7 @@ pub fn template(env: Environment) -> Option<String> {
             )
             .replace("environment: dev", "environment: staging"),
         ),
-        Environment::Prod => None,
+        Environment::Prod => Some(prod()),
     }
 }
 
@@ -146,6 +165,18 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use std::path::Path;
+
+    #[test]
+    fn the_prod_template_uses_etcd() {
+        let c = Config::parse(&prod(), Path::new("t.yml")).unwrap();
+        assert_eq!(c.environment, crate::config::Environment::Prod);
+        assert_eq!(c.etcd.clone().unwrap().endpoints, ["http://127.0.0.1:2379"]);
+        let cmd = c.service("manifest").unwrap().command.clone().unwrap();
+        assert!(
+            cmd.contains(&"etcd:${ETCD_ENDPOINTS}".to_string()),
+            "{cmd:?}"
+        );
+    }
 
     #[test]
     fn the_dev_template_is_valid_and_ordered() {

@@ -27,6 +27,9 @@ struct Idempotency {
 }
 
 pub struct AppState {
+    /// The highest fencing token a deploy carried (`X-Chora-Fencing-Token`): a
+    /// bootstrap holding an older etcd lock may not deploy any more.
+    fencing: std::sync::atomic::AtomicU64,
     ctx: Arc<Ctx>,
     deployments: Deployments,
     idempotency: Mutex<Idempotency>,
@@ -41,6 +44,7 @@ impl AppState {
         metrics: Arc<HttpMetrics>,
     ) -> Self {
         AppState {
+            fencing: Default::default(),
             ctx,
             deployments: Default::default(),
             idempotency: Default::default(),
@@ -175,6 +179,24 @@ async fn deploy(
         .transpose()?;
     // One deploy at a time: a retried request cannot race its original.
     let mut deployments = st.deployments.lock().await;
+    if let Some(v) = headers.get("x-chora-fencing-token") {
+        let token: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("X-Chora-Fencing-Token must be a number"))?;
+        let seen = st.fencing.load(std::sync::atomic::Ordering::SeqCst);
+        if token < seen {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stale_fencing_token",
+                format!(
+                    "fencing token {token} is older than {seen}: another bootstrap holds the lock now"
+                ),
+            ));
+        }
+        st.fencing.store(token, std::sync::atomic::Ordering::SeqCst);
+    }
     if let Some(k) = &key {
         let idem = st.idempotency.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((first_spec, answer)) = idem.answers.get(k) {

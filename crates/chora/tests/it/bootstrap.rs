@@ -909,3 +909,108 @@ fn status_watch_redraws_when_the_registry_changes() {
     unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
     assert!(watcher.wait().unwrap().success());
 }
+
+/// The prod template on this site's ports, against `etcd` endpoints.
+fn prod_config(site: &Site, etcd: &[String]) -> String {
+    let mut t = chora_bootstrap::template::prod();
+    for (d, p) in DEFAULT_PORTS.iter().zip(&site.ports) {
+        t = t.replace(&d.to_string(), &format!("{p}"));
+    }
+    t.replace(
+        "endpoints: [http://127.0.0.1:2379]",
+        &format!("endpoints: [{}]", etcd.join(", ")),
+    )
+}
+
+#[test]
+fn two_prod_runs_against_one_etcd_cluster_never_interleave() {
+    if !chora_testkit::etcd_available("two_prod_runs") {
+        return;
+    }
+    let cluster = chora_testkit::EtcdCluster::start(1);
+    let (a, b) = (Site::new(), Site::new());
+    // `a` holds the lock in a pre-phase-1 hook until the test lets it go.
+    let go = a.dir.path().join("go");
+    let hold = a.dir.path().join("hold.sh");
+    std::fs::write(
+        &hold,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\n",
+            go.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hold, std::fs::Permissions::from_mode(0o755)).unwrap();
+    a.write_config(&format!(
+        "{}hooks:\n  pre_phase_1:\n    - script: {}\n      timeout: 120\n",
+        prod_config(&a, &cluster.urls()),
+        hold.display()
+    ));
+    b.write_config(&prod_config(&b, &cluster.urls()));
+
+    let mut holder = a.spawn(&["bootstrap", "--environment", "prod", "--skip-validation"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.home().join("bootstrap-state.json").metadata().is_err()
+        || a.state()["completed_phases"] != serde_json::json!([0])
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never got to phase 1"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, _, err) = b.run(&["bootstrap", "--environment", "prod", "--skip-validation"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("[LOCKED]") && err.contains(&format!("pid {}", holder.id())),
+        "names the holder: {err}"
+    );
+    assert!(
+        !b.home().join("bootstrap-state.json").exists(),
+        "the refused run changed nothing"
+    );
+
+    // The holder dies: its lease runs out and the lock frees by itself.
+    unsafe { libc::kill(holder.id() as i32, libc::SIGKILL) };
+    let _ = holder.wait();
+    std::fs::write(&go, "").unwrap(); // ends the orphaned hook
+    let t = Instant::now();
+    loop {
+        let (code, out, err) = b.run(&["bootstrap", "--environment", "prod", "--skip-validation"]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            err.contains("[LOCKED]"),
+            "only the lock may stop it: {out}\n{err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(chora_bootstrap::etcdlock::LEASE_TTL as u64 + 5),
+            "the lock never freed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("the lock freed {:?} after its holder died", t.elapsed());
+    b.assert_one_process_each();
+    let state = b.state();
+    assert_eq!(state["environment"], "prod");
+    let (_, out, _) = b.run(&["bootstrap", "status", "--format", "json"]);
+    assert!(out.contains("\"overall_status\": \"healthy\""), "{out}");
+    // The Manifest of the prod run keeps its instances in etcd.
+    let h: Value = serde_json::from_str(
+        &Command::new("curl")
+            .args([
+                "-s",
+                &format!("http://127.0.0.1:{}/v1/health", b.port("manifest")),
+            ])
+            .output()
+            .unwrap()
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect::<String>(),
+    )
+    .unwrap();
+    assert_eq!(h["storage"], "etcd");
+}

@@ -387,6 +387,28 @@ async fn a_retried_deploy_with_the_same_idempotency_key_starts_nothing_new() {
 }
 
 #[tokio::test]
+async fn deploys_with_a_stale_fencing_token_are_refused() {
+    let e = Ecosystem::start();
+    let send = |token: &'static str| {
+        let req = e
+            .http
+            .post(format!("{}/v1/deploy", e.orchestrator.url()))
+            .bearer_auth(&e.admin)
+            .header("x-chora-fencing-token", token)
+            .json(&e.spec("analyzer"));
+        async move { status_json(req.send().await.unwrap()).await }
+    };
+    assert_eq!(send("5").await.0, 201);
+    let (s, b) = send("3").await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (409, Some("stale_fencing_token")),
+        "{b}"
+    );
+    assert_eq!(send("7").await.0, 201, "a newer holder may deploy");
+}
+
+#[tokio::test]
 async fn the_orchestrator_refuses_requests_without_an_admin_token() {
     let e = Ecosystem::start();
     let url = format!("{}/v1/deploy", e.orchestrator.url());
