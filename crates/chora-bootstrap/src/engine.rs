@@ -310,7 +310,7 @@ impl Run {
         match n {
             0 => self.phase0().await,
             1 | 2 => self.local_phase(n).await,
-            3 => self.capability_phase().await,
+            3 => self.start_waves(3).await,
             _ => {
                 let tests = crate::validate::run_all(
                     &self.ctx,
@@ -509,9 +509,12 @@ impl Run {
         Ok(())
     }
 
-    /// Phases 1 and 2: local processes, wave by wave.
-    async fn local_phase(&mut self, n: u8) -> Result<(), StepError> {
+    /// Starts (phases 1-2) or deploys (phase 3) the services of phase `n`, wave by
+    /// wave: with `--parallel` a whole wave at once, else one service at a time.
+    async fn start_waves(&mut self, n: u8) -> Result<(), StepError> {
         let ctx = self.ctx.clone();
+        let total = ctx.config.phase_services(n).len();
+        let mut done = 0;
         for wave in ctx.config.waves(n) {
             let groups: Vec<Vec<String>> = if self.parallel {
                 vec![wave.clone()]
@@ -521,14 +524,23 @@ impl Run {
             for group in groups {
                 let mut set = tokio::task::JoinSet::new();
                 for name in &group {
-                    let label = format!("Starting {name}");
+                    done += 1;
+                    let label = if n == 3 {
+                        format!("Deploying {name} ({done}/{total})")
+                    } else {
+                        format!("Starting {name}")
+                    };
                     self.out.begin(&label);
                     let ctx = ctx.clone();
                     let name = name.clone();
                     let record = self.state.services.get(&name).cloned();
                     set.spawn(async move {
                         let t = Instant::now();
-                        let r = ctx.ensure_local(&name, record.as_ref()).await;
+                        let r = if n == 3 {
+                            ctx.ensure_deployed(&name).await
+                        } else {
+                            ctx.ensure_local(&name, record.as_ref()).await
+                        };
                         (name, t.elapsed(), r)
                     });
                 }
@@ -543,6 +555,13 @@ impl Run {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Phases 1 and 2: local processes, then their registration.
+    async fn local_phase(&mut self, n: u8) -> Result<(), StepError> {
+        self.start_waves(n).await?;
+        let ctx = self.ctx.clone();
         // The services of this phase must have registered themselves.
         let names = ctx.config.phase_services(n);
         let t = Instant::now();
@@ -616,44 +635,6 @@ impl Run {
                 first_err.get_or_insert(e);
             }
         }
-    }
-
-    async fn capability_phase(&mut self) -> Result<(), StepError> {
-        let ctx = self.ctx.clone();
-        let total = ctx.config.phase_services(3).len();
-        let mut done = 0;
-        for wave in ctx.config.waves(3) {
-            let groups: Vec<Vec<String>> = if self.parallel {
-                vec![wave.clone()]
-            } else {
-                wave.iter().map(|w| vec![w.clone()]).collect()
-            };
-            for group in groups {
-                let mut set = tokio::task::JoinSet::new();
-                for name in &group {
-                    self.out
-                        .begin(&format!("Deploying {name} ({}/{total})", done + 1));
-                    done += 1;
-                    let ctx = ctx.clone();
-                    let name = name.clone();
-                    set.spawn(async move {
-                        let t = Instant::now();
-                        let r = ctx.ensure_deployed(&name).await;
-                        (name, t.elapsed(), r)
-                    });
-                }
-                let mut first_err = None;
-                while let Some(j) = set.join_next().await {
-                    let (name, took, r) = j.expect("deploy tasks do not panic");
-                    self.service_result(3, &name, took, r, &mut first_err);
-                }
-                self.save().map_err(|f| StepError::new(f.message))?;
-                if let Some(e) = first_err {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Re-checks every service of the completed phases below `upto`, restarting
