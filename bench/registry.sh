@@ -17,14 +17,19 @@
 #   4. Twice starts a fresh chora, registers 10,000 instances (bench/register_many.py,
 #      keep-alive) and reports its VmRSS: as 1,000 services x 10 instances, and as
 #      10,000 services x 1 instance.
-#   5. Runs the peers' measure.sh (seed registry + etcd) with the same DUR.
-#   6. Prints one combined table and the issue's goals, each met / missed.
+#   5. Starts a single-member etcd (own data dir, free loopback ports) and runs the same
+#      wrk tests and the 10k-service registration against `chora manifest serve
+#      --storage etcd:URL` (peer "chora-etcd"); then stops that etcd.
+#   6. Runs the peers' measure.sh (seed registry + etcd through its JSON gateway, i.e. a
+#      client talking to etcd directly: put with lease, lease keep-alive, range) with the
+#      same DUR.
+#   7. Prints one combined table and the issue's goals, each met / missed.
 #
 # Needs: wrk, etcd (apt-get install -y wrk etcd-server), python3 (with venv and pip
 # access for the seed registry's venv in /tmp/seed-venv), curl, cargo.
 # Env knobs: DUR (15s), PEERS (dir holding measure.sh, seed.py and wrk/; default
 #   ../../shared/peers from this script), CHORA_BIN (skip the build), MAX_OTHER (0.10),
-#   SKIP_PEERS=1 (chora only), OUT (dir for raw output; default /tmp/chora-bench-<date>).
+#   SKIP_PEERS=1 (chora only), SKIP_ETCD=1 (no chora-etcd rows), OUT (dir for raw output; default /tmp/chora-bench-<date>).
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -35,6 +40,9 @@ DUR="${DUR:-15s}"
 MAX_OTHER="${MAX_OTHER:-0.10}"
 OUT="${OUT:-/tmp/chora-bench-$(date +%F)}"
 SKIP_PEERS="${SKIP_PEERS:-0}"
+SKIP_ETCD="${SKIP_ETCD:-0}"
+PEER=chora                            # the label of chora's rows
+STORAGE=sqlite                        # start_chora's backend: sqlite, or etcd:URL
 
 for tool in wrk etcd python3 curl; do
   command -v "$tool" >/dev/null || {
@@ -77,6 +85,7 @@ cleanup() {
     wait "$MEASURE_PID" 2>/dev/null || true
   fi
   for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  [ -n "${ETCD_PID:-}" ] && stop_pid "$ETCD_PID"
   # keep the servers' logs and wrk outputs next to the raw output
   mkdir -p "$OUT/logs" && cp "$WORK"/*.out "$WORK"/*.err "$WORK"/wrk-*.txt "$OUT/logs/" 2>/dev/null || true
   rm -rf "$WORK"
@@ -127,8 +136,9 @@ wait_quiet() {
 # readiness line on stdout (not a fixed sleep).
 start_chora() {
   local name=$1; shift
-  local out="$WORK/$name.out" err="$WORK/$name.err" line=""
-  "$CHORA" manifest serve --no-auth --listen 127.0.0.1:0 --storage "sqlite:$WORK/$name.db" "$@" \
+  local out="$WORK/$name.out" err="$WORK/$name.err" line="" storage="$STORAGE"
+  [ "$storage" = sqlite ] && storage="sqlite:$WORK/$name.db"
+  "$CHORA" manifest serve --no-auth --listen 127.0.0.1:0 --storage "$storage" "$@" \
     > "$out" 2> "$err" &
   CHORA_PID=$!; PIDS+=("$CHORA_PID")
   for _ in $(seq 1 600); do
@@ -149,13 +159,13 @@ printf 'peer\ttest\tconns\treq/s\tp50 ms\tp99 ms\terrors\tRSS MB\tserver CPU\tot
 # run_test PID PORT LABEL CONNS SCRIPT [WRK_ARG]: as measure.sh's run_test.
 run_test() {
   local pid=$1 port=$2 label=$3 conns=$4 script=$5 warg=${6:-}
-  local url="http://127.0.0.1:$port" out="$WORK/wrk-chora-$label-c$conns.txt"
+  local url="http://127.0.0.1:$port" out="$WORK/wrk-$PEER-$label-c$conns.txt"
   local attempt b0 u0 k0 s0 ss0 c0 b1 u1 k1 s1 ss1 c1 st0 st1 t0 t1 cpu ocpu scpu
   for attempt in 1 2 3 4; do
     log ""
-    log "=== chora | $label | -t2 -c$conns -d$DUR | attempt $attempt ==="
+    log "=== $PEER | $label | -t2 -c$conns -d$DUR | attempt $attempt ==="
     wait_quiet
-    python3 "$PEERS/seed.py" p1 "$port" "$WORK/chora_ids.txt" 2>&1 | tee -a "$RESULTS"
+    python3 "$PEERS/seed.py" p1 "$port" "$WORK/${PEER}_ids.txt" 2>&1 | tee -a "$RESULTS"
     b0=$(busy_jiffies); u0=$(task_jiffies); k0=$(kthread_jiffies); st0=$(steal_jiffies)
     s0=$(pid_utime "$pid"); ss0=$(pid_stime "$pid"); child_secs_to 0; t0=$(date +%s.%N)
     wrk -t2 -c"$conns" -d"$DUR" --latency -s "$PEERS/wrk/$script" "$url" -- "$warg" > "$out" 2>&1 ||
@@ -184,7 +194,7 @@ run_test() {
   se=$(sed -E 's/.* sock_errors=([0-9]+) (\(.*\)).*/\1 \2/' <<<"$line")
   errs="$n2 non-2xx"
   [ "${se%% *}" != "0" ] && errs="$errs, $se socket"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' chora "$label" "$conns" "$rps" "$p50" "$p99" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$PEER" "$label" "$conns" "$rps" "$p50" "$p99" \
     "$errs" "$(mb "$(rss_kb "$pid")")" "$scpu" "$ocpu" >> "$WORK/chora.tsv"
 }
 
@@ -231,13 +241,45 @@ mem_test() {
   curl -sf -o "$WORK/list10k.json" "http://127.0.0.1:$CHORA_PORT/v1/services"
   log "RSS after one GET /v1/services of all 10,000 ($(wc -c < "$WORK/list10k.json") bytes): VmRSS=$(rss_kb "$CHORA_PID") kB VmHWM=$(hwm_kb "$CHORA_PID") kB"
   rate=$(sed -E 's/.* rate=([0-9]+).*/\1/' <<<"$reg")
-  printf 'chora\t%s\t4\t%s\t-\t-\t0 non-2xx\t%s\t-\t-\n' "$label" "$rate" "$(mb "$MEM_RSS")" >> "$WORK/chora.tsv"
+  printf '%s\t%s\t4\t%s\t-\t-\t0 non-2xx\t%s\t-\t-\n' "$PEER" "$label" "$rate" "$(mb "$MEM_RSS")" >> "$WORK/chora.tsv"
   stop_pid "$CHORA_PID"
 }
 mem_test "register 1k svc x10" 1000
 MEM_RSS_1K=$MEM_RSS
 mem_test "register 10k svc x1" 10000
 MEM_RSS_10K=$MEM_RSS
+
+# ---------------------------------------------------------------- chora over etcd
+# The same tests against a Manifest node whose storage is a real etcd (one member,
+# its own data dir and free loopback ports, started here and stopped after).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+if [ "$SKIP_ETCD" != 1 ]; then
+  ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
+  log ""
+  log "## chora manifest serve --no-auth --storage etcd:http://127.0.0.1:$ETCD_CLIENT ($(etcd --version | head -1), one member, data in $WORK/etcd)"
+  etcd --name bench --data-dir "$WORK/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" > "$WORK/etcd.out" 2> "$WORK/etcd.err" &
+  ETCD_PID=$!
+  for _ in $(seq 1 200); do
+    curl -sf "http://127.0.0.1:$ETCD_CLIENT/health" >/dev/null 2>&1 && break
+    kill -0 "$ETCD_PID" 2>/dev/null || { echo "etcd exited:" >&2; tail -20 "$WORK/etcd.err" >&2; exit 1; }
+    sleep 0.05
+  done
+  PEER=chora-etcd STORAGE="etcd:http://127.0.0.1:$ETCD_CLIENT"
+  start_chora bench-etcd
+  E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
+  run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
+  run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
+  run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
+  log "etcd VmRSS after the runs: $(rss_kb "$ETCD_PID") kB"
+  stop_pid "$E_PID"
+  mem_test "register 10k svc x1" 10000
+  log "etcd VmRSS holding 10,000 instances: $(rss_kb "$ETCD_PID") kB"
+  stop_pid "$ETCD_PID"; ETCD_PID=""
+  PEER=chora STORAGE=sqlite
+fi
 
 # ---------------------------------------------------------------- peers
 if [ "$SKIP_PEERS" != 1 ]; then

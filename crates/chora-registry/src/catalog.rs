@@ -68,46 +68,95 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// One instance as the catalog keeps it: its rendered JSON and what reads, filters
+/// and liveness need, nothing more (10,000 instances in well under 30 MB).
 struct Entry {
-    record: Record,
+    id: Box<str>,
+    tags: Box<[Box<str>]>,
+    registered_at_ms: u64,
     last_heartbeat: SystemTime,
     last_seen: Instant,
     reported: Status,
     status: Status,
+    /// The instance as JSON. Its first `fixed` bytes (`{"name":…` up to the end of
+    /// `metadata`) change only with a new registration; the rest is redone on a
+    /// heartbeat or a status change.
     json: Bytes,
+    fixed: u32,
+    /// Where the version's JSON string is, and where `"interfaces":…,"metadata":…`
+    /// starts (it ends at `fixed`): the head of `GET /v1/services/{name}`.
+    version: (u32, u32),
+    head: u32,
 }
 
 impl Entry {
-    fn new(record: Record, now: (SystemTime, Instant)) -> Entry {
+    fn new(record: &Record, status: Status, now: (SystemTime, Instant)) -> Entry {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"name\":");
+        record.name.write(&mut out);
+        out.extend_from_slice(b",\"id\":");
+        record.id.write(&mut out);
+        out.extend_from_slice(b",\"version\":");
+        let v0 = out.len() as u32;
+        record.version.write(&mut out);
+        let v1 = out.len() as u32;
+        out.push(b',');
+        let head = out.len() as u32;
+        out.extend_from_slice(b"\"interfaces\":");
+        record.interfaces.write(&mut out);
+        out.extend_from_slice(b",\"metadata\":");
+        record.metadata.write(&mut out);
+        let fixed = out.len() as u32;
         let mut e = Entry {
-            record,
+            id: record.id.as_str().into(),
+            tags: record
+                .metadata
+                .tags
+                .iter()
+                .map(|t| t.as_str().into())
+                .collect(),
+            registered_at_ms: record.registered_at_ms,
             last_heartbeat: now.0,
             last_seen: now.1,
-            reported: Status::Up,
-            status: Status::Up,
+            reported: status,
+            status,
             json: Bytes::new(),
+            fixed,
+            version: (v0, v1),
+            head,
         };
-        e.render();
+        e.render(out);
         e
     }
 
-    fn instance(&self) -> Instance {
-        Instance {
-            name: self.record.name.clone(),
-            id: self.record.id.clone(),
-            version: self.record.version.clone(),
-            interfaces: self.record.interfaces.clone(),
-            metadata: self.record.metadata.clone(),
-            status: self.status,
-            last_heartbeat: chora_api::rfc3339(self.last_heartbeat),
-            registered_at: chora_api::rfc3339(self.record.registered_at()),
-        }
+    /// Redoes the changing tail of the JSON after the `fixed` bytes in `out`.
+    fn render(&mut self, mut out: Vec<u8>) {
+        out.truncate(self.fixed as usize);
+        out.extend_from_slice(b",\"status\":");
+        self.status.write(&mut out);
+        out.extend_from_slice(b",\"last_heartbeat\":\"");
+        out.extend_from_slice(chora_api::rfc3339(self.last_heartbeat).as_bytes());
+        out.extend_from_slice(b"\",\"registered_at\":\"");
+        let registered_at = SystemTime::UNIX_EPOCH + Duration::from_millis(self.registered_at_ms);
+        out.extend_from_slice(chora_api::rfc3339(registered_at).as_bytes());
+        out.extend_from_slice(b"\"}");
+        // Exact size: a Vec's spare capacity would stay allocated behind the Bytes.
+        self.json = Bytes::from(out.into_boxed_slice());
     }
 
-    fn render(&mut self) {
-        self.json = serde_json::to_vec(&self.instance())
-            .expect("instances serialize")
-            .into();
+    fn rerender(&mut self) {
+        let mut out = Vec::with_capacity(self.fixed as usize + 100);
+        out.extend_from_slice(&self.json[..self.fixed as usize]);
+        self.render(out);
+    }
+
+    fn version_json(&self) -> &[u8] {
+        &self.json[self.version.0 as usize..self.version.1 as usize]
+    }
+
+    /// `"interfaces":…,"metadata":…`
+    fn head_json(&self) -> &[u8] {
+        &self.json[self.head as usize..self.fixed as usize]
     }
 
     /// The status this entry should have at `now`.
@@ -122,16 +171,89 @@ impl Entry {
     }
 }
 
+/// Serializes without an error path: the catalog's own types always serialize.
+mod erased {
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            serde_json::to_writer(out, self).expect("catalog values serialize");
+        }
+    }
+}
+use erased::Json as _;
+
+/// The instances of one service, sorted by id. A `Vec` rather than an inner map:
+/// most services have one to a few instances, and a B-tree allocates a whole node
+/// (11 slots) for one (3.5 KB per service with `Entry` inline).
+type Instances = Vec<Entry>;
+
 #[derive(Default)]
 struct State {
-    services: BTreeMap<String, BTreeMap<String, Entry>>,
+    services: BTreeMap<String, Instances>,
     index: u64,
     count: usize,
 }
 
 impl State {
+    fn position(m: &Instances, id: &str) -> Result<usize, usize> {
+        m.binary_search_by(|e| (*e.id).cmp(id))
+    }
+
+    fn entry(&self, name: &str, id: &str) -> Option<&Entry> {
+        let m = self.services.get(name)?;
+        Some(&m[Self::position(m, id).ok()?])
+    }
+
     fn entry_mut(&mut self, name: &str, id: &str) -> Option<&mut Entry> {
-        self.services.get_mut(name)?.get_mut(id)
+        let m = self.services.get_mut(name)?;
+        let i = Self::position(m, id).ok()?;
+        Some(&mut m[i])
+    }
+
+    /// Inserts or replaces; true when the instance is new.
+    fn insert(&mut self, name: &str, e: Entry) -> bool {
+        let m = match self.services.get_mut(name) {
+            Some(m) => m,
+            None => self.services.entry(name.to_owned()).or_default(),
+        };
+        match Self::position(m, &e.id) {
+            Ok(i) => {
+                m[i] = e;
+                false
+            }
+            Err(i) => {
+                if m.len() < 4 {
+                    // Exact sizes for small services: Vec would otherwise jump to 4.
+                    m.reserve_exact(1);
+                }
+                m.insert(i, e);
+                self.count += 1;
+                true
+            }
+        }
+    }
+
+    /// Removes an instance, and its service when it was the last one.
+    fn remove(&mut self, name: &str, id: &str) -> Option<Entry> {
+        let m = self.services.get_mut(name)?;
+        let e = m.remove(Self::position(m, id).ok()?);
+        if m.is_empty() {
+            self.services.remove(name);
+        } else if m.len() < m.capacity() / 4 {
+            m.shrink_to_fit();
+        }
+        self.count -= 1;
+        Some(e)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.services.values().flatten()
+    }
+
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.services.values_mut().flatten()
     }
 }
 
@@ -205,15 +327,7 @@ impl Catalog {
         st.services.clear();
         st.count = 0;
         for (r, status) in entries {
-            let mut e = Entry::new(r, now);
-            e.status = status;
-            e.reported = status;
-            e.render();
-            let name = e.record.name.clone();
-            let id = e.record.id.clone();
-            if st.services.entry(name).or_default().insert(id, e).is_none() {
-                st.count += 1;
-            }
+            st.insert(&r.name, Entry::new(&r, status, now));
         }
         st.index = st.index.max(index);
         self.changes.send_replace(st.index);
@@ -230,7 +344,7 @@ impl Catalog {
             if status == Status::Up {
                 e.last_heartbeat = SystemTime::now();
             }
-            e.render();
+            e.rerender();
             self.bump(&mut st);
         }
     }
@@ -259,16 +373,12 @@ impl Catalog {
     }
 
     pub fn contains(&self, name: &str, id: &str) -> bool {
-        self.read()
-            .services
-            .get(name)
-            .is_some_and(|m| m.contains_key(id))
+        self.read().entry(name, id).is_some()
     }
 
-    /// The stored record of an instance, if known.
-    pub fn record(&self, name: &str, id: &str) -> Option<Record> {
-        let st = self.read();
-        Some(st.services.get(name)?.get(id)?.record.clone())
+    /// When a known instance was first registered (ms since the Unix epoch).
+    pub fn registered_at_ms(&self, name: &str, id: &str) -> Option<u64> {
+        self.read().entry(name, id).map(|e| e.registered_at_ms)
     }
 
     /// Inserts or replaces records loaded from storage at start-up. Each gets a full
@@ -277,18 +387,7 @@ impl Catalog {
         let now = (SystemTime::now(), Instant::now());
         let mut st = self.write();
         for r in records {
-            let entry = Entry::new(r, now);
-            let name = entry.record.name.clone();
-            let id = entry.record.id.clone();
-            if st
-                .services
-                .entry(name)
-                .or_default()
-                .insert(id, entry)
-                .is_none()
-            {
-                st.count += 1;
-            }
+            st.insert(&r.name, Entry::new(&r, Status::Up, now));
         }
         self.bump(&mut st);
     }
@@ -303,33 +402,23 @@ impl Catalog {
     pub fn upsert_status(&self, record: Record, status: Status) -> Instance {
         let now = (SystemTime::now(), Instant::now());
         let mut st = self.write();
-        let inst = match st.entry_mut(&record.name, &record.id) {
-            Some(e) => {
-                let registered_at_ms = e.record.registered_at_ms;
-                e.record = Record {
-                    registered_at_ms,
-                    ..record
-                };
-                e.last_heartbeat = now.0;
-                e.last_seen = now.1;
-                e.reported = status;
-                e.status = status;
-                e.render();
-                e.instance()
-            }
-            None => {
-                let mut e = Entry::new(record, now);
-                e.reported = status;
-                e.status = status;
-                e.render();
-                let inst = e.instance();
-                st.services
-                    .entry(inst.name.clone())
-                    .or_default()
-                    .insert(inst.id.clone(), e);
-                st.count += 1;
-                inst
-            }
+        let registered_at_ms = st
+            .entry(&record.name, &record.id)
+            .map_or(record.registered_at_ms, |e| e.registered_at_ms);
+        let record = Record {
+            registered_at_ms,
+            ..record
+        };
+        st.insert(&record.name, Entry::new(&record, status, now));
+        let inst = Instance {
+            status,
+            last_heartbeat: chora_api::rfc3339(now.0),
+            registered_at: chora_api::rfc3339(record.registered_at()),
+            name: record.name,
+            id: record.id,
+            version: record.version,
+            interfaces: record.interfaces,
+            metadata: record.metadata,
         };
         self.bump(&mut st);
         inst
@@ -338,16 +427,9 @@ impl Catalog {
     /// Removes an instance; true when it was there.
     pub fn remove(&self, name: &str, id: &str) -> bool {
         let mut st = self.write();
-        let Some(m) = st.services.get_mut(name) else {
-            return false;
-        };
-        if m.remove(id).is_none() {
+        if st.remove(name, id).is_none() {
             return false;
         }
-        if m.is_empty() {
-            st.services.remove(name);
-        }
-        st.count -= 1;
         self.bump(&mut st);
         true
     }
@@ -369,7 +451,7 @@ impl Catalog {
         }
         let before = e.status;
         e.status = e.effective(now.1, &self.liveness);
-        e.render();
+        e.rerender();
         if e.status != before {
             self.bump(&mut st);
         }
@@ -386,9 +468,13 @@ impl Catalog {
         {
             // Most sweeps change nothing: look first under the read lock.
             let st = self.read();
-            for e in st.services.values().flat_map(|m| m.values()) {
+            for (name, e) in st
+                .services
+                .iter()
+                .flat_map(|(n, m)| m.iter().map(move |e| (n, e)))
+            {
                 if now.duration_since(e.last_seen) >= l.ttl {
-                    expired.push((e.record.name.clone(), e.record.id.clone()));
+                    expired.push((name.clone(), e.id.to_string()));
                 } else if e.effective(now, &l) != e.status {
                     changed = true;
                 }
@@ -397,11 +483,11 @@ impl Catalog {
         if changed {
             let mut st = self.write();
             let mut any = false;
-            for e in st.services.values_mut().flat_map(|m| m.values_mut()) {
+            for e in st.entries_mut() {
                 let s = e.effective(now, &l);
                 if s != e.status {
                     e.status = s;
-                    e.render();
+                    e.rerender();
                     any = true;
                 }
             }
@@ -420,21 +506,15 @@ impl Catalog {
         let mut st = self.write();
         let mut removed = 0;
         for (name, id) in keys {
-            let Some(m) = st.services.get_mut(name) else {
-                continue;
-            };
-            if m.get(id)
+            if st
+                .entry(name, id)
                 .is_some_and(|e| now.duration_since(e.last_seen) >= ttl)
             {
-                m.remove(id);
+                st.remove(name, id);
                 removed += 1;
-                if m.is_empty() {
-                    st.services.remove(name);
-                }
             }
         }
         if removed > 0 {
-            st.count -= removed;
             self.bump(&mut st);
         }
         removed
@@ -452,12 +532,7 @@ impl Catalog {
     /// Instances per status: `(up, unhealthy)`.
     pub fn counts(&self) -> (usize, usize) {
         let st = self.read();
-        let up = st
-            .services
-            .values()
-            .flat_map(|m| m.values())
-            .filter(|e| e.status == Status::Up)
-            .count();
+        let up = st.entries().filter(|e| e.status == Status::Up).count();
         (up, st.count - up)
     }
 
@@ -479,22 +554,17 @@ impl Catalog {
                 && filter
                     .tag
                     .as_deref()
-                    .is_none_or(|t| e.record.metadata.tags.iter().any(|x| x == t))
+                    .is_none_or(|t| e.tags.iter().any(|x| &**x == t))
         };
         match &filter.name {
             Some(n) => st
                 .services
                 .get(n)
                 .into_iter()
-                .flat_map(|m| m.values())
+                .flatten()
                 .filter(|e| matches(e))
                 .for_each(&mut push),
-            None => st
-                .services
-                .values()
-                .flat_map(|m| m.values())
-                .filter(|e| matches(e))
-                .for_each(&mut push),
+            None => st.entries().filter(|e| matches(e)).for_each(&mut push),
         }
         out.put_u8(b']');
         Read {
@@ -513,36 +583,30 @@ impl Catalog {
         // The service's version, interfaces and metadata are those of its newest
         // up instance (or newest of all when none is up).
         let newest = |want_up: bool| {
-            m.values()
+            m.iter()
                 .filter(|e| !want_up || e.status == Status::Up)
-                .max_by_key(|e| (e.record.registered_at_ms, e.record.id.clone()))
+                .max_by(|a, b| (a.registered_at_ms, &a.id).cmp(&(b.registered_at_ms, &b.id)))
         };
         let rep = newest(true)
             .or_else(|| newest(false))
-            .expect("no empty maps");
-        #[derive(serde::Serialize)]
-        struct Head<'a> {
-            name: &'a str,
-            version: &'a str,
-            status: Status,
-            interfaces: &'a BTreeMap<String, String>,
-            metadata: &'a Metadata,
-        }
-        let head = Head {
-            name,
-            version: &rep.record.version,
-            status: if m.values().any(|e| e.status == Status::Up) {
-                Status::Up
-            } else {
-                Status::Unhealthy
-            },
-            interfaces: &rep.record.interfaces,
-            metadata: &rep.record.metadata,
+            .expect("no empty services");
+        let status = if m.iter().any(|e| e.status == Status::Up) {
+            Status::Up
+        } else {
+            Status::Unhealthy
         };
-        let mut out = serde_json::to_vec(&head).expect("serializes");
-        out.pop(); // the closing brace
+        let size = m.iter().map(|e| e.json.len() + 1).sum::<usize>();
+        let mut out = Vec::with_capacity(size + rep.fixed as usize + 64);
+        out.extend_from_slice(b"{\"name\":");
+        name.write(&mut out);
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(rep.version_json());
+        out.extend_from_slice(b",\"status\":");
+        status.write(&mut out);
+        out.push(b',');
+        out.extend_from_slice(rep.head_json());
         out.extend_from_slice(b",\"instances\":[");
-        for (i, e) in m.values().enumerate() {
+        for (i, e) in m.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -604,6 +668,50 @@ mod tests {
         };
         let only_b: Vec<Instance> = serde_json::from_slice(&c.list(&f).body).unwrap();
         assert_eq!(only_b.len(), 2);
+    }
+
+    /// The hand-assembled JSON is exactly what serde renders for the wire types,
+    /// before and after a heartbeat redoes its tail, and the service head is the
+    /// newest up instance's.
+    #[test]
+    fn rendering_matches_the_wire_types() {
+        let c = Catalog::new(Liveness::default(), 1);
+        let mut old = rec("svc", "i-1");
+        old.version = "1.0.0".into();
+        let mut new = rec("svc", "i-2");
+        new.version = "2.0.\"quoted\"".into();
+        new.registered_at_ms = 5;
+        new.metadata = serde_json::from_value(serde_json::json!({
+            "description": "d", "tags": ["a", "b"], "environment": "e", "team": {"x": 1}
+        }))
+        .unwrap();
+        new.interfaces.insert("gRPC".into(), "127.0.0.1:2".into());
+        let a = c.upsert(old);
+        let b = c.upsert(new);
+        let listed = c.list(&ListFilter::default()).body;
+        assert_eq!(listed, serde_json::to_vec(&[&a, &b]).unwrap());
+        c.heartbeat("svc", "i-2", Some(Status::Unhealthy)).unwrap();
+        let listed: Vec<Instance> =
+            serde_json::from_slice(&c.list(&ListFilter::default()).body).unwrap();
+        assert_eq!(listed[1].status, Status::Unhealthy);
+        assert_eq!(listed[1].registered_at, b.registered_at);
+        let s: chora_api::manifest::Service =
+            serde_json::from_slice(&c.service("svc").unwrap().body).unwrap();
+        // i-2 is newer but unhealthy: the head comes from i-1, the one up.
+        assert_eq!(s.version, "1.0.0");
+        assert_eq!(s.status, Status::Up);
+        c.heartbeat("svc", "i-2", Some(Status::Up)).unwrap();
+        let s: chora_api::manifest::Service =
+            serde_json::from_slice(&c.service("svc").unwrap().body).unwrap();
+        assert_eq!(s.version, b.version);
+        assert_eq!(s.interfaces, b.interfaces);
+        assert_eq!(s.metadata, b.metadata);
+        let tagged = ListFilter {
+            tag: Some("b".into()),
+            ..Default::default()
+        };
+        let only: Vec<Instance> = serde_json::from_slice(&c.list(&tagged).body).unwrap();
+        assert_eq!(only.len(), 1);
     }
 
     #[test]

@@ -273,8 +273,8 @@ fn settle(batch: Vec<Op>, catalog: &Catalog) -> Vec<Step> {
                 let was = *exists
                     .entry(key.clone())
                     .or_insert_with(|| catalog.contains(&key.0, &key.1));
-                if was && let Some(old) = catalog.record(&key.0, &key.1) {
-                    record.registered_at_ms = old.registered_at_ms;
+                if was && let Some(at) = catalog.registered_at_ms(&key.0, &key.1) {
+                    record.registered_at_ms = at;
                 }
                 exists.insert(key, true);
                 steps.push(Step::Register(record, !was, reply));
