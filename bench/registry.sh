@@ -117,8 +117,10 @@ steal_jiffies() { awk '/^cpu / {print $9}' /proc/stat; }                    # ta
 # (a process may exit between the glob and the read: cat then fails, which must not
 # abort the run under set -e / pipefail)
 kthread_jiffies() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '($4==2 || $1==2) {s+=$14+$15} END {print s+0}'; }
-pid_utime() { awk '{print $14}' "/proc/$1/stat"; }
-pid_stime() { awk '{print $15}' "/proc/$1/stat"; }
+# a server's CPU includes its storage's processes (EXTRA_PIDS: etcd for chora-etcd)
+pid_utime() { local s=0 p; for p in "$1" $EXTRA_PIDS; do s=$((s + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$s"; }
+pid_stime() { local s=0 p; for p in "$1" $EXTRA_PIDS; do s=$((s + $(awk '{print $15}' "/proc/$p/stat"))); done; echo "$s"; }
+EXTRA_PIDS=""
 # CPU seconds of this shell's waited-for children (wrk): `times` must run in this shell
 child_secs_to() { times > "$WORK/times.$1"; }
 child_secs() { awk 'NR==2 {split($1,u,"m"); split($2,s,"m"); print u[1]*60+u[2]+s[1]*60+s[2]}' "$WORK/times.$1"; }
@@ -254,27 +256,34 @@ MEM_RSS_10K=$MEM_RSS
 # its own data dir and free loopback ports, started here and stopped after).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ "$SKIP_ETCD" != 1 ]; then
-  ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
+  # start_etcd: a fresh single-member etcd (new data dir) on free loopback ports
+  start_etcd() {
+    ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
+    rm -rf "$WORK/etcd"
+    etcd --name bench --data-dir "$WORK/etcd" \
+      --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+      --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+      --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" > "$WORK/etcd.out" 2>> "$WORK/etcd.err" &
+    ETCD_PID=$!
+    for _ in $(seq 1 200); do
+      curl -sf "http://127.0.0.1:$ETCD_CLIENT/health" >/dev/null 2>&1 && break
+      kill -0 "$ETCD_PID" 2>/dev/null || { echo "etcd exited:" >&2; tail -20 "$WORK/etcd.err" >&2; exit 1; }
+      sleep 0.05
+    done
+    STORAGE="etcd:http://127.0.0.1:$ETCD_CLIENT"
+  }
+  start_etcd
   log ""
-  log "## chora manifest serve --no-auth --storage etcd:http://127.0.0.1:$ETCD_CLIENT ($(etcd --version | head -1), one member, data in $WORK/etcd)"
-  etcd --name bench --data-dir "$WORK/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-    --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" > "$WORK/etcd.out" 2> "$WORK/etcd.err" &
-  ETCD_PID=$!
-  for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$ETCD_CLIENT/health" >/dev/null 2>&1 && break
-    kill -0 "$ETCD_PID" 2>/dev/null || { echo "etcd exited:" >&2; tail -20 "$WORK/etcd.err" >&2; exit 1; }
-    sleep 0.05
-  done
-  PEER=chora-etcd STORAGE="etcd:http://127.0.0.1:$ETCD_CLIENT"
+  log "## chora manifest serve --no-auth --storage $STORAGE ($(etcd --version | head -1), one member, fresh data dir; server CPU = chora + etcd)"
+  PEER=chora-etcd EXTRA_PIDS=$ETCD_PID
   start_chora bench-etcd
   E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
   run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
   run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
   run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
   log "etcd VmRSS after the runs: $(rss_kb "$ETCD_PID") kB"
-  stop_pid "$E_PID"
+  stop_pid "$E_PID"; stop_pid "$ETCD_PID"; EXTRA_PIDS=""
+  start_etcd   # empty again: the 1,000 seeded instances would still hold their leases
   mem_test "register 10k svc x1" 10000
   log "etcd VmRSS holding 10,000 instances: $(rss_kb "$ETCD_PID") kB"
   stop_pid "$ETCD_PID"; ETCD_PID=""

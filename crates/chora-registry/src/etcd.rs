@@ -228,18 +228,23 @@ impl EtcdStore {
         }
     }
 
-    async fn keep_alive(&self, lease: i64) -> Result<i64, StoreError> {
-        let resp = retry(|| {
+    /// Renews a lease: true when it was still alive. Opening the keep-alive stream
+    /// sends the first renewal and reads its answer, one round trip in all; the
+    /// client turns a TTL of 0 (an expired or revoked lease) into this error.
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        retry(|| {
             let mut c = self.client();
             async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
+                match c.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         })
-        .await?;
-        resp.map(|r| r.ttl())
-            .ok_or_else(|| StoreError::Unavailable("etcd closed the keep-alive stream".into()))
+        .await
     }
 
     /// A lease. (A retried grant may leave an unused lease behind; it expires.)
@@ -385,11 +390,11 @@ impl Store for EtcdStore {
         Box::pin(async move {
             let known = self.envelope(&record.name, &record.id);
             let (lease, alive_lease, created) = match &known {
-                Some(env) if self.keep_alive(env.lease).await? > 0 => {
+                Some(env) if self.keep_alive(env.lease).await? => {
                     record.registered_at_ms = env.record.registered_at_ms;
                     let alive = match self.keep_alive(env.alive_lease).await? {
-                        0 => self.grant(self.alive_ttl).await?,
-                        _ => env.alive_lease,
+                        false => self.grant(self.alive_ttl).await?,
+                        true => env.alive_lease,
                     };
                     (env.lease, alive, false)
                 }
@@ -434,11 +439,14 @@ impl Store for EtcdStore {
                 id: id.to_owned(),
             };
             let mut env = self.envelope(name, id).ok_or_else(not_found)?;
-            if self.keep_alive(env.lease).await? <= 0 {
+            // Both renewals at once: one round trip to etcd, not two.
+            let (lease, alive) =
+                tokio::join!(self.keep_alive(env.lease), self.keep_alive(env.alive_lease));
+            if !lease? {
                 return Err(not_found());
             }
             let mut rewrite = false;
-            if self.keep_alive(env.alive_lease).await? <= 0 {
+            if !alive? {
                 env.alive_lease = self.grant(self.alive_ttl).await?;
                 rewrite = true;
             }
