@@ -199,6 +199,20 @@ impl Ctx {
         env
     }
 
+    /// The Manifest instance id of a local service: the same for every start of
+    /// that service from this state directory on this host, so that a restarted
+    /// process (after a crash or a reboot) takes over its old registration instead
+    /// of leaving it to linger, unhealthy, until its TTL.
+    pub fn instance_id(&self, name: &str) -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let seed = format!("{}\0{}\0{name}", host.trim(), self.home.root.display());
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{name}-{:08x}", hash as u32)
+    }
+
     /// The process of a local service started earlier, if it still runs.
     pub fn find_local(&self, name: &str, record: Option<&ServiceRecord>) -> Option<ProcId> {
         crate::proc::read_pidfile(&self.home.pidfile(name)).or_else(|| {
@@ -229,6 +243,8 @@ impl Ctx {
         let pidfile = self.home.pidfile(name);
         let _ = std::fs::remove_file(&pidfile);
         env.insert("CHORA_PID_FILE".into(), pidfile.display().to_string());
+        env.entry("CHORA_INSTANCE_ID".into())
+            .or_insert_with(|| self.instance_id(name));
         let log = self.home.log_of(name);
         let mut child = spawn_detached(&argv, &env, &log, &self.cwd).map_err(|e| {
             StepError::new(format!("cannot start `{name}` ({}): {e}", argv[0]))

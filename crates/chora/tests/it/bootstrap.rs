@@ -253,6 +253,15 @@ fn a_fresh_bootstrap_brings_everything_up_and_status_tells_the_truth() {
     assert!(out.contains("gateway was not running: restarted"), "{out}");
     site.assert_one_process_each();
     site.ok(&["bootstrap", "status"]);
+    // The restarted gateway took over its old registration (a stable instance
+    // id): no stale, unhealthy instance of it lingers until the TTL.
+    let url = format!("http://127.0.0.1:{}", site.port("manifest"));
+    let got: Value = serde_json::from_str(&site.ok(&[
+        "manifest", "get", "gateway", "--url", &url, "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(got["instances"].as_array().unwrap().len(), 1, "{got}");
+    site.ok(&["bootstrap", "validate"]);
 
     // Every line of the audit log is JSON in the seed's shape.
     for line in site.audit().lines() {
