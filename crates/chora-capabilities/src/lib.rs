@@ -150,7 +150,7 @@ pub async fn run(
         },
         instance_id: config.instance_id.clone(),
     })?;
-    let served = axum::serve(listener, app)
+    let served = axum::serve(chora_service::nodelay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await;
     if let Err(e) = keeper.shutdown().await {

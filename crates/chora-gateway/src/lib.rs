@@ -127,7 +127,7 @@ pub async fn run(
         instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
     })?;
     let served = axum::serve(
-        listener,
+        chora_service::nodelay(listener),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
@@ -233,10 +233,7 @@ async fn proxy(
                 .headers
                 .get(&X_REQUEST_ID)
                 .cloned()
-                .unwrap_or_else(|| {
-                    HeaderValue::from_str(&chora_api::random_hex(16))
-                        .expect("hex is a header value")
-                });
+                .unwrap_or_else(new_request_id);
             let small = parts
                 .headers
                 .get(header::CONTENT_LENGTH)
@@ -293,7 +290,14 @@ async fn proxy(
                     ReqBody::Kept(bytes) => Body::from(bytes.clone()),
                     ReqBody::Stream(s) => std::mem::take(s),
                 };
-                let mut up = axum::http::Request::from_parts(parts.clone(), b);
+                // Another attempt needs the head again; only then is it copied.
+                let retry_possible = attempt + 1 < r.up.len().min(2);
+                let head = if retry_possible {
+                    parts.clone()
+                } else {
+                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                };
+                let mut up = axum::http::Request::from_parts(head, b);
                 *up.uri_mut() = uri;
                 match tokio::time::timeout(gw.timeout, gw.client.request(up)).await {
                     Ok(Ok(resp)) => {
@@ -302,9 +306,8 @@ async fn proxy(
                         break resp;
                     }
                     Ok(Err(e)) => {
-                        let retry = e.is_connect()
-                            && matches!(body, ReqBody::Kept(_))
-                            && attempt + 1 < r.up.len().min(2);
+                        let retry =
+                            e.is_connect() && matches!(body, ReqBody::Kept(_)) && retry_possible;
                         if retry {
                             tracing::debug!(%service, upstream = %base, "connection refused; retrying on another instance");
                             attempt += 1;
@@ -335,6 +338,22 @@ async fn proxy(
         }
     };
     finish(&gw, &label, resp, start)
+}
+
+/// A fresh `X-Request-Id`: 32 hex digits, a random per-process prefix and a
+/// counter. Unique, not secret, and without a system call per request.
+fn new_request_id() -> HeaderValue {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the OS random source is available");
+        u64::from_le_bytes(b)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex is a header value")
 }
 
 fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {

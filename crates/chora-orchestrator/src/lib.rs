@@ -108,7 +108,7 @@ pub async fn run(
         dependencies: vec!["manifest".into()],
         instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
     })?;
-    let served = axum::serve(listener, app)
+    let served = axum::serve(chora_service::nodelay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await;
     // Children first, then ourselves.

@@ -165,7 +165,7 @@ pub async fn run(
     } else {
         None
     };
-    let served = axum::serve(listener, app)
+    let served = axum::serve(chora_service::nodelay(listener), app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             closing_tx.send_replace(true);

@@ -30,6 +30,23 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Ro
         })
 }
 
+/// The listener every chora server accepts on: `TCP_NODELAY` on each connection.
+/// Without it a response written in two pieces (headers, then a streamed body, as
+/// the gateway does) waits for the client's delayed ACK: milliseconds of p99.
+pub fn nodelay(listener: tokio::net::TcpListener) -> Nodelay {
+    use axum::serve::ListenerExt;
+    listener.tap_io(set_nodelay)
+}
+
+/// The listener [`nodelay`] returns.
+pub type Nodelay = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
+
+fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// The readiness line every `chora … serve` prints on stdout once it accepts
 /// connections; tests and the bootstrap wait for it.
 pub fn print_ready(service: &str, addr: std::net::SocketAddr, detail: &str) {
