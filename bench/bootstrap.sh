@@ -34,6 +34,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+. "$HERE/lib.sh"
 PORTS=(8500 8600 8700 8800 8900 9000 9100 9200)
 SERVICE_RE='chora (manifest|orchestrator|gateway|capability) serve'
 
@@ -120,15 +121,7 @@ if [ -n "$taken" ]; then
   exit 1
 fi
 
-if [ -n "${CHORA_BIN:-}" ]; then
-  CHORA="$CHORA_BIN"
-else
-  echo "building: cargo build --release -p chora" >&2
-  (cd "$ROOT" && cargo build --release -p chora) >&2
-  CHORA="${CARGO_TARGET_DIR:-$ROOT/target}/release/chora"
-fi
-[ -x "$CHORA" ] || { echo "bench/bootstrap.sh: $CHORA is not executable" >&2; exit 1; }
-CHORA="$(cd "$(dirname "$CHORA")" && pwd)/$(basename "$CHORA")"
+find_chora bench/bootstrap.sh
 
 rm -rf "$OUT"; mkdir -p "$OUT/json"
 : > "$OUT/problems.txt"

@@ -36,6 +36,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+. "$HERE/lib.sh"
 DUR="${DUR:-10s}"
 N="${N:-3}"
 CONNS="${CONNS:-32}"
@@ -60,15 +61,6 @@ log() { echo "$@" | tee -a "$RESULTS"; }
 WORK="$(mktemp -d /tmp/chora-bench-gw.XXXXXX)"
 PIDS=()      # servers we started, stopped in reverse order
 LOAD_PID=""  # the running wrk / loadgen
-stop_pid() {
-  local pid=$1
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -85,27 +77,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- build
-if [ -n "${CHORA_BIN:-}" ]; then
-  CHORA="$CHORA_BIN"
-else
-  echo "building: cargo build --release -p chora" >&2
-  (cd "$ROOT" && cargo build --release -p chora) >&2
-  CHORA="${CARGO_TARGET_DIR:-$ROOT/target}/release/chora"
-fi
-[ -x "$CHORA" ] || { echo "bench/gateway.sh: $CHORA is not executable" >&2; exit 1; }
+find_chora bench/gateway.sh
 LOADGEN="$WORK/loadgen"
 rustc -O --edition 2024 "$HERE/loadgen.rs" -o "$LOADGEN"
 
 # ---------------------------------------------------------------- helpers
-HZ=$(getconf CLK_TCK)
 NCPU=$(nproc)
-busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }   # incl. irq, softirq, steal
 pids_jiffies() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$s"; }
-# CPU seconds of this shell's waited-for children (the load generator): `times` must run
-# in this shell, not in $(...), hence the file
-child_secs_to() { times > "$WORK/times.$1"; }
-child_secs() { awk 'NR==2 {split($1,u,"m"); split($2,s,"m"); print u[1]*60+u[2]+s[1]*60+s[2]}' "$WORK/times.$1"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 QUIET_NOTES=0
 wait_quiet() {
   local b0 b1 waited=0

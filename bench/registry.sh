@@ -34,6 +34,7 @@ set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+. "$HERE/lib.sh"
 PEERS="${PEERS:-$(dirname "$0")/../../shared/peers}"
 PEERS="$(cd "$PEERS" && pwd)"
 DUR="${DUR:-15s}"
@@ -64,15 +65,6 @@ log() { echo "$@" | tee -a "$RESULTS"; }
 WORK="$(mktemp -d /tmp/chora-bench.XXXXXX)"
 PIDS=()         # chora servers we started
 MEASURE_PID=""  # measure.sh (own process group)
-stop_pid() {
-  local pid=$1
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -97,21 +89,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- build
-if [ -n "${CHORA_BIN:-}" ]; then
-  CHORA="$CHORA_BIN"
-else
-  echo "building: cargo build --release -p chora" >&2
-  (cd "$ROOT" && cargo build --release -p chora) >&2
-  CHORA="$ROOT/target/release/chora"
-fi
-[ -x "$CHORA" ] || { echo "bench/registry.sh: $CHORA is not executable" >&2; exit 1; }
+find_chora bench/registry.sh
 
 # ---------------------------------------------------------------- helpers (as in measure.sh)
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
-HZ=$(getconf CLK_TCK)
-busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }   # incl. irq, softirq, steal
 task_jiffies() { awk '/^cpu / {print $2+$3+$4}' /proc/stat; }              # user+nice+system only
 steal_jiffies() { awk '/^cpu / {print $9}' /proc/stat; }                    # taken by the hypervisor
 # (a process may exit between the glob and the read: cat then fails, which must not
@@ -121,9 +104,6 @@ kthread_jiffies() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '($4==2
 pid_utime() { local s=0 p; for p in "$1" $EXTRA_PIDS; do s=$((s + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$s"; }
 pid_stime() { local s=0 p; for p in "$1" $EXTRA_PIDS; do s=$((s + $(awk '{print $15}' "/proc/$p/stat"))); done; echo "$s"; }
 EXTRA_PIDS=""
-# CPU seconds of this shell's waited-for children (wrk): `times` must run in this shell
-child_secs_to() { times > "$WORK/times.$1"; }
-child_secs() { awk 'NR==2 {split($1,u,"m"); split($2,s,"m"); print u[1]*60+u[2]+s[1]*60+s[2]}' "$WORK/times.$1"; }
 # Wait (up to 120 s) until the whole machine is idle: <10% of all cores busy over 1 s.
 wait_quiet() {
   local b0 b1 ncpu; ncpu=$(nproc)
@@ -254,7 +234,6 @@ MEM_RSS_10K=$MEM_RSS
 # ---------------------------------------------------------------- chora over etcd
 # The same tests against a Manifest node whose storage is a real etcd (one member,
 # its own data dir and free loopback ports, started here and stopped after).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ "$SKIP_ETCD" != 1 ]; then
   # start_etcd: a fresh single-member etcd (new data dir) on free loopback ports
   start_etcd() {

@@ -204,8 +204,8 @@ impl Ctx {
     /// process (after a crash or a reboot) takes over its old registration instead
     /// of leaving it to linger, unhealthy, until its TTL.
     pub fn instance_id(&self, name: &str) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let seed = format!("{}\0{}\0{name}", host.trim(), self.home.root.display());
+        let host = crate::proc::hostname();
+        let seed = format!("{host}\0{}\0{name}", self.home.root.display());
         // FNV-1a: stable across builds, unlike std's hasher.
         let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)

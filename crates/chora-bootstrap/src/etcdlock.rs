@@ -37,9 +37,8 @@ pub async fn acquire(endpoints: &[String], what: &str) -> Result<EtcdLock, Strin
         .await
         .map_err(|e| e.to_string())?
         .id();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let holder = serde_json::json!({
-        "host": host.trim(),
+        "host": crate::proc::hostname(),
         "pid": std::process::id(),
         "since": crate::state::now(),
         "command": what,

@@ -345,15 +345,11 @@ async fn proxy(
 fn new_request_id() -> HeaderValue {
     use std::sync::OnceLock;
     use std::sync::atomic::AtomicU64;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).expect("the OS random source is available");
-        u64::from_le_bytes(b)
-    });
+    let prefix = PREFIX.get_or_init(|| chora_api::random_hex(8));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex is a header value")
+    HeaderValue::from_str(&format!("{prefix}{n:016x}")).expect("hex is a header value")
 }
 
 fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {

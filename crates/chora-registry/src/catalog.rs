@@ -171,18 +171,19 @@ impl Entry {
     }
 }
 
-/// Serializes without an error path: the catalog's own types always serialize.
-mod erased {
-    pub trait Json {
+/// `value.write(&mut out)`: JSON into a buffer without an error path (the
+/// catalog's own types always serialize).
+mod write_json {
+    pub trait WriteJson {
         fn write(&self, out: &mut Vec<u8>);
     }
-    impl<T: serde::Serialize + ?Sized> Json for T {
+    impl<T: serde::Serialize + ?Sized> WriteJson for T {
         fn write(&self, out: &mut Vec<u8>) {
             serde_json::to_writer(out, self).expect("catalog values serialize");
         }
     }
 }
-use erased::Json as _;
+use write_json::WriteJson as _;
 
 /// The instances of one service, sorted by id. A `Vec` rather than an inner map:
 /// most services have one to a few instances, and a B-tree allocates a whole node
