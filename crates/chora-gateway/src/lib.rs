@@ -9,19 +9,17 @@
 //! pooled. The route table comes from [`table::follow`].
 
 pub mod table;
+pub mod upstream;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use chora_service::ApiError;
 use chora_service::register::{SelfRegistration, keep_registered};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,7 +65,7 @@ struct ServiceLabels {
 
 struct Gateway {
     routes: Arc<table::Shared>,
-    client: Client<HttpConnector, Body>,
+    upstreams: Arc<upstream::Upstreams>,
     timeout: Duration,
     metrics: Arc<chora_service::HttpMetrics>,
     requests: Family<RequestLabels, Counter>,
@@ -83,13 +81,6 @@ pub async fn run(
     let manifest = chora_api::ManifestClient::new([config.manifest_url.as_str()])?;
     let routes = Arc::new(table::Shared::default());
     let follower = tokio::spawn(table::follow(manifest, routes.clone()));
-
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
 
     let metrics = chora_service::HttpMetrics::new("gateway");
     let requests = Family::<RequestLabels, Counter>::default();
@@ -108,13 +99,13 @@ pub async fn run(
     );
     let gw = Arc::new(Gateway {
         routes,
-        client,
+        upstreams: upstream::Upstreams::new(Duration::from_secs(2), Duration::from_secs(60)),
         timeout: config.upstream_timeout,
         metrics,
         requests,
         latency,
     });
-    let app = router(gw);
+    let app = router(gw.clone());
     let keeper = keep_registered(SelfRegistration {
         manifest_url: config.manifest_url.clone(),
         token: config.api_key.clone(),
@@ -126,30 +117,105 @@ pub async fn run(
         dependencies: vec!["manifest".into()],
         instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
     })?;
-    let served = axum::serve(
-        chora_service::nodelay(listener),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    serve(listener, gw, app, shutdown).await;
     follower.abort();
     if let Err(e) = keeper.shutdown().await {
         tracing::warn!(error = %e, "could not deregister from the Manifest");
     }
-    served.map_err(GatewayError::Io)
+    Ok(())
+}
+
+/// Accepts connections until `shutdown`, then lets the open ones finish.
+///
+/// The proxy path is the hot path: it goes straight from hyper's HTTP/1
+/// connection to [`proxy`], without the router, the per-connection protocol
+/// sniffing of `axum::serve`, or its per-connection shutdown `select!`. The other
+/// routes (`/health`, `/metrics`, the JSON fallbacks) go to `rest`.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    gw: Arc<Gateway>,
+    rest: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let reaper = tokio::spawn(upstream::Upstreams::reap(Arc::downgrade(&gw.upstreams)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let rest = hyper_util::service::TowerToHyperService::new(rest);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let front = Front {
+            gw: gw.clone(),
+            rest: rest.clone(),
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP is a header value"),
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), front);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    reaper.abort();
+}
+
+/// One client connection's service: the proxy for `/api/v1/{service}…`, the
+/// router for the rest.
+#[derive(Clone)]
+struct Front {
+    gw: Arc<Gateway>,
+    rest: hyper_util::service::TowerToHyperService<Router>,
+    peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, made once per connection.
+    peer_ip: HeaderValue,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for Front {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        if proxied(req.uri().path()) {
+            let (gw, peer, peer_ip) = (self.gw.clone(), self.peer, self.peer_ip.clone());
+            Box::pin(async move { Ok(proxy(gw, peer, peer_ip, req.map(Body::new)).await) })
+        } else {
+            Box::pin(self.rest.call(req))
+        }
+    }
+}
+
+/// `/api/v1/{service}` or `/api/v1/{service}/…` with a non-empty service name.
+fn proxied(path: &str) -> bool {
+    path.strip_prefix("/api/v1/")
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
 }
 
 fn router(gw: Arc<Gateway>) -> Router {
-    chora_service::json_fallbacks(
-        Router::new()
-            .route("/api/v1/{service}", any(proxy))
-            .route("/api/v1/{service}/{*path}", any(proxy))
-            .route("/health", get(health))
-            .route(
-                "/metrics",
-                get(|State(gw): State<Arc<Gateway>>| async move { gw.metrics.response() }),
-            ),
-    )
+    chora_service::json_fallbacks(Router::new().route("/health", get(health)).route(
+        "/metrics",
+        get(|State(gw): State<Arc<Gateway>>| async move { gw.metrics.response() }),
+    ))
     .with_state(gw)
 }
 
@@ -179,6 +245,10 @@ const HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of eight lookups.
+    if !h.keys().any(|k| HOP.contains(k)) {
+        return;
+    }
     for name in &HOP {
         h.remove(name);
     }
@@ -195,27 +265,18 @@ enum ReqBody {
     Stream(Body),
 }
 
-async fn proxy(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+async fn proxy(gw: Arc<Gateway>, peer: SocketAddr, peer_ip: HeaderValue, req: Request) -> Response {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let rest = parts
-        .uri
-        .path()
-        .strip_prefix("/api/v1/")
-        .unwrap_or_default();
+    // The upstream request gets its own URI; this one is only read.
+    let uri = std::mem::take(&mut parts.uri);
+    let rest = uri.path().strip_prefix("/api/v1/").unwrap_or_default();
     let (service, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let service = service.to_owned();
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{tail}?{q}"),
-        None => tail.to_owned(),
-    };
+    let query = uri.query();
 
     let table = gw.routes.get();
     let (resp, label) = match table.services.get(&service) {
@@ -248,10 +309,10 @@ async fn proxy(
                 .get(&X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok())
             {
-                Some(prev) => format!("{prev}, {}", peer.ip()),
-                None => peer.ip().to_string(),
+                Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
+                None => Some(peer_ip.clone()),
             };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
+            if let Some(v) = xff {
                 parts.headers.insert(&X_FORWARDED_FOR, v);
             }
             parts
@@ -274,9 +335,30 @@ async fn proxy(
             let first = r.next.fetch_add(1, Ordering::Relaxed);
             let mut attempt = 0;
             let mut resp = loop {
-                let base = &r.up[(first + attempt) % r.up.len()];
-                let uri: Uri = match format!("{base}{path_and_query}").parse() {
-                    Ok(u) => u,
+                let upstream = &r.up[(first + attempt) % r.up.len()];
+                let base = &upstream.base;
+                let target = match &upstream.authority {
+                    Ok(authority) => HeaderValue::from_str(authority)
+                        .map_err(|e| e.to_string())
+                        .and_then(|host| {
+                            let mut pq = String::with_capacity(
+                                upstream.prefix.len()
+                                    + tail.len()
+                                    + query.map_or(0, |q| q.len() + 1),
+                            );
+                            pq.push_str(&upstream.prefix);
+                            pq.push_str(tail);
+                            if let Some(q) = query {
+                                pq.push('?');
+                                pq.push_str(q);
+                            }
+                            let uri = Uri::try_from(pq).map_err(|e| e.to_string())?;
+                            Ok((authority, host, uri))
+                        }),
+                    Err(e) => Err(e.clone()),
+                };
+                let (authority, host, uri) = match target {
+                    Ok(t) => t,
                     Err(e) => {
                         break ApiError::new(
                             StatusCode::BAD_GATEWAY,
@@ -299,9 +381,10 @@ async fn proxy(
                 };
                 let mut up = axum::http::Request::from_parts(head, b);
                 *up.uri_mut() = uri;
-                match tokio::time::timeout(gw.timeout, gw.client.request(up)).await {
-                    Ok(Ok(resp)) => {
-                        let mut resp = resp.map(Body::new);
+                *up.version_mut() = axum::http::Version::HTTP_11;
+                up.headers_mut().insert(header::HOST, host);
+                match tokio::time::timeout(gw.timeout, gw.upstreams.send(authority, up)).await {
+                    Ok(Ok(mut resp)) => {
                         strip_hop(resp.headers_mut());
                         break resp;
                     }
@@ -309,7 +392,7 @@ async fn proxy(
                         let retry =
                             e.is_connect() && matches!(body, ReqBody::Kept(_)) && retry_possible;
                         if retry {
-                            tracing::debug!(%service, upstream = %base, "connection refused; retrying on another instance");
+                            tracing::debug!(%service, upstream = %base, error = %e, "cannot connect; retrying on another instance");
                             attempt += 1;
                             continue;
                         }
@@ -349,7 +432,12 @@ fn new_request_id() -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| chora_api::random_hex(8));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix}{n:016x}")).expect("hex is a header value")
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&prefix.as_bytes()[..16]);
+    for (i, b) in id[16..].iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a header value")
 }
 
 fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {

@@ -9,10 +9,50 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// Where an `up` instance's REST interface listens.
+pub struct Upstream {
+    /// Its URL as registered, without a trailing `/` (`http://127.0.0.1:8800`).
+    pub base: String,
+    /// `host:port` to connect to and send as `Host`; `Err` says why the URL is not
+    /// usable (only `http://` is).
+    pub authority: Result<String, String>,
+    /// The URL's path, prefixed to every proxied path (usually empty).
+    pub prefix: String,
+}
+
+impl Upstream {
+    pub fn new(url: &str) -> Upstream {
+        let base = url.trim_end_matches('/').to_owned();
+        let parsed = base
+            .parse::<axum::http::Uri>()
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                if u.scheme_str() != Some("http") {
+                    return Err("only http:// upstreams are supported".to_owned());
+                }
+                let auth = u.authority().ok_or("no host in the URL")?;
+                let port = auth.port_u16().unwrap_or(80);
+                Ok((
+                    format!("{}:{port}", auth.host()),
+                    u.path().trim_end_matches('/').to_owned(),
+                ))
+            });
+        let (authority, prefix) = match parsed {
+            Ok((a, p)) => (Ok(a), p),
+            Err(e) => (Err(e), String::new()),
+        };
+        Upstream {
+            base,
+            authority,
+            prefix,
+        }
+    }
+}
+
 /// One service's routes.
 pub struct Routes {
-    /// Base URLs (`http://127.0.0.1:8800`) of its `up` instances.
-    pub up: Vec<String>,
+    /// Its `up` instances.
+    pub up: Vec<Upstream>,
     /// Round-robin position, carried over when the table is rebuilt.
     pub next: Arc<AtomicUsize>,
 }
@@ -47,7 +87,7 @@ impl Table {
             if i.status == Status::Up
                 && let Some(url) = i.rest_url()
             {
-                r.up.push(url.trim_end_matches('/').to_owned());
+                r.up.push(Upstream::new(url));
             }
         }
         Table { services }

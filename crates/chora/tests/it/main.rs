@@ -5,6 +5,7 @@
 mod bootstrap;
 mod capabilities;
 mod ecosystem;
+mod gateway;
 mod manifest_api;
 mod manifest_auth;
 mod manifest_cli;

@@ -1,0 +1,279 @@
+//! The gateway's proxying against upstreams this test serves itself (real
+//! sockets), registered in a real Manifest: what reaches the upstream, what
+//! comes back, upstream connections reused, dead instances skipped.
+
+use crate::{Registry, chora_bin, status_json};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::serve::ListenerExt;
+use chora_testkit::{Server, spawn_server};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// An upstream on 127.0.0.1: `/big?n=N` answers N bytes; anything else answers
+/// JSON describing the request it got (method, path, query, headers, and the
+/// length and byte sum of its body). Counts the connections it accepted.
+struct Upstream {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream() -> Upstream {
+    async fn describe(req: Request) -> axum::response::Response {
+        let (parts, body) = req.into_parts();
+        if parts.uri.path() == "/big" {
+            let n: usize = parts.uri.query().unwrap()[2..].parse().unwrap();
+            let bytes: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+            return axum::response::Response::new(Body::from(bytes));
+        }
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let headers: serde_json::Map<String, Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+            .collect();
+        axum::Json(json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "headers": headers,
+            "body_len": body.len(),
+            "body_sum": body.iter().map(|&b| b as u64).sum::<u64>(),
+        }))
+        .into_response()
+    }
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let listener = listener.tap_io(move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    let app = axum::Router::new().fallback(describe);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Upstream {
+        url,
+        accepted,
+        task,
+    }
+}
+
+/// A Manifest without auth and a gateway following it.
+struct Site {
+    manifest: Registry,
+    gateway: Server,
+    http: reqwest::Client,
+}
+
+impl Site {
+    fn start() -> Site {
+        let manifest = Registry::start(&["--no-auth", "--ttl", "60", "--heartbeat-interval", "20"]);
+        let murl = manifest.server.url();
+        let gateway = spawn_server(
+            chora_bin(),
+            manifest.dir.path(),
+            &[
+                "gateway",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--manifest-url",
+                &murl,
+            ],
+            &[],
+        );
+        Site {
+            manifest,
+            gateway,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn register(&self, name: &str, rest_url: &str) {
+        let (s, b) = self
+            .manifest
+            .post(
+                "/v1/services",
+                &json!({"name": name, "version": "1", "interfaces": {"REST": rest_url}}),
+                None,
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.gateway.url())
+    }
+
+    /// Waits until `GET path` through the gateway answers `expect` (the route
+    /// table follows the Manifest asynchronously and has no signal of its own).
+    async fn wait_for(&self, path: &str, expect: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.http.get(self.url(path)).send().await.unwrap().status();
+            if s.as_u16() == expect {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: never {expect}, last {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_forwards_the_request_and_its_headers_and_streams_bodies() {
+    let up = upstream().await;
+    let site = Site::start();
+    site.register("echo", &up.url).await;
+    site.wait_for("/echo/ready", 200).await;
+
+    // Method, path, query and the client's own headers go through; the
+    // gateway adds X-Forwarded-For, X-Forwarded-Proto and X-Request-Id and sends
+    // the id back.
+    let r = site
+        .http
+        .put(site.url("/echo/some/deep/path?a=1&b=two"))
+        .header("x-custom", "kept")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (s, got) = status_json(r).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["method"], "PUT");
+    assert_eq!(got["path"], "/some/deep/path");
+    assert_eq!(got["query"], "a=1&b=two");
+    assert_eq!(got["body_len"], 5);
+    let h = &got["headers"];
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-request-id"], id.as_str());
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert_eq!(h["host"], up.url.trim_start_matches("http://"));
+
+    // A client's X-Forwarded-For is extended; its X-Request-Id is kept.
+    let r = site
+        .http
+        .get(site.url("/echo/x"))
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-request-id", "req-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-7");
+    let (_, got) = status_json(r).await;
+    assert_eq!(got["headers"]["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(got["headers"]["x-request-id"], "req-7");
+
+    // 3 MB up (over the size kept for a retry, so streamed) and 5 MB back.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|&b| b as u64).sum();
+    let (s, got) = status_json(
+        site.http
+            .post(site.url("/echo/upload"))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(
+        (got["body_len"].as_u64(), got["body_sum"].as_u64()),
+        (Some(3_000_000), Some(sum))
+    );
+    let big: Bytes = site
+        .http
+        .get(site.url("/echo/big?n=5000000"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(big.len(), 5_000_000);
+    assert!(big.iter().enumerate().all(|(i, &b)| b == (i % 253) as u8));
+
+    // All of that, one request at a time, went over one upstream connection
+    // (the route-table wait above may have opened it).
+    for i in 0..20 {
+        let r = site
+            .http
+            .get(site.url(&format!("/echo/n{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "upstream connections were not reused"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_instance_answers_502_and_a_live_one_takes_over_its_requests() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let site = Site::start();
+    site.register("flaky", &dead).await;
+    site.wait_for("/flaky/x", 502).await;
+    let (s, b) = status_json(site.http.get(site.url("/flaky/x")).send().await.unwrap()).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("upstream_failed")),
+        "{b}"
+    );
+
+    // With a live instance beside the dead one, every request is answered: a
+    // refused connection is retried on the other instance.
+    let up = upstream().await;
+    site.register("flaky", &up.url).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Both instances are in the table once the live one has been reached.
+        let r = site.http.get(site.url("/flaky/x")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the live instance never got a request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..10 {
+        let r = site
+            .http
+            .post(site.url("/flaky/x"))
+            .body(format!("try {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+}
