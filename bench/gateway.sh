@@ -29,7 +29,9 @@
 #   MAX_OTHER cores is repeated (up to 3 attempts).
 #
 # Needs: wrk, nginx (apt-get install -y wrk nginx-light), curl, python3, rustc, cargo.
-# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build),
+#   6. With SWEEP="0.2 0.3 0.4" (fractions of the gateway's peak), N rounds more of step 4
+#      at each of those rates, and a table of p99 and added p99 by load.
+# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none),
 #   MAX_OTHER (0.15 cores), QUIET_MAX (300 s), OUT (dir for raw output; default
 #   /tmp/chora-bench-gateway-<date>).
 set -euo pipefail
@@ -43,6 +45,7 @@ CONNS="${CONNS:-32}"
 MAX_OTHER="${MAX_OTHER:-0.15}"
 QUIET_MAX="${QUIET_MAX:-300}"
 OUT="${OUT:-/tmp/chora-bench-gateway-$(date +%F)}"
+SWEEP="${SWEEP:-}"
 BODY='{"text":"the quick brown fox jumps over the lazy dog"}'
 DUR_S="${DUR%s}"
 
@@ -215,11 +218,11 @@ for t in "${TARGETS[@]}"; do
 done
 
 # ---------------------------------------------------------------- runs
-# run KIND TARGET ROUND: KIND=peak (wrk) or half (loadgen at $HALF_RATE). Appends a
-# line to $OUT/KIND.tsv: target round rps p50 p99 non2xx errors proxy_cpu analyzer_cpu load_cpu other_cpu note
+# run KIND TARGET ROUND [RATE]: KIND=peak (wrk), or half / sweep-F (loadgen at RATE,
+# default $HALF_RATE). Appends a line to $OUT/KIND.tsv: target round rps p50 p99 non2xx errors proxy_cpu analyzer_cpu load_cpu other_cpu note
 : > "$OUT/peak.tsv"; : > "$OUT/half.tsv"
 run() {
-  local kind=$1 t=$2 round=$3 attempt out pp b0 b1 a0 a1 p0 p1 c0 c1 t0 t1 cpu other line rc
+  local kind=$1 t=$2 round=$3 rate=${4:-${HALF_RATE:-}} attempt out pp b0 b1 a0 a1 p0 p1 c0 c1 t0 t1 cpu other line rc
   pp=$(proxy_pids "$t")
   for attempt in 1 2 3; do
     out="$OUT/$kind-$t-r$round-a$attempt.txt"
@@ -230,7 +233,7 @@ run() {
     if [ "$kind" = peak ]; then
       wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$HERE/wrk/post_analyze.lua" "${URL[$t]}" > "$out" 2>&1 &
     else
-      "$LOADGEN" --url "${URL[$t]}" --body "$BODY" --rate "$HALF_RATE" --conns "$CONNS" --duration "$DUR_S" --warmup 2 > "$out" 2>&1 &
+      "$LOADGEN" --url "${URL[$t]}" --body "$BODY" --rate "$rate" --conns "$CONNS" --duration "$DUR_S" --warmup 2 > "$out" 2>&1 &
     fi
     LOAD_PID=$!
     rc=0; wait "$LOAD_PID" || rc=$?
@@ -269,6 +272,18 @@ log ""
 log "## Half load: $HALF_RATE req/s (50% of the gateway's median peak $GW_PEAK req/s)"
 for r in $(seq 1 "$N"); do
   for t in "${TARGETS[@]}"; do run half "$t" "$r"; done
+done
+# The sweep: the same fixed-rate runs at other fractions of the gateway's peak, to
+# show where each proxy's added p99 crosses the 1 ms of the goal.
+declare -A SWEEP_RATE
+for f in $SWEEP; do
+  SWEEP_RATE[$f]=$(awk -v r="$GW_PEAK" -v f="$f" 'BEGIN{printf "%.0f", r*f}')
+  log ""
+  log "## Sweep: ${SWEEP_RATE[$f]} req/s ($f of the gateway's median peak)"
+  : > "$OUT/sweep-$f.tsv"
+  for r in $(seq 1 "$N"); do
+    for t in "${TARGETS[@]}"; do run "sweep-$f" "$t" "$r" "${SWEEP_RATE[$f]}"; done
+  done
 done
 
 # ---------------------------------------------------------------- report
@@ -309,6 +324,21 @@ TABLE="$OUT/table.md"
   echo "- Throughput: gateway / nginx = $R1% (vs nginx-w1), $RA% (vs nginx-auto); goal >= 80% of the faster nginx ($NGBEST_NAME): **$G1** ($RB%)."
   echo "- Added p99 at half load ($HALF_RATE req/s): gateway p99 $G99 ms - direct p99 $D99 ms = **$ADD ms**; goal <= 1 ms: **$G2**."
   [ "$QUIET_NOTES" = 0 ] || echo "- $QUIET_NOTES run(s) started without the machine being idle (see raw output)."
+  if [ -n "$SWEEP" ]; then
+    echo ""
+    echo "Added p99 by load (\`loadgen --conns $CONNS\`, medians over $N round(s); the 0.5 row is the half-load run above):"
+    echo ""
+    echo "| fraction of gateway peak | req/s | direct p99 ms | gateway p99 ms (added) | nginx-w1 p99 ms (added) | nginx-auto p99 ms (added) | CPU µs/req gateway / nginx-auto / analyzer / load generator |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    for f in $(printf '%s\n' $SWEEP 0.5 | sort -gu); do
+      if [ "$f" = 0.5 ]; then file="$OUT/half.tsv"; rate=$HALF_RATE; else file="$OUT/sweep-$f.tsv"; rate=${SWEEP_RATE[$f]}; fi
+      d=$(med "$file" direct 5)
+      cell() { local v; v=$(med "$file" "$1" 5); awk -v v="$v" -v d="$d" 'BEGIN{printf "%s (%+.2f)", v, v-d}'; }
+      us() { awk -v c="$(med "$file" "$1" "$2")" -v r="$rate" 'BEGIN{printf "%.0f", c*1e6/r}'; }
+      printf '| %s | %s | %s | %s | %s | %s | %s / %s / %s / %s |\n' "$f" "$rate" "$d" "$(cell gateway)" "$(cell nginx-w1)" "$(cell nginx-auto)" \
+        "$(us gateway 8)" "$(us nginx-auto 8)" "$(us gateway 9)" "$(us gateway 10)"
+    done
+  fi
   noisy=$(cat "$OUT/peak.tsv" "$OUT/half.tsv" | awk -F'\t' '$12!=""' | wc -l)
   [ "$noisy" = 0 ] || echo "- $noisy run(s) kept although other processes used > $MAX_OTHER cores (3 attempts exhausted); medians leave them out where a clean round exists."
 } > "$TABLE"
