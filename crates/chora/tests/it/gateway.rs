@@ -277,3 +277,77 @@ async fn a_dead_instance_answers_502_and_a_live_one_takes_over_its_requests() {
         assert_eq!(r.status(), 200, "request {i}");
     }
 }
+
+#[tokio::test]
+async fn sigterm_refuses_new_connections_and_lets_a_request_in_flight_finish() {
+    // An upstream that holds `/hold` until the test releases it.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let app = {
+        let (arrived, release) = (arrived.clone(), release.clone());
+        axum::Router::new()
+            .route(
+                "/hold",
+                axum::routing::get(move || async move {
+                    arrived.notify_one();
+                    release.notified().await;
+                    "released"
+                }),
+            )
+            .fallback(|| async { "ok" })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_url = format!("http://{}", listener.local_addr().unwrap());
+    let up = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let site = Site::start();
+    site.register("slow", &up_url).await;
+    site.wait_for("/slow/ping", 200).await;
+    let held = tokio::spawn(site.http.get(site.url("/slow/hold")).send());
+    tokio::time::timeout(Duration::from_secs(10), arrived.notified())
+        .await
+        .expect("the request reached the upstream");
+
+    let Site {
+        manifest: _manifest,
+        mut gateway,
+        http: _,
+    } = site;
+    let addr = gateway.addr;
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = gateway.terminate();
+        (status, gateway)
+    });
+    // The listener closes at once...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still accepts connections 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the request in flight is still being served, and gets its answer.
+    assert!(
+        !stopped.is_finished(),
+        "the gateway exited with a request in flight"
+    );
+    release.notify_one();
+    let r = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held request was answered")
+        .unwrap()
+        .expect("the held request got a response");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "released");
+    let (status, gateway) = tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the gateway exited once the request was done")
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        gateway.output()
+    );
+    up.abort();
+}
