@@ -26,6 +26,9 @@ use std::time::Duration;
 const PREFIX: &str = "/chora/";
 /// How long a write waits for this node's catalog to apply it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// How long a write this node made may take to come back through its watch
+/// before the watch is presumed stuck and restarted.
+const WATCH_SUSPECT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach etcd at {endpoints}: {message}")]
@@ -68,6 +71,8 @@ pub struct EtcdStore {
     alive_ttl: i64,
     /// False while the watch is broken (etcd unreachable).
     connected: AtomicBool,
+    /// Tells the watch task to read everything again and watch anew.
+    rewatch: Arc<tokio::sync::Notify>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -143,11 +148,12 @@ impl EtcdStore {
             ttl: ceil_secs(liveness.ttl),
             alive_ttl: ceil_secs(liveness.heartbeat_interval * 2),
             connected: AtomicBool::new(false),
+            rewatch: Arc::default(),
             task: Mutex::new(None),
         });
         let rev = store.resync().await.map_err(|e| fail(e.to_string()))?;
         let weak = Arc::downgrade(&store);
-        let task = tokio::spawn(follow(weak, rev));
+        let task = tokio::spawn(follow(weak, store.rewatch.clone(), rev));
         *store.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(store)
     }
@@ -281,11 +287,23 @@ impl EtcdStore {
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0) as u64)
     }
 
+    /// Waits until this node's catalog holds revision `rev`, a write it made.
+    /// A watch that has not delivered it within [`WATCH_SUSPECT`] is presumed
+    /// stuck (seen after a whole cluster restarted: the new watch stream stayed
+    /// silent): the node reads everything again and watches anew.
     async fn applied(&self, rev: u64) {
+        if self.catalog.wait_applied(rev, WATCH_SUSPECT).await {
+            return;
+        }
+        tracing::warn!(
+            revision = rev,
+            "the watch has not delivered a write this node made; reading everything again"
+        );
+        self.rewatch.notify_one();
         if !self.catalog.wait_applied(rev, APPLY_WAIT).await {
             tracing::warn!(
                 revision = rev,
-                "the watch has not delivered a write this node made"
+                "a write this node made is still not in its catalog"
             );
         }
     }
@@ -313,8 +331,13 @@ impl Drop for EtcdStore {
 }
 
 /// Follows the prefix: watch from the revision after the last full read; on any
-/// error or compaction, read everything again and watch from there.
-async fn follow(store: std::sync::Weak<EtcdStore>, mut rev: i64) {
+/// error or compaction, or when told to (`rewatch`), read everything again and
+/// watch from there.
+async fn follow(
+    store: std::sync::Weak<EtcdStore>,
+    rewatch: Arc<tokio::sync::Notify>,
+    mut rev: i64,
+) {
     let mut delay = Duration::from_millis(50);
     loop {
         let Some(s) = store.upgrade() else { return };
@@ -351,8 +374,17 @@ async fn follow(store: std::sync::Weak<EtcdStore>, mut rev: i64) {
         s.connected.store(true, Ordering::Relaxed);
         drop(s);
         loop {
-            let msg = stream.message().await;
+            let msg = tokio::select! {
+                msg = stream.message() => Some(msg),
+                () = rewatch.notified() => None,
+            };
             let Some(s) = store.upgrade() else { return };
+            let Some(msg) = msg else {
+                if let Ok(r) = s.resync().await {
+                    rev = r;
+                }
+                break;
+            };
             match msg {
                 Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
                     if let Ok(r) = s.resync().await {
