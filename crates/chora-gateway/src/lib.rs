@@ -25,7 +25,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -141,26 +140,17 @@ async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let rest = hyper_util::service::TowerToHyperService::new(rest);
     let mut shutdown = std::pin::pin!(shutdown);
+    // TCP_NODELAY on each connection; accept errors (out of file descriptors and
+    // the like) are waited out, as axum::serve does.
+    let mut listener = chora_service::nodelay(listener);
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, as axum::serve does.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             () = &mut shutdown => break,
         };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
         let front = Front {
             gw: gw.clone(),
             rest: rest.clone(),
-            peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP is a header value"),
         };
@@ -184,7 +174,6 @@ async fn serve(
 struct Front {
     gw: Arc<Gateway>,
     rest: hyper_util::service::TowerToHyperService<Router>,
-    peer: SocketAddr,
     /// The peer's address as an `X-Forwarded-For` value, made once per connection.
     peer_ip: HeaderValue,
 }
@@ -197,8 +186,8 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Front {
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         if proxied(req.uri().path()) {
-            let (gw, peer, peer_ip) = (self.gw.clone(), self.peer, self.peer_ip.clone());
-            Box::pin(async move { Ok(proxy(gw, peer, peer_ip, req.map(Body::new)).await) })
+            let (gw, peer_ip) = (self.gw.clone(), self.peer_ip.clone());
+            Box::pin(async move { Ok(proxy(gw, peer_ip, req.map(Body::new)).await) })
         } else {
             Box::pin(self.rest.call(req))
         }
@@ -265,7 +254,7 @@ enum ReqBody {
     Stream(Body),
 }
 
-async fn proxy(gw: Arc<Gateway>, peer: SocketAddr, peer_ip: HeaderValue, req: Request) -> Response {
+async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     // The upstream request gets its own URI; this one is only read.
@@ -309,8 +298,11 @@ async fn proxy(gw: Arc<Gateway>, peer: SocketAddr, peer_ip: HeaderValue, req: Re
                 .get(&X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok())
             {
-                Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
-                None => Some(peer_ip.clone()),
+                Some(prev) => {
+                    let ip = peer_ip.to_str().expect("made from an IP");
+                    HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+                }
+                None => Some(peer_ip),
             };
             if let Some(v) = xff {
                 parts.headers.insert(&X_FORWARDED_FOR, v);

@@ -379,29 +379,25 @@ async fn follow(
                 () = rewatch.notified() => None,
             };
             let Some(s) = store.upgrade() else { return };
-            let Some(msg) = msg else {
-                if let Ok(r) = s.resync().await {
-                    rev = r;
-                }
-                break;
-            };
             match msg {
-                Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
-                    if let Ok(r) = s.resync().await {
-                        rev = r;
-                    }
-                    break;
-                }
-                Ok(Some(resp)) => {
+                Some(Ok(Some(resp))) if !resp.canceled() && resp.compact_revision() == 0 => {
                     s.apply(resp.events());
                     if let Some(h) = resp.header() {
                         rev = rev.max(h.revision());
                         s.catalog.publish(h.revision() as u64);
                     }
                 }
-                Ok(None) | Err(_) => {
+                Some(Ok(None) | Err(_)) => {
                     s.connected.store(false, Ordering::Relaxed);
                     tracing::warn!("the etcd watch ended; reconnecting");
+                    break;
+                }
+                // Cancelled or compacted away, or told to (`rewatch`): read
+                // everything again and watch from there.
+                _ => {
+                    if let Ok(r) = s.resync().await {
+                        rev = r;
+                    }
                     break;
                 }
             }
