@@ -31,7 +31,12 @@
 # Needs: wrk, nginx (apt-get install -y wrk nginx-light), curl, python3, rustc, cargo.
 #   6. With SWEEP="0.2 0.3 0.4" (fractions of the gateway's peak), N rounds more of step 4
 #      at each of those rates, and a table of p99 and added p99 by load.
-# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none),
+#   7. With PIN=1, the load generator (wrk, loadgen) runs on CPU 0 only and every server
+#      (manifest, analyzer, gateway, nginx) on the other CPUs only (taskset), so that the
+#      load generator does not queue with the proxy for a core. On a 2-core machine the
+#      servers then have one core: the gateway and the analyzer size their runtimes to
+#      it, nginx-auto has as many workers as nginx counts CPUs (the table says how many).
+# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none), PIN (0),
 #   MAX_OTHER (0.15 cores), QUIET_MAX (300 s), OUT (dir for raw output; default
 #   /tmp/chora-bench-gateway-<date>).
 set -euo pipefail
@@ -46,6 +51,7 @@ MAX_OTHER="${MAX_OTHER:-0.15}"
 QUIET_MAX="${QUIET_MAX:-300}"
 OUT="${OUT:-/tmp/chora-bench-gateway-$(date +%F)}"
 SWEEP="${SWEEP:-}"
+PIN="${PIN:-0}"
 BODY='{"text":"the quick brown fox jumps over the lazy dog"}'
 DUR_S="${DUR%s}"
 
@@ -86,6 +92,13 @@ rustc -O --edition 2024 "$HERE/loadgen.rs" -o "$LOADGEN"
 
 # ---------------------------------------------------------------- helpers
 NCPU=$(nproc)
+# PIN=1: prefixes that put the load generator on CPU 0 and the servers on the rest
+LOADP=(); SRVP=()
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || { echo "bench/gateway.sh: PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  [ "$NCPU" -ge 2 ] || { echo "bench/gateway.sh: PIN=1 needs at least 2 CPUs" >&2; exit 1; }
+  LOADP=(taskset -c 0); SRVP=(taskset -c "1-$((NCPU - 1))")
+fi
 pids_jiffies() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$s"; }
 QUIET_NOTES=0
 wait_quiet() {
@@ -126,11 +139,11 @@ start() {
 
 # ---------------------------------------------------------------- start the pieces
 cd "$WORK"
-start manifest "$CHORA" manifest serve --no-auth --listen 127.0.0.1:0 --storage "sqlite:$WORK/m.db"
+start manifest "${SRVP[@]}" "$CHORA" manifest serve --no-auth --listen 127.0.0.1:0 --storage "sqlite:$WORK/m.db"
 MANIFEST="http://$ADDR"
-MANIFEST_URL="$MANIFEST" start analyzer "$CHORA" capability serve --name analyzer --listen 127.0.0.1:0
+MANIFEST_URL="$MANIFEST" start analyzer "${SRVP[@]}" "$CHORA" capability serve --name analyzer --listen 127.0.0.1:0
 ANALYZER_ADDR=$ADDR; ANALYZER_PID=$LAST_PID
-start gateway "$CHORA" gateway serve --listen 127.0.0.1:0 --manifest-url "$MANIFEST"
+start gateway "${SRVP[@]}" "$CHORA" gateway serve --listen 127.0.0.1:0 --manifest-url "$MANIFEST"
 GATEWAY_ADDR=$ADDR; GATEWAY_PID=$LAST_PID
 ok=0
 for _ in $(seq 1 300); do
@@ -176,7 +189,7 @@ http {
 }
 EOF
   nginx -t -q -c "$conf" -p "$WORK" -e "$WORK/nginx-$label.log"
-  nginx -c "$conf" -p "$WORK" -e "$WORK/nginx-$label.log" &
+  "${SRVP[@]}" nginx -c "$conf" -p "$WORK" -e "$WORK/nginx-$label.log" &
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 1 100); do
@@ -211,6 +224,9 @@ log "# wrk: $(wrk -v 2>&1 | head -1)"
 log "# nginx: $(nginx -v 2>&1) (nginx-w1: worker_processes 1; nginx-auto: worker_processes auto = $NCPU)"
 log "# analyzer $ANALYZER_ADDR, gateway $GATEWAY_ADDR, manifest $MANIFEST, nginx-w1 :$NGINX1_PORT, nginx-auto :$NGINXA_PORT"
 log "# nginx workers: w1 $(pgrep -P "$NGINX1_PID" | wc -l), auto $(pgrep -P "$NGINXA_PID" | wc -l)"
+if [ "$PIN" = 1 ]; then
+  log "# PIN=1: load generator on CPU 0, servers on CPUs 1-$((NCPU - 1)) (gateway affinity: $(taskset -pc "$GATEWAY_PID" | sed 's/.*: //'))"
+fi
 log ""
 log "## Sanity: one request to each target"
 for t in "${TARGETS[@]}"; do
@@ -231,9 +247,9 @@ run() {
     wait_quiet
     b0=$(busy_jiffies); a0=$(pids_jiffies "$ANALYZER_PID"); p0=$(pids_jiffies $pp); child_secs_to 0; c0=$(child_secs 0); t0=$(date +%s.%N)
     if [ "$kind" = peak ]; then
-      wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$HERE/wrk/post_analyze.lua" "${URL[$t]}" > "$out" 2>&1 &
+      "${LOADP[@]}" wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$HERE/wrk/post_analyze.lua" "${URL[$t]}" > "$out" 2>&1 &
     else
-      "$LOADGEN" --url "${URL[$t]}" --body "$BODY" --rate "$rate" --conns "$CONNS" --duration "$DUR_S" --warmup 2 > "$out" 2>&1 &
+      "${LOADP[@]}" "$LOADGEN" --url "${URL[$t]}" --body "$BODY" --rate "$rate" --conns "$CONNS" --duration "$DUR_S" --warmup 2 > "$out" 2>&1 &
     fi
     LOAD_PID=$!
     rc=0; wait "$LOAD_PID" || rc=$?
@@ -298,6 +314,7 @@ log "RSS after: gateway $(awk '/^VmRSS/ {print $2}' /proc/$GATEWAY_PID/status) k
 
 TABLE="$OUT/table.md"
 {
+  [ "$PIN" = 1 ] && echo "PIN=1: the load generator on CPU 0, every server on CPUs 1-$((NCPU - 1)); nginx-auto ran $(pgrep -P "$NGINXA_PID" | wc -l) worker(s)."
   echo "Medians over $N round(s); peak = \`wrk -t2 -c$CONNS -d$DUR --latency\`; half load = \`loadgen --rate $HALF_RATE --conns $CONNS --duration $DUR_S\` (fixed rate, latency from the intended send time)."
   echo ""
   echo "| target | peak req/s | peak p50 ms | peak p99 ms | proxy CPU at peak (cores) | half-load req/s | half-load p50 ms | half-load p99 ms | non-2xx / errors (all runs) |"
