@@ -264,19 +264,18 @@ async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let service = service.to_owned();
     let query = uri.query();
 
     let table = gw.routes.get();
-    let (resp, label) = match table.services.get(&service) {
+    let (resp, label) = match table.services.get(service) {
         None => (
             ApiError::not_found(format!("no service `{service}` is registered")).into_response(),
-            "_unknown".to_owned(),
+            "_unknown",
         ),
         Some(r) if r.up.is_empty() => (
             ApiError::unavailable("no_instance", format!("no instance of `{service}` is up"))
                 .into_response(),
-            service.clone(),
+            service,
         ),
         Some(r) => {
             let request_id = parts
@@ -318,7 +317,7 @@ async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response
                     Err(e) => {
                         let r = ApiError::bad_request(format!("cannot read the request body: {e}"))
                             .into_response();
-                        return finish(&gw, &service, r, start);
+                        return finish(&gw, service, r, start);
                     }
                 }
             } else {
@@ -329,27 +328,23 @@ async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response
             let mut resp = loop {
                 let upstream = &r.up[(first + attempt) % r.up.len()];
                 let base = &upstream.base;
-                let target = match &upstream.authority {
-                    Ok(authority) => HeaderValue::from_str(authority)
-                        .map_err(|e| e.to_string())
-                        .and_then(|host| {
-                            let mut pq = String::with_capacity(
-                                upstream.prefix.len()
-                                    + tail.len()
-                                    + query.map_or(0, |q| q.len() + 1),
-                            );
-                            pq.push_str(&upstream.prefix);
-                            pq.push_str(tail);
-                            if let Some(q) = query {
-                                pq.push('?');
-                                pq.push_str(q);
-                            }
-                            let uri = Uri::try_from(pq).map_err(|e| e.to_string())?;
-                            Ok((authority, host, uri))
-                        }),
-                    Err(e) => Err(e.clone()),
-                };
-                let (authority, host, uri) = match target {
+                let target = upstream
+                    .target
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|t| {
+                        let mut pq = String::with_capacity(
+                            t.prefix.len() + tail.len() + query.map_or(0, |q| q.len() + 1),
+                        );
+                        pq.push_str(&t.prefix);
+                        pq.push_str(tail);
+                        if let Some(q) = query {
+                            pq.push('?');
+                            pq.push_str(q);
+                        }
+                        Ok((t, Uri::try_from(pq).map_err(|e| e.to_string())?))
+                    });
+                let (target, uri) = match target {
                     Ok(t) => t,
                     Err(e) => {
                         break ApiError::new(
@@ -374,8 +369,9 @@ async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response
                 let mut up = axum::http::Request::from_parts(head, b);
                 *up.uri_mut() = uri;
                 *up.version_mut() = axum::http::Version::HTTP_11;
-                up.headers_mut().insert(header::HOST, host);
-                match tokio::time::timeout(gw.timeout, gw.upstreams.send(authority, up)).await {
+                up.headers_mut().insert(header::HOST, target.host.clone());
+                let sent = gw.upstreams.send(&target.authority, up);
+                match tokio::time::timeout(gw.timeout, sent).await {
                     Ok(Ok(mut resp)) => {
                         strip_hop(resp.headers_mut());
                         break resp;
@@ -409,10 +405,10 @@ async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response
                 }
             };
             resp.headers_mut().insert(&X_REQUEST_ID, request_id);
-            (resp, service.clone())
+            (resp, service)
         }
     };
-    finish(&gw, &label, resp, start)
+    finish(&gw, label, resp, start)
 }
 
 /// A fresh `X-Request-Id`: 32 hex digits, a random per-process prefix and a

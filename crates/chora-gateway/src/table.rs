@@ -2,6 +2,7 @@
 //! It follows the Manifest with blocking reads (no registry call per request) and
 //! keeps serving the last table it had while the registry is unreachable.
 
+use axum::http::HeaderValue;
 use chora_api::ManifestClient;
 use chora_api::manifest::{Instance, ListFilter, Status};
 use std::collections::HashMap;
@@ -13,9 +14,17 @@ use std::time::Duration;
 pub struct Upstream {
     /// Its URL as registered, without a trailing `/` (`http://127.0.0.1:8800`).
     pub base: String,
-    /// `host:port` to connect to and send as `Host`; `Err` says why the URL is not
-    /// usable (only `http://` is).
-    pub authority: Result<String, String>,
+    /// Where requests for it go; `Err` says why the URL is not usable (only
+    /// `http://` is).
+    pub target: Result<Target, String>,
+}
+
+/// A usable upstream URL, taken apart once when the table is built.
+pub struct Target {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// The same, as the `Host` header.
+    pub host: HeaderValue,
     /// The URL's path, prefixed to every proxied path (usually empty).
     pub prefix: String,
 }
@@ -23,7 +32,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(url: &str) -> Upstream {
         let base = url.trim_end_matches('/').to_owned();
-        let parsed = base
+        let target = base
             .parse::<axum::http::Uri>()
             .map_err(|e| e.to_string())
             .and_then(|u| {
@@ -31,21 +40,14 @@ impl Upstream {
                     return Err("only http:// upstreams are supported".to_owned());
                 }
                 let auth = u.authority().ok_or("no host in the URL")?;
-                let port = auth.port_u16().unwrap_or(80);
-                Ok((
-                    format!("{}:{port}", auth.host()),
-                    u.path().trim_end_matches('/').to_owned(),
-                ))
+                let authority = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(80));
+                Ok(Target {
+                    host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+                    authority,
+                    prefix: u.path().trim_end_matches('/').to_owned(),
+                })
             });
-        let (authority, prefix) = match parsed {
-            Ok((a, p)) => (Ok(a), p),
-            Err(e) => (Err(e), String::new()),
-        };
-        Upstream {
-            base,
-            authority,
-            prefix,
-        }
+        Upstream { base, target }
     }
 }
 
@@ -144,5 +146,30 @@ pub async fn follow(client: ManifestClient, shared: Arc<Shared>) {
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Upstream;
+
+    #[test]
+    fn an_upstream_url_is_taken_apart_once() {
+        let u = Upstream::new("http://10.0.0.7:8800/base/");
+        assert_eq!(u.base, "http://10.0.0.7:8800/base");
+        let t = u.target.unwrap();
+        assert_eq!(t.authority, "10.0.0.7:8800");
+        assert_eq!(t.host, "10.0.0.7:8800");
+        assert_eq!(t.prefix, "/base");
+
+        let t = Upstream::new("http://svc.local").target.unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.prefix.as_str()),
+            ("svc.local:80", "")
+        );
+
+        let e = Upstream::new("https://svc.local:443").target.err().unwrap();
+        assert!(e.contains("only http://"), "{e}");
+        assert!(Upstream::new("not a url").target.is_err());
     }
 }

@@ -290,7 +290,7 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // Only a connection whose response was read to the end can be reused;
         // any other is closed by dropping it.
-        if (self.done || self.body.is_end_stream())
+        if self.is_end_stream()
             && let Some(c) = self.conn.take()
             && let Some(pool) = self.home.0.upgrade()
         {
