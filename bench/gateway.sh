@@ -31,12 +31,14 @@
 # Needs: wrk, nginx (apt-get install -y wrk nginx-light), curl, python3, rustc, cargo.
 #   6. With SWEEP="0.2 0.3 0.4" (fractions of the gateway's peak), N rounds more of step 4
 #      at each of those rates, and a table of p99 and added p99 by load.
-#   7. With PIN=1, the load generator (wrk, loadgen) runs on CPU 0 only and every server
-#      (manifest, analyzer, gateway, nginx) on the other CPUs only (taskset), so that the
-#      load generator does not queue with the proxy for a core. On a 2-core machine the
-#      servers then have one core: the gateway and the analyzer size their runtimes to
-#      it, nginx-auto has as many workers as nginx counts CPUs (the table says how many).
-# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none), PIN (0),
+#   7. PIN=1 (the default on 2 or more CPUs): the load generator (wrk, loadgen) runs on
+#      CPU 0 only and every server (manifest, analyzer, gateway, nginx) on the other CPUs
+#      only (taskset), so that the load generator does not queue with the proxy for a
+#      core and the added p99 is the proxy's. On a 2-core machine the servers then have
+#      one core: the gateway and the analyzer size their runtimes to it, nginx-auto has
+#      as many workers as nginx counts CPUs (the table says how many). BENCHMARKS.md's
+#      figures of record are pinned. PIN=0 lets everything share all the cores.
+# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none), PIN (1; 0 on one CPU),
 #   MAX_OTHER (0.15 cores), QUIET_MAX (300 s), OUT (dir for raw output; default
 #   /tmp/chora-bench-gateway-<date>).
 set -euo pipefail
@@ -51,7 +53,7 @@ MAX_OTHER="${MAX_OTHER:-0.15}"
 QUIET_MAX="${QUIET_MAX:-300}"
 OUT="${OUT:-/tmp/chora-bench-gateway-$(date +%F)}"
 SWEEP="${SWEEP:-}"
-PIN="${PIN:-0}"
+PIN="${PIN:-$([ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && echo 1 || echo 0)}"
 BODY='{"text":"the quick brown fox jumps over the lazy dog"}'
 DUR_S="${DUR%s}"
 
@@ -226,6 +228,8 @@ log "# analyzer $ANALYZER_ADDR, gateway $GATEWAY_ADDR, manifest $MANIFEST, nginx
 log "# nginx workers: w1 $(pgrep -P "$NGINX1_PID" | wc -l), auto $(pgrep -P "$NGINXA_PID" | wc -l)"
 if [ "$PIN" = 1 ]; then
   log "# PIN=1: load generator on CPU 0, servers on CPUs 1-$((NCPU - 1)) (gateway affinity: $(taskset -pc "$GATEWAY_PID" | sed 's/.*: //'))"
+else
+  log "# PIN=0: the load generator and the servers share all $NCPU CPUs"
 fi
 log ""
 log "## Sanity: one request to each target"
@@ -314,7 +318,11 @@ log "RSS after: gateway $(awk '/^VmRSS/ {print $2}' /proc/$GATEWAY_PID/status) k
 
 TABLE="$OUT/table.md"
 {
-  [ "$PIN" = 1 ] && echo "PIN=1: the load generator on CPU 0, every server on CPUs 1-$((NCPU - 1)); nginx-auto ran $(pgrep -P "$NGINXA_PID" | wc -l) worker(s)."
+  if [ "$PIN" = 1 ]; then
+    echo "PIN=1: the load generator on CPU 0, every server on CPUs 1-$((NCPU - 1)); nginx-auto ran $(pgrep -P "$NGINXA_PID" | wc -l) worker(s)."
+  else
+    echo "PIN=0: the load generator and every server share all $NCPU CPUs."
+  fi
   echo "Medians over $N round(s); peak = \`wrk -t2 -c$CONNS -d$DUR --latency\`; half load = \`loadgen --rate $HALF_RATE --conns $CONNS --duration $DUR_S\` (fixed rate, latency from the intended send time)."
   echo ""
   echo "| target | peak req/s | peak p50 ms | peak p99 ms | proxy CPU at peak (cores) | half-load req/s | half-load p50 ms | half-load p99 ms | non-2xx / errors (all runs) |"
