@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// The line prefix every chora server prints on stdout once it is accepting.
 pub const READY_PREFIX: &str = "listening on http://";
 
+/// How long [`Server::signal_and_wait`] waits for the process to exit.
+pub const EXIT_WAIT: Duration = Duration::from_secs(30);
+
 /// A `chora … serve` process started by a test.
 pub struct Server {
     child: Option<Child>,
@@ -37,10 +40,39 @@ impl Server {
     }
 
     /// Sends `signal` and waits for the process to exit; returns its exit status.
+    /// A process that has not exited [`EXIT_WAIT`] after the signal is killed and
+    /// the test fails, so that a server that ignores the signal can neither hang
+    /// the test nor outlive it.
     pub fn signal_and_wait(&mut self, signal: i32) -> std::process::ExitStatus {
+        self.signal_and_wait_within(signal, EXIT_WAIT)
+    }
+
+    fn signal_and_wait_within(
+        &mut self,
+        signal: i32,
+        within: Duration,
+    ) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("process still owned");
+        let pid = child.id();
         // SAFETY: kill(2) on a pid we started and have not reaped yet.
-        unsafe { libc::kill(child.id() as i32, signal) };
+        unsafe { libc::kill(pid as i32, signal) };
+        // Another thread waits for the exit without reaping (WNOWAIT), so that
+        // the pid stays ours and `child` can still be killed and reaped here.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: waitid(2) with a zeroed siginfo_t that it fills in.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(within).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not exit within {within:?} of signal {signal}; killed it",
+                self.label
+            );
+        }
         child.wait().expect("wait for child")
     }
 
@@ -417,4 +449,50 @@ fn rand_u128() -> u128 {
         .and_then(|mut f| f.read_exact(&mut buf))
         .unwrap();
     u128::from_le_bytes(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that ignores SIGTERM (an ignored signal stays ignored across
+    /// exec) and prints a readiness line.
+    fn stubborn() -> Server {
+        let dir = std::env::temp_dir();
+        spawn_until(
+            Path::new("/bin/sh"),
+            &dir,
+            &[
+                "-c",
+                "trap '' TERM; echo 'listening on http://127.0.0.1:9'; exec sleep 600",
+            ],
+            &[],
+            "stubborn".into(),
+            |line| line.split(READY_PREFIX).nth(1)?.parse().ok(),
+        )
+    }
+
+    #[test]
+    fn a_process_that_ignores_the_signal_is_killed_and_the_wait_fails() {
+        let mut s = stubborn();
+        let pid = s.pid();
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.signal_and_wait_within(libc::SIGTERM, Duration::from_millis(300))
+        }));
+        let msg = *waited
+            .expect_err("the wait should fail")
+            .downcast::<String>()
+            .unwrap();
+        assert!(msg.contains("did not exit within 300ms"), "{msg}");
+        // Killed and reaped: the pid is gone.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn a_process_that_exits_on_the_signal_gives_its_status() {
+        let mut s = stubborn();
+        let status = s.signal_and_wait(libc::SIGKILL);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
 }
