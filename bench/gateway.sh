@@ -53,7 +53,8 @@ MAX_OTHER="${MAX_OTHER:-0.15}"
 QUIET_MAX="${QUIET_MAX:-300}"
 OUT="${OUT:-/tmp/chora-bench-gateway-$(date +%F)}"
 SWEEP="${SWEEP:-}"
-PIN="${PIN:-$([ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && echo 1 || echo 0)}"
+NCPU=$(nproc)
+PIN="${PIN:-$([ "$NCPU" -ge 2 ] && command -v taskset >/dev/null && echo 1 || echo 0)}"
 BODY='{"text":"the quick brown fox jumps over the lazy dog"}'
 DUR_S="${DUR%s}"
 
@@ -93,13 +94,14 @@ LOADGEN="$WORK/loadgen"
 rustc -O --edition 2024 "$HERE/loadgen.rs" -o "$LOADGEN"
 
 # ---------------------------------------------------------------- helpers
-NCPU=$(nproc)
 # PIN=1: prefixes that put the load generator on CPU 0 and the servers on the rest
 LOADP=(); SRVP=()
+PIN_NOTE="PIN=0: the load generator and every server share all $NCPU CPUs."
 if [ "$PIN" = 1 ]; then
   command -v taskset >/dev/null || { echo "bench/gateway.sh: PIN=1 needs taskset (util-linux)" >&2; exit 1; }
   [ "$NCPU" -ge 2 ] || { echo "bench/gateway.sh: PIN=1 needs at least 2 CPUs" >&2; exit 1; }
   LOADP=(taskset -c 0); SRVP=(taskset -c "1-$((NCPU - 1))")
+  PIN_NOTE="PIN=1: the load generator on CPU 0, every server on CPUs 1-$((NCPU - 1))."
 fi
 pids_jiffies() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$s"; }
 QUIET_NOTES=0
@@ -226,11 +228,8 @@ log "# wrk: $(wrk -v 2>&1 | head -1)"
 log "# nginx: $(nginx -v 2>&1) (nginx-w1: worker_processes 1; nginx-auto: worker_processes auto = $NCPU)"
 log "# analyzer $ANALYZER_ADDR, gateway $GATEWAY_ADDR, manifest $MANIFEST, nginx-w1 :$NGINX1_PORT, nginx-auto :$NGINXA_PORT"
 log "# nginx workers: w1 $(pgrep -P "$NGINX1_PID" | wc -l), auto $(pgrep -P "$NGINXA_PID" | wc -l)"
-if [ "$PIN" = 1 ]; then
-  log "# PIN=1: load generator on CPU 0, servers on CPUs 1-$((NCPU - 1)) (gateway affinity: $(taskset -pc "$GATEWAY_PID" | sed 's/.*: //'))"
-else
-  log "# PIN=0: the load generator and the servers share all $NCPU CPUs"
-fi
+log "# $PIN_NOTE"
+[ "$PIN" = 1 ] && log "# gateway affinity: $(taskset -pc "$GATEWAY_PID" | sed 's/.*: //')"
 log ""
 log "## Sanity: one request to each target"
 for t in "${TARGETS[@]}"; do
@@ -318,11 +317,7 @@ log "RSS after: gateway $(awk '/^VmRSS/ {print $2}' /proc/$GATEWAY_PID/status) k
 
 TABLE="$OUT/table.md"
 {
-  if [ "$PIN" = 1 ]; then
-    echo "PIN=1: the load generator on CPU 0, every server on CPUs 1-$((NCPU - 1)); nginx-auto ran $(pgrep -P "$NGINXA_PID" | wc -l) worker(s)."
-  else
-    echo "PIN=0: the load generator and every server share all $NCPU CPUs."
-  fi
+  echo "$PIN_NOTE nginx-auto ran $(pgrep -P "$NGINXA_PID" | wc -l) worker(s)."
   echo "Medians over $N round(s); peak = \`wrk -t2 -c$CONNS -d$DUR --latency\`; half load = \`loadgen --rate $HALF_RATE --conns $CONNS --duration $DUR_S\` (fixed rate, latency from the intended send time)."
   echo ""
   echo "| target | peak req/s | peak p50 ms | peak p99 ms | proxy CPU at peak (cores) | half-load req/s | half-load p50 ms | half-load p99 ms | non-2xx / errors (all runs) |"
