@@ -167,6 +167,7 @@ pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, 
             .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot find this executable: {e}")))?,
         cwd: std::env::current_dir().map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?,
         fencing: None,
+        docker: Default::default(),
     })
 }
 
@@ -358,16 +359,22 @@ impl Run {
         let ctx = self.ctx.clone();
         // Runtime.
         let t = Instant::now();
-        let needs_docker = ctx
-            .config
-            .services
-            .values()
-            .any(|s| s.value.image.is_some() || s.value.docker_compose.is_some());
-        if needs_docker {
-            let v = docker_version().await.map_err(|e| {
-                self.out.fail("Docker", None, &e);
-                StepError::new(format!("Docker is needed by this config but {e}"))
-                    .action("Start Docker, or use `command:` services")
+        if ctx.config.needs_docker() {
+            let v = match ctx.docker_runtime().await {
+                Ok(d) => d
+                    .docker()
+                    .version()
+                    .await
+                    .map_err(|e| StepError::new(format!("the Docker daemon did not answer: {e}")))
+                    .map(|v| v.version.unwrap_or_default()),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| {
+                self.out.fail("Docker", None, &e.message);
+                let mut err =
+                    StepError::new(format!("Docker is needed by this config but {}", e.message));
+                err.causes = e.causes;
+                err.action("Start Docker (systemctl start docker), or use `command:` services")
             })?;
             if !version_at_least(&v, (20, 10)) {
                 self.out
@@ -394,6 +401,7 @@ impl Run {
             if s.value.phase < 3
                 && ctx
                     .find_local(name, self.state.services.get(name))
+                    .await
                     .is_some()
             {
                 continue; // ours, from an earlier run
@@ -701,22 +709,8 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         self_exe: c.self_exe.clone(),
         cwd: c.cwd.clone(),
         fencing: c.fencing,
+        docker: c.docker.clone(),
     }
-}
-
-async fn docker_version() -> Result<String, String> {
-    let out = tokio::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .await
-        .map_err(|e| format!("the docker command is missing ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the Docker daemon is not running ({})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn version_at_least(v: &str, (maj, min): (u32, u32)) -> bool {

@@ -44,6 +44,15 @@ struct OrchestratorServe {
     /// Directory for the deployed services' <name>.log files
     #[arg(long, default_value = ".chora/logs")]
     logs: PathBuf,
+    /// The chora home its containers are labelled with (io.chora.home)
+    #[arg(long, env = "CHORA_HOME", default_value = ".chora")]
+    home: PathBuf,
+    /// Container names <project>-<name>, network <project>
+    #[arg(long, env = "CHORA_PROJECT", default_value = "chora")]
+    project: String,
+    /// The image built-in capabilities run from with --runtime docker
+    #[arg(long, default_value = concat!("chora:", env!("CARGO_PKG_VERSION")))]
+    chora_image: String,
     /// Failures in a row before a service is given up as failed
     #[arg(long, default_value_t = 5)]
     max_restarts: u32,
@@ -71,6 +80,12 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
             Runtime::Docker => chora_orchestrator::RuntimeKind::Docker,
         },
         logs_dir: a.logs,
+        home: std::path::absolute(&a.home)
+            .unwrap_or(a.home)
+            .display()
+            .to_string(),
+        project: a.project,
+        chora_image: a.chora_image,
         policy: chora_orchestrator::supervisor::RestartPolicy {
             max_restarts: a.max_restarts,
             stop_grace,

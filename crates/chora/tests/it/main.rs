@@ -2,6 +2,7 @@
 //! in a temp dir, over real sockets, and kills what it started even when it fails
 //! (the captured output of every process is printed then).
 
+mod anyprogram;
 mod bootstrap;
 mod capabilities;
 mod ecosystem;
