@@ -123,13 +123,18 @@ pub async fn image_exists(docker: &Docker, tag: &str) -> Result<bool, DockerErro
 }
 
 /// Builds `chora:<version>` from this binary when the engine does not have it;
-/// `None` when it was already there.
+/// `None` when it was already there. Phase 0 calls this when a service's image is
+/// `chora:<version>`.
 pub async fn ensure_chora_image(docker: &Docker) -> Result<Option<Built>, ImageError> {
-    let tag = chora_tag();
-    if image_exists(docker, &tag).await? {
+    ensure_image(docker, BuildSpec::chora()?).await
+}
+
+/// Builds `spec` only when the engine has no image called `spec.tag`.
+pub async fn ensure_image(docker: &Docker, spec: BuildSpec) -> Result<Option<Built>, ImageError> {
+    if image_exists(docker, &spec.tag).await? {
         return Ok(None);
     }
-    build(docker, BuildSpec::chora()?).await.map(Some)
+    build(docker, spec).await.map(Some)
 }
 
 /// Removes the image `tag` (forced); a missing image is not an error.

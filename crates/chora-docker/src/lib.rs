@@ -72,6 +72,17 @@ impl DockerError {
                 host: uri,
                 reason: "unsupported scheme (use unix://, tcp:// or http://)".into(),
             },
+            // A transparent wrapper: its source chain skips the io::Error itself.
+            B::IOError { err } if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                DockerError::PermissionDenied {
+                    host,
+                    reason: err.to_string(),
+                }
+            }
+            B::IOError { err } => DockerError::NotRunning {
+                host,
+                reason: err.to_string(),
+            },
             other => match io_kind(&other) {
                 Some((std::io::ErrorKind::PermissionDenied, reason)) => {
                     DockerError::PermissionDenied { host, reason }
@@ -220,6 +231,23 @@ mod tests {
         let e = connect_to(&host, DEFAULT_TIMEOUT).await.unwrap_err();
         assert!(matches!(e, DockerError::NotRunning { .. }), "{e:?}");
         assert!(e.to_string().contains(&host), "{e}");
+    }
+
+    #[test]
+    fn a_socket_we_may_not_open_is_permission_denied() {
+        let e = DockerError::at(
+            "unix:///var/run/docker.sock".into(),
+            bollard::errors::Error::IOError {
+                err: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+        );
+        assert!(matches!(e, DockerError::PermissionDenied { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with(
+                "permission denied on the Docker socket (unix:///var/run/docker.sock: "
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -432,3 +432,60 @@ async fn image_build_of_etcd_runs_etcd_with_chora_beside_it() {
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
 }
+
+#[tokio::test]
+async fn connect_negotiates_and_reads_the_engine_version() {
+    if !chora_testkit::docker_available("connect_negotiates_and_reads_the_engine_version") {
+        return;
+    }
+    let docker = chora_docker::connect().await.unwrap();
+    let version = chora_docker::engine_version(&docker).await.unwrap();
+    let cli = docker_version();
+    assert_eq!(version, cli, "the engine's own version string");
+    assert!(
+        chora_docker::version_at_least(&version, (20, 10)),
+        "{version}"
+    );
+}
+
+fn docker_version() -> String {
+    let out = docker(&["version", "--format", "{{.Server.Version}}"]);
+    text(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn ensure_image_builds_only_what_is_missing() {
+    if !chora_testkit::docker_available("ensure_image_builds_only_what_is_missing") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let tag = cleanup.tag();
+    let docker = chora_docker::connect().await.unwrap();
+    let spec = chora_docker::image::BuildSpec {
+        binary: "/bin/true".into(),
+        tag: tag.clone(),
+    };
+    let built = chora_docker::image::ensure_image(&docker, spec.clone())
+        .await
+        .unwrap()
+        .expect("missing, so built");
+    assert_eq!(built.tag, tag);
+    assert!(built.id.starts_with("sha256:"), "{}", built.id);
+    assert!(built.size > 0);
+    assert_eq!(built.entrypoint, "/usr/local/bin/true");
+    let paths: Vec<&str> = built.files.iter().map(|f| f.path.as_str()).collect();
+    assert!(paths.contains(&"/usr/local/bin/true"), "{paths:?}");
+    assert!(paths.contains(&"/usr/local/bin/chora"), "{paths:?}");
+    let again = chora_docker::image::ensure_image(&docker, spec)
+        .await
+        .unwrap();
+    assert!(again.is_none(), "already there: not built again");
+
+    let name = cleanup.container();
+    let run = docker_cli_run(&name, &tag);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+}
+
+fn docker_cli_run(name: &str, tag: &str) -> Output {
+    docker(&["run", "--rm", "--name", name, tag])
+}
