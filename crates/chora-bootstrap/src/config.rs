@@ -49,7 +49,8 @@ pub enum DeployVia {
 pub struct ServiceSpec {
     /// 1 core, 2 infrastructure, 3 capabilities.
     pub phase: u8,
-    /// argv of a local process; `chora` as the program means this binary.
+    /// argv of a local process (`chora` as the program means this binary), or
+    /// with `image` the container's command.
     #[serde(default)]
     pub command: Option<Vec<String>>,
     #[serde(default)]
@@ -104,8 +105,8 @@ impl ServiceSpec {
     /// neither `command` nor `image` (a built-in capability): `default`.
     pub fn runtime(&self, default: RuntimeKind) -> RuntimeKind {
         match (&self.command, &self.image, &self.docker_compose) {
-            (Some(_), _, _) => RuntimeKind::Process,
-            (None, Some(_), _) | (None, None, Some(_)) => RuntimeKind::Docker,
+            (_, Some(_), _) | (_, _, Some(_)) => RuntimeKind::Docker,
+            (Some(_), None, None) => RuntimeKind::Process,
             (None, None, None) => default,
         }
     }
@@ -113,7 +114,16 @@ impl ServiceSpec {
     pub fn volume_list(&self) -> Vec<chora_runtime::Volume> {
         self.volumes
             .iter()
-            .filter_map(|v| chora_runtime::Volume::parse(&v.value).ok())
+            .filter_map(|v| {
+                let mut vol =
+                    chora_runtime::Volume::parse(&v.value.replace("${CHORA_HOME}", "/home"))
+                        .ok()?;
+                // Parsed with a stand-in; the caller expands the real text.
+                let (src, dst) = v.value.split_once(':')?;
+                vol.source = src.to_owned();
+                vol.target = dst.split(':').next()?.to_owned();
+                Some(vol)
+            })
             .collect()
     }
 
@@ -513,9 +523,9 @@ impl Config {
                     spec.phase
                 )));
             }
+            // `command` with `image` is the container's command, as in Compose.
             let ways = [
-                spec.command.is_some(),
-                spec.image.is_some(),
+                spec.command.is_some() || spec.image.is_some(),
                 spec.docker_compose.is_some(),
             ]
             .iter()
@@ -523,7 +533,7 @@ impl Config {
             .count();
             if ways > 1 {
                 return Err(at(
-                    "give one of `command`, `image` or `docker_compose`, not several".into(),
+                    "give `command` (a process), `image` (a container, with an optional `command`) or `docker_compose`, not several".into(),
                 ));
             }
             if spec
@@ -566,7 +576,10 @@ impl Config {
                 )));
             }
             for v in &spec.volumes {
-                if let Err(m) = chora_runtime::Volume::parse(&v.value) {
+                // `${CHORA_HOME}` is an absolute path once expanded.
+                if let Err(m) =
+                    chora_runtime::Volume::parse(&v.value.replace("${CHORA_HOME}", "/home"))
+                {
                     return Err(err(v.referenced, format!("services.{name}.volumes: {m}")));
                 }
                 if spec.image.is_none() && !(spec.phase == 3 && spec.command.is_none()) {

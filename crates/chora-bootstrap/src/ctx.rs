@@ -292,6 +292,21 @@ impl Ctx {
             .cloned()
     }
 
+    /// True when a service runs the image of this chora (`chora:<version>`),
+    /// named or as a built-in capability in a container.
+    pub fn needs_chora_image(&self) -> bool {
+        let tag = chora_docker::image::chora_tag();
+        let default = self.config.default_runtime();
+        self.config.services.values().any(|s| {
+            let s = &s.value;
+            s.image.as_deref().map(|i| self.expand(i)).as_deref() == Some(tag.as_str())
+                || (s.phase == 3
+                    && s.command.is_none()
+                    && s.image.is_none()
+                    && s.runtime(default) == RuntimeKind::Docker)
+        })
+    }
+
     /// What the runtime runs for a phase 1-2 service.
     pub fn unit_spec(&self, name: &str, spec: &ServiceSpec) -> UnitSpec {
         let mut env = self.env_for(name, spec);

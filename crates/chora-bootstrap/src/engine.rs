@@ -360,14 +360,12 @@ impl Run {
         // Runtime.
         let t = Instant::now();
         if ctx.config.needs_docker() {
-            let v = match ctx.docker_runtime().await {
-                Ok(d) => d
-                    .docker()
-                    .version()
+            let docker = ctx.docker_runtime().await;
+            let v = match &docker {
+                Ok(d) => chora_docker::engine_version(d.docker())
                     .await
-                    .map_err(|e| StepError::new(format!("the Docker daemon did not answer: {e}")))
-                    .map(|v| v.version.unwrap_or_default()),
-                Err(e) => Err(e),
+                    .map_err(|e| StepError::new(e.to_string())),
+                Err(e) => Err(e.clone()),
             }
             .map_err(|e| {
                 self.out.fail("Docker", None, &e.message);
@@ -376,15 +374,39 @@ impl Run {
                 err.causes = e.causes;
                 err.action("Start Docker (systemctl start docker), or use `command:` services")
             })?;
-            if !version_at_least(&v, (20, 10)) {
+            if !chora_docker::version_at_least(&v, (20, 10)) {
                 self.out
                     .fail("Docker", None, &format!("{v} is older than 20.10"));
-                return Err(StepError::new(format!(
-                    "Docker {v} is too old (need 20.10+)"
-                )));
+                return Err(
+                    StepError::new(format!("Docker {v} is too old (need 20.10 or newer)"))
+                        .action("Upgrade the Docker engine"),
+                );
             }
             self.out
                 .ok(&format!("Docker {v} detected"), Some(t.elapsed()));
+            // chora's own image, built from this binary when missing (no registry).
+            if ctx.needs_chora_image() {
+                let t = Instant::now();
+                let d = docker.expect("connected above");
+                let tag = chora_docker::image::chora_tag();
+                match chora_docker::image::ensure_chora_image(d.docker()).await {
+                    Ok(None) => self.out.ok(&format!("Image {tag} present"), None),
+                    Ok(Some(b)) => self.out.ok(
+                        &format!(
+                            "Built image {tag} ({} files, {:.1} MB, no registry)",
+                            b.files.len(),
+                            b.size as f64 / 1e6
+                        ),
+                        Some(t.elapsed()),
+                    ),
+                    Err(e) => {
+                        self.out
+                            .fail(&format!("Image {tag}"), Some(t.elapsed()), &e.to_string());
+                        return Err(StepError::new(format!("cannot build the image {tag}: {e}"))
+                            .action("Try it alone: chora image build"));
+                    }
+                }
+            }
         } else {
             self.out.ok(
                 &format!(
@@ -605,11 +627,15 @@ impl Run {
         let ms = Some(took.as_millis() as u64);
         match r {
             Ok((how, record)) => {
-                let label = match (how, record.pid) {
-                    (Ensured::Healthy, Some(pid)) => format!("{name} already running (pid {pid})"),
-                    (Ensured::Healthy, None) => format!("{name} already running"),
-                    (Ensured::Restarted, Some(pid)) => format!("{name} started (pid {pid})"),
-                    (Ensured::Restarted, None) => format!("{name} deployed"),
+                let unit = match (record.pid, &record.container) {
+                    (Some(pid), _) => format!(" (pid {pid})"),
+                    (None, Some(c)) => format!(" (container {})", &c[..c.len().min(12)]),
+                    (None, None) => String::new(),
+                };
+                let label = match (how, phase) {
+                    (Ensured::Healthy, _) => format!("{name} already running{unit}"),
+                    (Ensured::Restarted, 3) => format!("{name} deployed{unit}"),
+                    (Ensured::Restarted, _) => format!("{name} started{unit}"),
                 };
                 self.out.ok(&label, Some(took));
                 self.out.service_started(name);
@@ -711,16 +737,6 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         fencing: c.fencing,
         docker: c.docker.clone(),
     }
-}
-
-fn version_at_least(v: &str, (maj, min): (u32, u32)) -> bool {
-    let mut it = v
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().unwrap_or(0));
-    let a = it.next().unwrap_or(0);
-    let b = it.next().unwrap_or(0);
-    (a, b) >= (maj, min)
 }
 
 fn free_gib(path: &std::path::Path) -> f64 {

@@ -68,6 +68,7 @@ const UNIT_ENV: &[&str] = &[
     "CHORA_SERVICE_VERSION",
     "PORT",
     "CHORA_ADVERTISE_URL",
+    "CHORA_NETWORK",
     "PATH",
 ];
 

@@ -26,6 +26,8 @@ pub const LABEL_HOME: &str = "io.chora.home";
 pub const LABEL_PROJECT: &str = "io.chora.project";
 pub const LABEL_SERVICE: &str = "io.chora.service";
 pub const LABEL_REPLICA: &str = "io.chora.replica";
+/// Set in every container: the project network it is on.
+pub const NETWORK_ENV: &str = "CHORA_NETWORK";
 
 pub struct DockerRuntime {
     docker: Docker,
@@ -64,19 +66,16 @@ fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
 /// Connects to the local engine (honouring `DOCKER_HOST`) and negotiates the
 /// API version.
 pub async fn connect() -> Result<Docker, RuntimeError> {
-    let d = Docker::connect_with_defaults().map_err(docker_err)?;
-    let d = d.with_timeout(Duration::from_secs(120));
-    d.negotiate_version().await.map_err(|e| {
-        RuntimeError::Docker(format!(
-            "the Docker daemon is not running or not reachable ({})",
-            chora_api::root_cause(&e)
-        ))
-    })
+    chora_docker::connect()
+        .await
+        .map_err(|e| RuntimeError::Docker(e.to_string()))
 }
 
 impl DockerRuntime {
     pub fn new(docker: Docker, home: String, project: String, logs_dir: PathBuf) -> Self {
-        let in_container = std::path::Path::new("/.dockerenv").exists();
+        // Containers this runtime starts are told their network; a process
+        // that is one of them reaches its siblings by name.
+        let in_container = std::env::var(NETWORK_ENV).is_ok_and(|n| n == project);
         DockerRuntime {
             docker,
             home,
@@ -255,7 +254,13 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain([format!("{NETWORK_ENV}={}", self.project)])
+                    .collect(),
+            ),
             labels: Some(self.labels(spec)),
             hostname: Some(spec.name.clone()),
             exposed_ports: Some(exposed),

@@ -259,6 +259,26 @@ pub fn etcd_available(test: &str) -> bool {
     found
 }
 
+/// True when a Docker engine answers (`docker version`). When none does, a test
+/// that needs it fails if `CHORA_REQUIRE_DOCKER=1` (CI), and otherwise says why it
+/// skips.
+pub fn docker_available(test: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output();
+    let why = match &out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("the docker command cannot run: {e}"),
+    };
+    if std::env::var("CHORA_REQUIRE_DOCKER").as_deref() == Ok("1") {
+        panic!("{test}: Docker is required (CHORA_REQUIRE_DOCKER=1) but unavailable: {why}");
+    }
+    eprintln!("SKIPPED {test}: no Docker engine ({why})");
+    false
+}
+
 /// One etcd member started by a test, on free loopback ports, with its own
 /// data directory; it can be stopped and started again on the same data.
 pub struct EtcdMember {

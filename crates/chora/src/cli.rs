@@ -33,6 +33,10 @@ pub enum Command {
     Gateway(crate::services::GatewayArgs),
     /// The capability services (analyzer, executor, storage, monitor, logger)
     Capability(crate::services::CapabilityArgs),
+    /// Docker images with no registry: FROM scratch, a binary and exactly what it needs
+    Image(crate::image::ImageArgs),
+    /// Exit 0 when a URL answers 2xx (or a tcp:// port accepts), 1 otherwise: a health check
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// Parses argv; on `--help`, `--version` or a usage error prints and returns the
@@ -86,6 +90,8 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Orchestrator(args) => crate::services::orchestrator(args),
         Command::Gateway(args) => crate::services::gateway(args),
         Command::Capability(args) => crate::services::capability(args),
+        Command::Image(args) => crate::image::run(args),
+        Command::Probe(args) => crate::probe::run(args),
     }
 }
 

@@ -4,8 +4,10 @@
 mod bootstrap;
 mod cli;
 mod failure;
+mod image;
 mod manifest;
 mod prepare;
+mod probe;
 mod serve;
 mod services;
 

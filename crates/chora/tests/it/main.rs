@@ -7,6 +7,7 @@ mod bootstrap;
 mod capabilities;
 mod ecosystem;
 mod gateway;
+mod image;
 mod manifest_api;
 mod manifest_auth;
 mod manifest_cli;
