@@ -187,7 +187,8 @@ services:
     image: "chora:${CHORA_VERSION}"
     command: [orchestrator, serve, --listen, "0.0.0.0:8600",
               --manifest-url, "http://manifest:8500",
-              --runtime, docker, --logs, "${CHORA_HOME}/logs"]
+              --runtime, docker, --chora-image, "chora:${CHORA_VERSION}",
+              --logs, "${CHORA_HOME}/logs"]
     port: 8600
     volumes: ["/var/run/docker.sock:/var/run/docker.sock",
               "${CHORA_HOME}/logs:${CHORA_HOME}/logs"]

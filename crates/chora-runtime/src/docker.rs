@@ -284,17 +284,30 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(cname.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| {
+        // The container this one replaces may still be being removed (an exit
+        // is reported before its removal ends): its name frees up shortly.
+        let mut tries = 0;
+        let created = loop {
+            let r = self
+                .docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(cname.clone()),
+                        ..Default::default()
+                    }),
+                    body.clone(),
+                )
+                .await;
+            match r {
+                Err(e) if is_status(&e, 409) && tries < 50 => {
+                    tries += 1;
+                    let _ = remove(&self.docker, &cname).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        }
+        .map_err(|e| {
                 if is_status(&e, 404) {
                     RuntimeError::Docker(format!(
                         "the image `{image}` does not exist here and no registry can provide it (build it with `chora image build`)"
@@ -515,7 +528,13 @@ impl Unit for Container {
     fn wait(&mut self) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
             let exit = self.exit_code().await;
-            let _ = remove(&self.docker, &self.id).await;
+            // The exit is news at once (the starter deregisters on it); the
+            // removal takes its time in the background.
+            let docker = self.docker.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let _ = remove(&docker, &id).await;
+            });
             exit
         })
     }

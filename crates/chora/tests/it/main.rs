@@ -14,6 +14,7 @@ mod manifest_cli;
 mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
+mod staging;
 
 use chora_testkit::{Server, spawn_server};
 use serde_json::Value;
