@@ -441,8 +441,84 @@ impl Ctx {
                 ))
                 .action("Fix the cause and run `chora bootstrap` again to resume"));
         }
+        self.ensure_registrar(name, spec, &*runtime, &unit_spec, &unit.id())
+            .await?;
         // The unit lives on after we exit: dropping it leaves it running.
         Ok(self.record_of(spec, &unit.id()))
+    }
+
+    /// The unit that keeps a phase 1-2 `register: chora` service registered on
+    /// its behalf (the bootstrap exits; this runs beside the service).
+    fn registrar_name(name: &str) -> String {
+        format!("{name}.registrar")
+    }
+
+    /// Starts the registrar of `name` (unless it runs), following `unit`.
+    async fn ensure_registrar(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+        runtime: &dyn Runtime,
+        unit_spec: &UnitSpec,
+        unit: &UnitId,
+    ) -> Result<(), StepError> {
+        if spec.registers() != crate::config::Register::Chora {
+            return Ok(());
+        }
+        let procs = self.process_runtime();
+        let reg = Self::registrar_name(name);
+        if let Ok(Some(_)) = procs.find(&reg).await {
+            return Ok(());
+        }
+        let follow = match unit {
+            UnitId::Process(p) => ["--pid".to_string(), format!("{}:{}", p.pid, p.start_time)],
+            UnitId::Container(c) => ["--container".to_string(), c.clone()],
+        };
+        let mut argv = vec![
+            self.self_exe.display().to_string(),
+            "keep-registered".into(),
+            "--name".into(),
+            name.into(),
+            "--id".into(),
+            self.instance_id(name),
+            "--version".into(),
+            spec.version.clone().unwrap_or_else(|| "1.0.0".into()),
+            "--rest".into(),
+            runtime
+                .advertise(unit_spec)
+                .or_else(|| spec.url())
+                .unwrap_or_default(),
+            "--health".into(),
+            spec.health_url().expect("checked by the config"),
+            "--manifest-url".into(),
+            self.manifest_url(),
+        ];
+        argv.extend(follow);
+        let mut env = BTreeMap::new();
+        if let Some(key) = self.credentials.as_ref().and_then(|c| c.api_key(name)) {
+            env.insert("CHORA_API_KEY".into(), key.to_owned());
+        }
+        let r = UnitSpec {
+            name: reg,
+            argv,
+            env,
+            ..Default::default()
+        };
+        procs
+            .start(&r)
+            .await
+            .map(drop)
+            .map_err(|e| StepError::new(format!("cannot register `{name}` on its behalf: {e}")))
+    }
+
+    /// Stops the registrar of `name`, which deregisters it.
+    async fn stop_registrar(&self, name: &str) {
+        let procs = self.process_runtime();
+        let reg = Self::registrar_name(name);
+        if let Ok(Some(mut f)) = procs.find(&reg).await {
+            f.unit.stop(Duration::from_secs(5)).await;
+        }
+        let _ = std::fs::remove_file(self.home.pidfile(&reg));
     }
 
     /// Where a person reads a service's log.
@@ -476,6 +552,14 @@ impl Ctx {
                 .await
                 .is_ok()
             {
+                self.ensure_registrar(
+                    name,
+                    spec,
+                    &*runtime,
+                    &self.unit_spec(name, spec),
+                    &found.unit.id(),
+                )
+                .await?;
                 let fresh = self.record_of(spec, &found.unit.id());
                 let mut r = record.cloned().unwrap_or_default();
                 r.phase = spec.phase;
@@ -489,6 +573,7 @@ impl Ctx {
                 return Ok((Ensured::Healthy, r));
             }
             tracing::warn!(service = name, unit = %found.unit.id(), "running but unhealthy; restarting");
+            self.stop_registrar(name).await;
             found.unit.stop(Duration::from_secs(5)).await;
         }
         Ok((Ensured::Restarted, self.start_local(name).await?))
@@ -497,6 +582,7 @@ impl Ctx {
     /// Stops a phase 1-2 service (SIGTERM, then SIGKILL; a container is
     /// removed). True when nothing of it runs any more.
     pub async fn stop_local(&self, name: &str, record: Option<&ServiceRecord>) -> bool {
+        self.stop_registrar(name).await;
         if let Some(mut found) = self.find_local(name, record).await {
             found.unit.stop(Duration::from_secs(5)).await;
             if self.find_local(name, record).await.is_some() {

@@ -71,6 +71,21 @@ pub async fn connect() -> Result<Docker, RuntimeError> {
         .map_err(|e| RuntimeError::Docker(e.to_string()))
 }
 
+/// Resolves once container `id` is not running (or cannot be asked any more).
+pub async fn exited(id: &str) {
+    let Ok(docker) = connect().await else { return };
+    let docker = docker.with_timeout(Duration::from_secs(365 * 86400));
+    let _ = docker
+        .wait_container(
+            id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        )
+        .next()
+        .await;
+}
+
 impl DockerRuntime {
     pub fn new(docker: Docker, home: String, project: String, logs_dir: PathBuf) -> Self {
         // Containers this runtime starts are told their network; a process

@@ -170,3 +170,56 @@ fn a_service_whose_health_check_never_passes_fails_phase_3_and_is_named() {
         "{state}"
     );
 }
+
+#[tokio::test]
+async fn a_phase_2_program_is_registered_by_the_bootstrap_while_it_runs() {
+    let site = Site::new();
+    let port = chora_testkit::free_port();
+    site.write_config(&with_services(
+        &site,
+        &format!(
+            r#"
+  files:
+    phase: 2
+    command: [python3, -m, http.server, "{port}", --bind, 127.0.0.1]
+    port: {port}
+    health_endpoint: tcp://127.0.0.1:{port}
+    timeout: 30
+    dependencies: [manifest]
+"#
+        ),
+    ));
+    let site = std::sync::Arc::new(site);
+    let s = site.clone();
+    tokio::task::spawn_blocking(move || s.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    let (up, _) = until_up(&site, "files", |l| l.len() == 1).await;
+    assert_eq!(up[0].interfaces["REST"], format!("http://127.0.0.1:{port}"));
+    // The program dies: the bootstrap is not running, yet it leaves discovery
+    // (its registrar saw it go) and the next bootstrap brings both back.
+    let pid = site.state()["services"]["files"]["pid"].as_u64().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (_, gone_in) = until_up(&site, "files", |l| l.is_empty()).await;
+    assert!(gone_in < Duration::from_secs(2), "left after {gone_in:?}");
+    let s = site.clone();
+    let out = tokio::task::spawn_blocking(move || s.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    assert!(out.contains("files was not running: restarted"), "{out}");
+    until_up(&site, "files", |l| l.len() == 1).await;
+    // Reset stops the program and its registrar: nothing of this home is left.
+    let s = site.clone();
+    tokio::task::spawn_blocking(move || s.ok(&["bootstrap", "reset", "--force"]))
+        .await
+        .unwrap();
+    let home = site.home().display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("keep-registered") && c.contains(&format!("{port}")))
+        .collect();
+    assert!(left.is_empty(), "{home}: {left:?}");
+}
