@@ -33,6 +33,8 @@ pub enum Command {
     Gateway(crate::services::GatewayArgs),
     /// The capability services (analyzer, executor, storage, monitor, logger)
     Capability(crate::services::CapabilityArgs),
+    /// Hosts over SSH: install Docker and join a mesh network (bootstrap, status)
+    Infra(crate::infra::InfraArgs),
 }
 
 /// Parses argv; on `--help`, `--version` or a usage error prints and returns the
@@ -86,6 +88,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Orchestrator(args) => crate::services::orchestrator(args),
         Command::Gateway(args) => crate::services::gateway(args),
         Command::Capability(args) => crate::services::capability(args),
+        Command::Infra(args) => crate::infra::run(args),
     }
 }
 

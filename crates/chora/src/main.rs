@@ -4,6 +4,7 @@
 mod bootstrap;
 mod cli;
 mod failure;
+mod infra;
 mod manifest;
 mod prepare;
 mod serve;
