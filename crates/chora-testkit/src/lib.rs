@@ -3,6 +3,10 @@
 //! killed when the test ends, passes or fails. When a test fails, every process it
 //! started prints its captured output.
 
+pub mod infra_host;
+
+pub use infra_host::docker_available;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;

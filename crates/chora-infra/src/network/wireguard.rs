@@ -166,7 +166,7 @@ impl WireGuard {
             .collect();
         want_peers.sort();
         let check = format!(
-            "cat {CONF} 2>/dev/null; echo '@@chora@@'; ip link show {IFACE} >/dev/null 2>&1 && echo up=yes; wg show {IFACE} peers 2>/dev/null | sort; exit 0"
+            r#"cat {CONF} 2>/dev/null; echo '@@chora@@'; ip link show {IFACE} >/dev/null 2>&1 && [ "$(wg show {IFACE} public-key 2>/dev/null)" = "$(wg pubkey < {KEY} 2>/dev/null)" ] && echo up=yes; wg show {IFACE} peers 2>/dev/null | sort; exit 0"#
         );
         let read = |out: &crate::ssh::Output| {
             let (conf, rest) = out
@@ -200,7 +200,9 @@ impl WireGuard {
         let same_interface = up && head(&conf) == head(&want);
         let apply = if same_interface {
             format!(
-                "wg-quick strip {IFACE} > /run/chora-wg.conf && wg syncconf {IFACE} /run/chora-wg.conf; rc=$?; rm -f /run/chora-wg.conf; exit $rc"
+                // `wg syncconf` clears a private key the file does not give, so
+                // awk reads the key into the host-local temp file (never argv).
+                r#"umask 077; wg-quick strip {IFACE} | awk -v kf={KEY} 'BEGIN {{ getline k < kf }} {{ print }} /^\[Interface\]/ {{ print "PrivateKey = " k }}' > /run/chora-wg.conf && wg syncconf {IFACE} /run/chora-wg.conf; rc=$?; rm -f /run/chora-wg.conf; exit $rc"#
             )
         } else {
             format!(

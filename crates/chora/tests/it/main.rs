@@ -6,6 +6,7 @@ mod bootstrap;
 mod capabilities;
 mod ecosystem;
 mod gateway;
+mod infra;
 mod manifest_api;
 mod manifest_auth;
 mod manifest_cli;
