@@ -270,6 +270,41 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
     );
     assert_eq!(step(h, "docker")["status"], "ok");
     assert!(!report.to_string().contains("TESTSECRET") && !err.contains("TESTSECRET"));
+
+    known_hosts_strict_or_accept_new(&kit);
+}
+
+/// known_hosts is strict: a host it does not list is refused, unless
+/// `accept_new: true`, which learns it on first contact (and is then strict).
+fn known_hosts_strict_or_accept_new(kit: &HostKit) {
+    let h = kit.host("app-1");
+    let empty = kit.path().join("known_hosts.new");
+    std::fs::write(&empty, "").unwrap();
+    let inventory = |file: &str, accept_new: bool| {
+        let path = kit.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "hosts:\n  - {{name: app-1, address: {}}}\nssh:\n  identity_file: {}\n  known_hosts: {}\n  accept_new: {accept_new}\nnetwork: {{provider: none}}\n",
+                h.ip,
+                kit.key.display(),
+                empty.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (code, report, _) = bootstrap(kit, &inventory("strict.yml", false));
+    assert_eq!(code, 1);
+    let e = host(&report, "app-1")["error"].as_str().unwrap().to_owned();
+    assert!(e.contains("not in known_hosts"), "{e}");
+    let (code, report, _) = bootstrap(kit, &inventory("learn.yml", true));
+    assert_eq!(code, 0, "{report}");
+    let learned = std::fs::read_to_string(&empty).unwrap();
+    assert!(learned.contains("ssh-ed25519"), "{learned}");
+    // What was learned is now checked strictly, and passes.
+    let (code, report, _) = bootstrap(kit, &inventory("strict.yml", false));
+    assert_eq!(code, 0, "{report}");
 }
 
 /// Inventory mistakes are caught before any host is contacted: exit 7 with
