@@ -9,6 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  chora infra bootstrap --inventory hosts.yml\n  chora infra status --inventory hosts.yml"
+)]
 pub struct InfraArgs {
     #[command(subcommand)]
     command: InfraCommand,

@@ -120,6 +120,8 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
             ..spec("nossh")
         },
         spec("badkey"),
+        // Only for `docker: {install: docker-repo}`, which cannot work here.
+        spec("repo"),
     ]);
     let all = ["app-1", "app-2", "app-3", "nossh", "badkey"];
     kit.write_known_hosts(&["badkey"]);
@@ -272,6 +274,23 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
     assert!(!report.to_string().contains("TESTSECRET") && !err.contains("TESTSECRET"));
 
     known_hosts_strict_or_accept_new(&kit);
+
+    // Docker's own apt repository cannot be reached from here either: the
+    // docker step fails, saying so, and nothing after it runs.
+    let repo = kit.inventory("repo.yml", &["repo"], "docker: {install: docker-repo}\n");
+    let (code, report, _) = bootstrap(&kit, &repo);
+    assert_eq!(code, 1);
+    let h = host(&report, "repo");
+    let docker = step(h, "docker");
+    assert_eq!(docker["status"], "failed", "{h}");
+    assert!(
+        docker["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Docker's apt repository"),
+        "{docker}"
+    );
+    assert_eq!(statuses(h).last().unwrap().0, "docker", "{h}");
 }
 
 /// known_hosts is strict: a host it does not list is refused, unless
