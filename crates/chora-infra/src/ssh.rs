@@ -7,7 +7,7 @@
 //! again cannot fix either.
 
 use crate::inventory::{Host, SshOptions};
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -119,6 +119,11 @@ async fn connect_once(host: &Host, opts: &SshOptions) -> Result<Session, Connect
         .connect_timeout(opts.connect_timeout)
         .server_alive_interval(opts.keepalive)
         .control_directory(control_dir())
+        // Closed explicitly at the end of a run; if chora is killed first, the
+        // master goes away by itself after a minute without channels.
+        .control_persist(ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(60).expect("non-zero"),
+        ))
         .known_hosts_check(if opts.accept_new {
             KnownHosts::Add
         } else {

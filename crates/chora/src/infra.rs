@@ -196,6 +196,9 @@ pub fn run(a: InfraArgs) -> Result<(), Failure> {
                 );
             } else {
                 println!("\n{}", report.table());
+                if dry_run {
+                    println!("Dry run: nothing was changed; `changed` means \"would change\".");
+                }
             }
             outcome(&report, "INFRA_FAILED", "failed")
         }
