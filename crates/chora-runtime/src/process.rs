@@ -276,6 +276,15 @@ mod tests {
         // The pid file names it at once; `find` gets the same process back.
         let found = r.find("svc").await.unwrap().expect("found by its pid file");
         assert_eq!(found.unit.id(), UnitId::Process(id));
+        // Its output reaches the log (the echo runs before the sleep).
+        let t = std::time::Instant::now();
+        while r.logs("svc", 5).await != "hello" {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no output in the log"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let exit = u.stop(Duration::from_secs(5)).await;
         assert_eq!(exit, Exit::Signal(libc::SIGTERM));
         assert!(!id.alive());

@@ -3,6 +3,8 @@
 //! killed when the test ends, passes or fails. When a test fails, every process it
 //! started prints its captured output.
 
+pub mod infra_host;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;

@@ -40,6 +40,8 @@ pub enum Command {
     Image(crate::image::ImageArgs),
     /// Exit 0 when a URL answers 2xx (or a tcp:// port accepts), 1 otherwise: a health check
     Probe(crate::probe::ProbeArgs),
+    /// Hosts over SSH: install Docker and join a mesh network (bootstrap, status)
+    Infra(crate::infra::InfraArgs),
 }
 
 /// Parses argv; on `--help`, `--version` or a usage error prints and returns the
@@ -96,6 +98,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::KeepRegistered(args) => crate::services::keep_registered(args),
         Command::Image(args) => crate::image::run(args),
         Command::Probe(args) => crate::probe::run(args),
+        Command::Infra(args) => crate::infra::run(args),
     }
 }
 

@@ -5,6 +5,7 @@ mod bootstrap;
 mod cli;
 mod failure;
 mod image;
+mod infra;
 mod manifest;
 mod prepare;
 mod probe;

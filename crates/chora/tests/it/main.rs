@@ -8,6 +8,7 @@ mod capabilities;
 mod ecosystem;
 mod gateway;
 mod image;
+mod infra;
 mod manifest_api;
 mod manifest_auth;
 mod manifest_cli;

@@ -1,0 +1,484 @@
+//! The inventory (DESIGN.md §11): which hosts, how to reach them, what to install.
+//! Loading checks everything before any host is contacted and names the file,
+//! line and field of each mistake (exit 7).
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An inventory mistake: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", file.display())]
+pub struct InventoryError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    hosts: Vec<Spanned<RawHost>>,
+    #[serde(default)]
+    ssh: RawSsh,
+    #[serde(default)]
+    docker: RawDocker,
+    #[serde(default)]
+    network: Option<Spanned<RawNetwork>>,
+    #[serde(default)]
+    apt: RawApt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    address: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    #[serde(default)]
+    identity_file: Option<Spanned<String>>,
+    #[serde(default)]
+    known_hosts: Option<String>,
+    #[serde(default)]
+    accept_new: bool,
+    #[serde(default)]
+    connect_timeout: Option<u64>,
+    #[serde(default)]
+    keepalive: Option<u64>,
+    #[serde(default)]
+    retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    #[serde(default)]
+    install: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApt {
+    #[serde(default)]
+    lock_timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    provider: Spanned<String>,
+    #[serde(default)]
+    cidr: Option<Spanned<String>>,
+    #[serde(default)]
+    listen_port: Option<u16>,
+    #[serde(default)]
+    tailscale: Option<RawTailscale>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTailscale {
+    auth_key_file: Spanned<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// One host to prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// How to reach the hosts.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// A key file; `None`: the agent, else ~/.ssh/id_* (ssh's own defaults).
+    pub identity_file: Option<PathBuf>,
+    /// `None`: ~/.ssh/known_hosts (ssh's default).
+    pub known_hosts: Option<PathBuf>,
+    /// Learn the key of a host seen for the first time (a changed key still fails).
+    pub accept_new: bool,
+    pub connect_timeout: Duration,
+    pub keepalive: Duration,
+    /// Connection attempts for connection faults (refused, timed out, reset).
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerInstall {
+    /// Debian's `docker.io`.
+    Distro,
+    /// Docker's own apt repository (`docker-ce`).
+    DockerRepo,
+    /// Docker must already be there.
+    Skip,
+}
+
+impl DockerInstall {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerInstall::Distro => "distro",
+            DockerInstall::DockerRepo => "docker-repo",
+            DockerInstall::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkSpec {
+    None,
+    WireGuard {
+        network: Ipv4Addr,
+        prefix: u8,
+        listen_port: u16,
+    },
+    Tailscale {
+        auth_key_file: PathBuf,
+        tags: Vec<String>,
+    },
+}
+
+impl NetworkSpec {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            NetworkSpec::None => "none",
+            NetworkSpec::WireGuard { .. } => "wireguard",
+            NetworkSpec::Tailscale { .. } => "tailscale",
+        }
+    }
+}
+
+/// A checked inventory.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub file: PathBuf,
+    pub hosts: Vec<Host>,
+    pub ssh: SshOptions,
+    pub docker: DockerInstall,
+    pub network: NetworkSpec,
+    pub apt_lock_timeout: Duration,
+}
+
+pub const DEFAULT_CIDR: &str = "10.77.0.0/24";
+pub const DEFAULT_LOCK_TIMEOUT: u64 = 300;
+
+/// `~/x` → `$HOME/x`; relative paths are taken from the inventory's directory.
+fn expand(path: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = path.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    let p = PathBuf::from(path);
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+/// Parses `10.77.0.0/24` into its network address and prefix length.
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: Ipv4Addr = addr.trim().parse().ok()?;
+    let prefix: u8 = prefix.trim().parse().ok()?;
+    if !(8..=30).contains(&prefix) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - prefix);
+    Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+impl Inventory {
+    /// Reads and checks an inventory file.
+    pub fn load(file: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(file).map_err(|e| InventoryError {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the inventory: {e}"),
+        })?;
+        Inventory::parse(&text, file)
+    }
+
+    /// Parses and checks the YAML text of `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Inventory, InventoryError> {
+        let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let full = e.to_string();
+            let first = full.lines().next().unwrap_or_default();
+            let message = first
+                .split_once(": ")
+                .filter(|(head, _)| head.contains("line"))
+                .map(|(_, m)| m)
+                .unwrap_or(first)
+                .trim_start_matches("error: ")
+                .to_owned();
+            InventoryError {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        let err = |loc: Location, message: String| InventoryError {
+            file: file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message,
+        };
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if raw.hosts.is_empty() {
+            return Err(InventoryError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message: "`hosts` lists no host".into(),
+            });
+        }
+        let mut hosts: Vec<Host> = Vec::new();
+        for (i, h) in raw.hosts.iter().enumerate() {
+            let at = |m: String| err(h.referenced, format!("hosts[{i}]: {m}"));
+            let v = &h.value;
+            let name_ok = !v.name.is_empty()
+                && v.name.len() <= 63
+                && v.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            if !name_ok {
+                return Err(at(format!(
+                    "name `{}`: letters, digits, `-`, `_` and `.` only, 1 to 63 of them",
+                    v.name
+                )));
+            }
+            if hosts.iter().any(|o| o.name == v.name) {
+                return Err(at(format!("name `{}` is used twice", v.name)));
+            }
+            if v.address.trim().is_empty() || v.address.contains(char::is_whitespace) {
+                return Err(at(format!(
+                    "address `{}` is not a host name or IP",
+                    v.address
+                )));
+            }
+            if v.port == Some(0) {
+                return Err(at("port: 0 is not a port".into()));
+            }
+            hosts.push(Host {
+                name: v.name.clone(),
+                address: v.address.clone(),
+                port: v.port.unwrap_or(22),
+                user: v.user.clone().unwrap_or_else(|| "root".into()),
+            });
+        }
+        let identity_file = match &raw.ssh.identity_file {
+            Some(s) => {
+                let p = expand(&s.value, base);
+                if !p.is_file() {
+                    return Err(err(
+                        s.referenced,
+                        format!(
+                            "ssh.identity_file: no such key file: {} ({})",
+                            s.value,
+                            p.display()
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let ssh = SshOptions {
+            identity_file,
+            known_hosts: raw.ssh.known_hosts.as_deref().map(|k| expand(k, base)),
+            accept_new: raw.ssh.accept_new,
+            connect_timeout: Duration::from_secs(raw.ssh.connect_timeout.unwrap_or(10).max(1)),
+            keepalive: Duration::from_secs(raw.ssh.keepalive.unwrap_or(15).max(1)),
+            attempts: raw.ssh.retries.unwrap_or(3).max(1),
+        };
+        let docker = match &raw.docker.install {
+            None => DockerInstall::Distro,
+            Some(s) => match s.value.as_str() {
+                "distro" => DockerInstall::Distro,
+                "docker-repo" => DockerInstall::DockerRepo,
+                "skip" => DockerInstall::Skip,
+                other => {
+                    return Err(err(
+                        s.referenced,
+                        format!(
+                            "docker.install: unknown value `{other}` (expected distro, docker-repo or skip)"
+                        ),
+                    ));
+                }
+            },
+        };
+        let network = match &raw.network {
+            None => NetworkSpec::None,
+            Some(n) => {
+                let v = &n.value;
+                match v.provider.value.as_str() {
+                    "none" => NetworkSpec::None,
+                    "wireguard" => {
+                        let (cidr_text, loc) = v
+                            .cidr
+                            .as_ref()
+                            .map(|c| (c.value.as_str(), c.referenced))
+                            .unwrap_or((DEFAULT_CIDR, n.referenced));
+                        let Some((network, prefix)) = parse_cidr(cidr_text) else {
+                            return Err(err(
+                                loc,
+                                format!(
+                                    "network.cidr: `{cidr_text}` is not an IPv4 CIDR such as 10.77.0.0/24 (prefix 8 to 30)"
+                                ),
+                            ));
+                        };
+                        let room = (1u64 << (32 - prefix)) - 2;
+                        if (hosts.len() as u64) > room {
+                            return Err(err(
+                                loc,
+                                format!(
+                                    "network.cidr: {cidr_text} has room for {room} hosts, the inventory lists {}",
+                                    hosts.len()
+                                ),
+                            ));
+                        }
+                        NetworkSpec::WireGuard {
+                            network,
+                            prefix,
+                            listen_port: v.listen_port.unwrap_or(51820),
+                        }
+                    }
+                    "tailscale" => {
+                        let Some(ts) = &v.tailscale else {
+                            return Err(err(
+                                n.referenced,
+                                "network.tailscale: the tailscale provider needs `tailscale: {auth_key_file: PATH}`".into(),
+                            ));
+                        };
+                        let p = expand(&ts.auth_key_file.value, base);
+                        if !p.is_file() {
+                            return Err(err(
+                                ts.auth_key_file.referenced,
+                                format!(
+                                    "network.tailscale.auth_key_file: no such file: {} ({})",
+                                    ts.auth_key_file.value,
+                                    p.display()
+                                ),
+                            ));
+                        }
+                        NetworkSpec::Tailscale {
+                            auth_key_file: p,
+                            tags: ts.tags.clone(),
+                        }
+                    }
+                    other => {
+                        return Err(err(
+                            v.provider.referenced,
+                            format!(
+                                "network.provider: unknown provider `{other}` (expected wireguard, tailscale or none)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(Inventory {
+            file: file.to_owned(),
+            hosts,
+            ssh,
+            docker,
+            network,
+            apt_lock_timeout: Duration::from_secs(
+                raw.apt.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
+            ),
+        })
+    }
+
+    /// The mesh address of the host at `index` (WireGuard: in host order).
+    pub fn mesh_address(&self, index: usize) -> Option<(Ipv4Addr, u8)> {
+        match &self.network {
+            NetworkSpec::WireGuard {
+                network, prefix, ..
+            } => Some((
+                Ipv4Addr::from(u32::from(*network) + index as u32 + 1),
+                *prefix,
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Inventory, InventoryError> {
+        Inventory::parse(text, Path::new("/tmp/hosts.yml"))
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let inv = parse(
+            "hosts:\n  - {name: app-1, address: 192.0.2.10}\n  - {name: app-2, address: 192.0.2.11, port: 2222, user: deploy}\nssh:\n  connect_timeout: 10\ndocker: {install: distro}\nnetwork:\n  provider: wireguard\n  cidr: 10.77.0.0/24\n",
+        )
+        .unwrap();
+        assert_eq!(inv.hosts.len(), 2);
+        assert_eq!(inv.hosts[0].user, "root");
+        assert_eq!(inv.hosts[1].port, 2222);
+        assert_eq!(inv.docker, DockerInstall::Distro);
+        assert_eq!(inv.mesh_address(1), Some((Ipv4Addr::new(10, 77, 0, 2), 24)));
+        assert_eq!(inv.apt_lock_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_typo_names_line_and_field() {
+        let e = parse("hosts:\n  - {name: a, address: 192.0.2.1}\nssh:\n  conect_timeout: 3\n")
+            .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("conect_timeout"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_provider_is_named() {
+        let e =
+            parse("hosts:\n  - {name: a, address: 192.0.2.1}\nnetwork:\n  provider: zerotier\n")
+                .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("zerotier"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_key_file_is_named() {
+        let e = parse(
+            "hosts:\n  - {name: a, address: 192.0.2.1}\nssh:\n  identity_file: /nonexistent/key\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("/nonexistent/key"), "{e}");
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            parse_cidr("10.77.0.9/24"),
+            Some((Ipv4Addr::new(10, 77, 0, 0), 24))
+        );
+        assert_eq!(parse_cidr("10.77.0.0/31"), None);
+        assert_eq!(parse_cidr("nope"), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! SSH to one host through the system `ssh` (the `openssh` crate: one
+//! multiplexed master connection per host, every command a channel on it).
+//!
+//! Host keys are checked against known_hosts, strictly unless `accept_new`.
+//! Connection faults (refused, timed out, reset, unreachable) are retried with
+//! backoff; a host-key mismatch or an authentication failure is not: trying
+//! again cannot fix either.
+
+use crate::inventory::{Host, SshOptions};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Why a host could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("host key mismatch: {0}")]
+    HostKey(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Connection(String),
+}
+
+impl ConnectError {
+    /// Worth another attempt.
+    pub fn transient(&self) -> bool {
+        matches!(self, ConnectError::Connection(_))
+    }
+}
+
+/// Sorts ssh's own words into the three kinds of failure.
+pub fn classify(stderr: &str) -> ConnectError {
+    let text: String = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .filter(|l| !l.starts_with("@@@") && !l.starts_with("IT IS POSSIBLE"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let short = |t: &str| t.chars().take(300).collect::<String>();
+    if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || stderr.contains("Host key verification failed")
+        || stderr.contains("No ED25519 host key is known")
+        || stderr.contains("host key for")
+    {
+        let what = if stderr.contains("HAS CHANGED") {
+            "the host's key differs from the one in known_hosts"
+        } else {
+            "the host's key is not in known_hosts (set ssh.accept_new: true to learn it)"
+        };
+        return ConnectError::HostKey(what.into());
+    }
+    if stderr.contains("Permission denied (") || stderr.contains("Too many authentication failures")
+    {
+        return ConnectError::Auth(short(&text));
+    }
+    if text.is_empty() {
+        return ConnectError::Connection("ssh exited without saying why".into());
+    }
+    ConnectError::Connection(short(&text))
+}
+
+/// The result of one remote script.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// The last lines of stderr (else stdout), for a one-line reason.
+    pub fn tail(&self) -> String {
+        let src = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = src
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let start = lines.len().saturating_sub(2);
+        lines[start..].join(" / ").chars().take(400).collect()
+    }
+}
+
+/// A connected host: the master connection and whether commands need `sudo -n`.
+pub struct Remote {
+    session: Session,
+    pub host: Host,
+    /// Run privileged scripts through `sudo -n` (the SSH user is not root).
+    pub sudo: bool,
+}
+
+/// Where the control sockets live: short, under /tmp (a socket path is limited to
+/// 108 bytes).
+fn control_dir() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from("/tmp/chora-ssh");
+    let _ = std::fs::create_dir_all(&dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    dir
+}
+
+async fn connect_once(host: &Host, opts: &SshOptions) -> Result<Session, ConnectError> {
+    let mut b = SessionBuilder::default();
+    b.user(host.user.clone())
+        .port(host.port)
+        .connect_timeout(opts.connect_timeout)
+        .server_alive_interval(opts.keepalive)
+        .control_directory(control_dir())
+        // Closed explicitly at the end of a run; if chora is killed first, the
+        // master goes away by itself after a minute without channels.
+        .control_persist(ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(60).expect("non-zero"),
+        ))
+        .known_hosts_check(if opts.accept_new {
+            KnownHosts::Add
+        } else {
+            KnownHosts::Strict
+        });
+    if let Some(k) = &opts.identity_file {
+        b.keyfile(k);
+    }
+    if let Some(k) = &opts.known_hosts {
+        b.user_known_hosts_file(k);
+    }
+    match b.connect(&host.address).await {
+        Ok(s) => Ok(s),
+        Err(openssh::Error::Connect(e)) => Err(classify(&e.to_string())),
+        Err(e) => Err(ConnectError::Connection(format!(
+            "{e}: {}",
+            source_text(&e)
+        ))),
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// Connects, retrying connection faults with backoff (0.5 s, 1 s, 2 s, …).
+pub async fn connect(host: &Host, opts: &SshOptions) -> Result<Remote, ConnectError> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match connect_once(host, opts).await {
+            Ok(session) => {
+                return Ok(Remote {
+                    session,
+                    host: host.clone(),
+                    sudo: host.user != "root",
+                });
+            }
+            Err(e) if e.transient() && attempt < opts.attempts => {
+                tracing::debug!(host = %host.name, attempt, error = %e, "ssh: retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(ConnectError::Connection(m)) if attempt > 1 => {
+                return Err(ConnectError::Connection(format!(
+                    "{m} (after {attempt} attempts)"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Remote {
+    /// Runs `script` with `sh` on the host as the SSH user; the script travels on
+    /// stdin (never in argv), `input` follows it as a here-document if given.
+    pub async fn run_as_user(&self, script: &str) -> Result<Output, String> {
+        self.exec(false, script).await
+    }
+
+    /// Runs `script` as root (through `sudo -n` when the SSH user is not root).
+    pub async fn run(&self, script: &str) -> Result<Output, String> {
+        self.exec(self.sudo, script).await
+    }
+
+    async fn exec(&self, sudo: bool, script: &str) -> Result<Output, String> {
+        let mut cmd = if sudo {
+            let mut c = self.session.command("sudo");
+            c.args(["-n", "sh", "-s"]);
+            c
+        } else {
+            let mut c = self.session.command("sh");
+            c.arg("-s");
+            c
+        };
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| format!("ssh: {e}"))?;
+        if let Some(mut stdin) = child.stdin().take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|e| format!("ssh: writing the script: {e}"))?;
+            let _ = stdin.shutdown().await;
+            drop(stdin);
+        }
+        match child.wait_with_output().await {
+            Ok(o) => Ok(Output {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            }),
+            Err(openssh::Error::RemoteProcessTerminated) | Err(openssh::Error::Disconnected) => {
+                Err("ssh: the connection was lost (or the remote command exited 255)".into())
+            }
+            Err(e) => Err(format!("ssh: {e}")),
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.session.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_ssh_errors() {
+        let changed = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@@@@@@@\nIT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\nHost key verification failed.";
+        assert!(matches!(classify(changed), ConnectError::HostKey(_)));
+        assert!(!classify(changed).transient());
+        let auth = "root@10.0.0.1: Permission denied (publickey,password).";
+        assert!(matches!(classify(auth), ConnectError::Auth(_)));
+        let refused = "ssh: connect to host 10.0.0.1 port 22: Connection refused";
+        let e = classify(refused);
+        assert!(e.transient());
+        assert!(e.to_string().contains("Connection refused"));
+    }
+}
