@@ -173,18 +173,35 @@ pub async fn files_in(docker: &Docker, tag: &str) -> Result<Vec<Entry>, DockerEr
         status: None,
         message: format!("cannot read the saved image {tag}: {what}"),
     };
-    let mut layers = Vec::new();
+    // `manifest.json` names the layers in order: `<id>/layer.tar` up to Docker
+    // 24, `blobs/sha256/<digest>` in the OCI layout of later engines.
+    let mut members: std::collections::HashMap<String, Vec<u8>> = Default::default();
     let mut archive = tar::Archive::new(saved.as_slice());
     for entry in archive.entries().map_err(|e| unreadable(e.to_string()))? {
         let mut entry = entry.map_err(|e| unreadable(e.to_string()))?;
-        let path = entry.path().map_err(|e| unreadable(e.to_string()))?;
-        if path.file_name().is_some_and(|n| n == "layer.tar") {
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut data)
-                .map_err(|e| unreadable(e.to_string()))?;
-            layers.push(data);
+        if !entry.header().entry_type().is_file() {
+            continue;
         }
+        let path = entry.path().map_err(|e| unreadable(e.to_string()))?;
+        let path = path.display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).map_err(|e| unreadable(e.to_string()))?;
+        members.insert(path, data);
     }
+    let manifest: serde_json::Value = members
+        .get("manifest.json")
+        .and_then(|m| serde_json::from_slice(m).ok())
+        .ok_or_else(|| unreadable("no manifest.json".into()))?;
+    let layers: Vec<&Vec<u8>> = manifest[0]["Layers"]
+        .as_array()
+        .ok_or_else(|| unreadable("manifest.json lists no layers".into()))?
+        .iter()
+        .map(|l| {
+            l.as_str()
+                .and_then(|l| members.get(l))
+                .ok_or_else(|| unreadable(format!("layer {l} is missing")))
+        })
+        .collect::<Result<_, _>>()?;
     let mut paths = BTreeMap::new();
     for layer in layers {
         let mut archive = tar::Archive::new(layer.as_slice());
