@@ -31,7 +31,7 @@ bench() {
     start=$(date +%s.%N)
     "$CHORA_BIN" image build "$@" --tag "$tag" >/dev/null
     end=$(date +%s.%N)
-    times+=("$(echo "$end - $start" | bc)")
+    times+=("$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')")
   done
   local size
   size=$(docker image inspect --format '{{.Size}}' "$tag")
