@@ -47,11 +47,20 @@ impl Credentials {
             path: path.to_owned(),
             source,
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// A credentials document given as text (`CHORA_CREDENTIALS_JSON`).
+    pub fn from_json(text: &str) -> Result<Self, CredentialsError> {
+        Self::parse(text, Path::new("CHORA_CREDENTIALS_JSON"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, CredentialsError> {
         let invalid = |message: String| CredentialsError::Invalid {
             path: path.to_owned(),
             message,
         };
-        let creds: Credentials = serde_json::from_str(&text)
+        let creds: Credentials = serde_json::from_str(text)
             .map_err(|e| invalid(format!("expected a JSON object of strings ({e})")))?;
         match creds.jwt_secret() {
             Some(s) if !s.is_empty() => Ok(creds),

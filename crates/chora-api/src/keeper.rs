@@ -111,11 +111,23 @@ impl Drop for Keeper {
     }
 }
 
-/// Sleeps for `d` unless `stop` turns true first; returns false when stopped.
-async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+/// Sleeps for `d` unless `stop` turns true or the status to report changes
+/// first; returns false when stopped.
+async fn pause(
+    stop: &mut watch::Receiver<bool>,
+    status: &mut watch::Receiver<Status>,
+    d: Duration,
+) -> bool {
+    // A new status is reported at once, not at the next interval.
+    let changed = async {
+        if status.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let stopped = tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = stop.wait_for(|&s| s) => true,
+        _ = changed => false,
     };
     !stopped && !*stop.borrow()
 }
@@ -125,7 +137,7 @@ async fn run(
     reg: Registration,
     backoff: Backoff,
     mut stop: watch::Receiver<bool>,
-    status: watch::Receiver<Status>,
+    mut status: watch::Receiver<Status>,
     registrations: watch::Sender<u64>,
 ) {
     let id = reg.id.clone().expect("spawn sets the id");
@@ -150,7 +162,7 @@ async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(service = %reg.name, error = %e, retry_in = ?delay, "registration failed");
-                    if !pause(&mut stop, delay).await {
+                    if !pause(&mut stop, &mut status, delay).await {
                         return;
                     }
                     delay = (delay * 2).min(backoff.max);
@@ -160,10 +172,10 @@ async fn run(
         };
         // After a failed heartbeat, retry after the backoff delay instead.
         let wait = if failing { delay } else { every };
-        if !pause(&mut stop, wait).await {
+        if !pause(&mut stop, &mut status, wait).await {
             return;
         }
-        let reported = *status.borrow();
+        let reported = *status.borrow_and_update();
         match client.heartbeat(&reg.name, &id, Some(reported)).await {
             Ok(()) => {
                 failing = false;

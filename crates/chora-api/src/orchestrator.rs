@@ -22,12 +22,60 @@ pub struct DeploySpec {
     pub environment: BTreeMap<String, String>,
     #[serde(default)]
     pub dependencies: Vec<String>,
+    /// Who registers it in the Manifest (default: `chora`, the orchestrator on
+    /// its behalf; a built-in capability registers itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<Register>,
+    /// What the orchestrator checks to keep a registration on behalf alive:
+    /// `http(s)://…` (2xx) or `tcp://HOST:PORT`. Default
+    /// `http://127.0.0.1:<port>/health`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_endpoint: Option<String>,
+    /// Containers: `NAME:/path` (volume `<project>-NAME`) or `/host:/path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Containers: the port inside (default: `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+}
+
+/// Who keeps a service registered in the Manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Register {
+    /// The service registers and heartbeats itself (chora's own services).
+    #[serde(rename = "self")]
+    Itself,
+    /// Whoever started it registers it and keeps it alive while its health
+    /// check passes.
+    Chora,
 }
 
 impl DeploySpec {
     /// The `url` of a deployed service.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Who registers it: as asked, else a built-in capability (no command, no
+    /// image) itself and anything else chora.
+    pub fn registers(&self) -> Register {
+        self.register.unwrap_or(
+            if self.command.is_none()
+                && self.image.is_none()
+                && crate::CAPABILITIES.contains(&self.name.as_str())
+            {
+                Register::Itself
+            } else {
+                Register::Chora
+            },
+        )
+    }
+
+    pub fn health_url(&self) -> String {
+        self.health_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}/health", self.port))
     }
 }
 
@@ -84,6 +132,9 @@ pub struct ServiceStatus {
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// `process` or `docker`.
+    #[serde(default)]
+    pub runtime: String,
     pub restarts: u32,
     pub url: String,
     /// When the current (or last) process started, RFC 3339.

@@ -52,7 +52,7 @@ async fn stop_phases_above(
                     }
                 }
             } else {
-                if ctx.find_local(&name, record).is_none() {
+                if ctx.find_local(&name, record).await.is_none() {
                     let _ = std::fs::remove_file(ctx.home.pidfile(&name));
                     continue;
                 }
@@ -213,6 +213,22 @@ pub async fn reset(force: bool, keep_credentials: bool) -> Result<(), Failure> {
         (Ok(ctx), None) => stop_all(&ctx, &State::fresh("dev"), &mut out).await,
         (Err(_), _) => Vec::new(),
     };
+    // Containers and networks labelled with this home are ours too (volumes
+    // are kept).
+    if let Ok(ctx) = ctx_for(None)
+        && ctx.config.needs_docker()
+    {
+        match ctx.docker_runtime().await {
+            Ok(d) => match d.remove_all().await {
+                Ok(gone) if !gone.is_empty() => {
+                    out.ok(&format!("Removed {}", gone.join(", ")), None)
+                }
+                Ok(_) => {}
+                Err(e) => out.fail("Containers not removed", None, &e.to_string()),
+            },
+            Err(e) => out.fail("Containers not removed", None, &e.message),
+        }
+    }
     // Anything else that left a pid file in run/ is ours too.
     if let Ok(dir) = std::fs::read_dir(home.run()) {
         for e in dir.flatten() {

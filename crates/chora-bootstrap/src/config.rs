@@ -49,7 +49,8 @@ pub enum DeployVia {
 pub struct ServiceSpec {
     /// 1 core, 2 infrastructure, 3 capabilities.
     pub phase: u8,
-    /// argv of a local process; `chora` as the program means this binary.
+    /// argv of a local process (`chora` as the program means this binary), or
+    /// with `image` the container's command.
     #[serde(default)]
     pub command: Option<Vec<String>>,
     #[serde(default)]
@@ -72,9 +73,60 @@ pub struct ServiceSpec {
     pub deploy_via: Option<DeployVia>,
     #[serde(default)]
     pub version: Option<String>,
+    /// Who registers it in the Manifest: `self` (chora's own services) or
+    /// `chora` (the default: whoever starts it, on its behalf).
+    #[serde(default)]
+    pub register: Option<Register>,
+    /// Containers: `NAME:/path` (volume `<project>-NAME`) or `/host/path:/path`.
+    #[serde(default)]
+    pub volumes: Vec<Spanned<String>>,
+    /// Containers: the port the service listens on inside (default: `port`).
+    #[serde(default)]
+    pub container_port: Option<u16>,
 }
 
+pub use chora_api::orchestrator::Register;
+pub use chora_runtime::RuntimeKind;
+
 impl ServiceSpec {
+    /// As configured; else a built-in capability (nothing says how to run it:
+    /// chora's own) registers itself and anything else is registered by chora.
+    pub fn registers(&self) -> Register {
+        self.register.unwrap_or(
+            if self.command.is_none() && self.image.is_none() && self.docker_compose.is_none() {
+                Register::Itself
+            } else {
+                Register::Chora
+            },
+        )
+    }
+
+    /// The runtime it runs on when started by the bootstrap or deployed with
+    /// neither `command` nor `image` (a built-in capability): `default`.
+    pub fn runtime(&self, default: RuntimeKind) -> RuntimeKind {
+        match (&self.command, &self.image, &self.docker_compose) {
+            (_, Some(_), _) | (_, _, Some(_)) => RuntimeKind::Docker,
+            (Some(_), None, None) => RuntimeKind::Process,
+            (None, None, None) => default,
+        }
+    }
+
+    pub fn volume_list(&self) -> Vec<chora_runtime::Volume> {
+        self.volumes
+            .iter()
+            .filter_map(|v| {
+                let mut vol =
+                    chora_runtime::Volume::parse(&v.value.replace("${CHORA_HOME}", "/home"))
+                        .ok()?;
+                // Parsed with a stand-in; the caller expands the real text.
+                let (src, dst) = v.value.split_once(':')?;
+                vol.source = src.to_owned();
+                vol.target = dst.split(':').next()?.to_owned();
+                Some(vol)
+            })
+            .collect()
+    }
+
     pub fn health_url(&self) -> Option<String> {
         self.health_endpoint
             .clone()
@@ -312,6 +364,14 @@ pub struct Config {
     pub prerequisites: Prerequisites,
     #[serde(default)]
     pub etcd: Option<Etcd>,
+    /// Container names `<project>-<name>`, the network `<project>`, volumes
+    /// `<project>-<volume>` (default `chora`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Where built-in capabilities run: `process` (default for dev) or `docker`
+    /// (default for staging and prod).
+    #[serde(default)]
+    pub runtime: Option<RuntimeKind>,
 }
 
 /// The built-in names of the four validation tests.
@@ -363,6 +423,26 @@ impl Config {
             snippet: String::new(),
         })?;
         Config::parse(&text, file)
+    }
+
+    pub fn project(&self) -> &str {
+        self.project.as_deref().unwrap_or("chora")
+    }
+
+    /// The runtime of built-in capabilities.
+    pub fn default_runtime(&self) -> RuntimeKind {
+        self.runtime.unwrap_or(match self.environment {
+            Environment::Dev => RuntimeKind::Process,
+            Environment::Staging | Environment::Prod => RuntimeKind::Docker,
+        })
+    }
+
+    /// True when some service runs in a container.
+    pub fn needs_docker(&self) -> bool {
+        let default = self.default_runtime();
+        self.services
+            .values()
+            .any(|s| s.value.runtime(default) == RuntimeKind::Docker)
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
@@ -443,9 +523,9 @@ impl Config {
                     spec.phase
                 )));
             }
+            // `command` with `image` is the container's command, as in Compose.
             let ways = [
-                spec.command.is_some(),
-                spec.image.is_some(),
+                spec.command.is_some() || spec.image.is_some(),
                 spec.docker_compose.is_some(),
             ]
             .iter()
@@ -453,7 +533,7 @@ impl Config {
             .count();
             if ways > 1 {
                 return Err(at(
-                    "give one of `command`, `image` or `docker_compose`, not several".into(),
+                    "give `command` (a process), `image` (a container, with an optional `command`) or `docker_compose`, not several".into(),
                 ));
             }
             if spec
@@ -487,6 +567,27 @@ impl Config {
             }
             if spec.port.is_none() && spec.health_endpoint.is_none() {
                 return Err(at("needs a `port` or a `health_endpoint`".into()));
+            }
+            if let Some(h) = &spec.health_endpoint
+                && !chora_runtime::check::is_checkable(h)
+            {
+                return Err(at(format!(
+                    "`health_endpoint` `{h}` must be http(s)://… or tcp://HOST:PORT"
+                )));
+            }
+            for v in &spec.volumes {
+                // `${CHORA_HOME}` is an absolute path once expanded.
+                if let Err(m) =
+                    chora_runtime::Volume::parse(&v.value.replace("${CHORA_HOME}", "/home"))
+                {
+                    return Err(err(v.referenced, format!("services.{name}.volumes: {m}")));
+                }
+                if spec.image.is_none() && !(spec.phase == 3 && spec.command.is_none()) {
+                    return Err(err(
+                        v.referenced,
+                        format!("services.{name}.volumes: only containers (`image:`) take volumes"),
+                    ));
+                }
             }
             if let Some(t) = spec.timeout
                 && !(t.is_finite() && t > 0.0)
@@ -546,6 +647,17 @@ impl Config {
                     format!("services: dependency cycle among {}", stuck.join(", ")),
                 ));
             }
+        }
+        if let Some(p) = &self.project
+            && !chora_api::manifest::is_valid_name(p)
+        {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message: format!("project: `{p}` must match ^[a-z0-9][a-z0-9._-]{{0,62}}$"),
+                snippet: String::new(),
+            });
         }
         for required in ["manifest"] {
             if !self.services.contains_key(required) {

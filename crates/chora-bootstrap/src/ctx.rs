@@ -1,12 +1,15 @@
 //! What every step of a run shares: where things live, the config, the
 //! credentials, and how to start, find, check and stop each service.
 
-use crate::config::{Config, ServiceSpec};
-use crate::proc::{ProcId, spawn_detached};
+use crate::config::{Config, RuntimeKind, ServiceSpec};
 use crate::state::ServiceRecord;
 use chora_api::auth::Credentials;
+use chora_runtime::docker::DockerRuntime;
+use chora_runtime::process::{Lifetime, ProcessRuntime};
+use chora_runtime::{Found, Runtime, UnitId, UnitSpec};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Everything chora bootstrap keeps: `.chora/` under the working directory, or
@@ -107,14 +110,11 @@ pub struct Ctx {
     pub cwd: PathBuf,
     /// The fencing token of the etcd lock this run holds, sent with deploys.
     pub fencing: Option<u64>,
+    /// The Docker runtime, connected the first time a container is needed.
+    pub docker: tokio::sync::OnceCell<Arc<DockerRuntime>>,
 }
 
-/// The last `n` lines of a file (for error messages).
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub use chora_runtime::tail;
 
 impl Ctx {
     pub fn spec(&self, name: &str) -> &ServiceSpec {
@@ -133,15 +133,18 @@ impl Ctx {
             .unwrap_or_default();
         s.replace("${CHORA_HOME}", &self.home.root.display().to_string())
             .replace("${ETCD_ENDPOINTS}", &etcd)
+            .replace("${CHORA_VERSION}", env!("CARGO_PKG_VERSION"))
     }
 
-    /// The argv of a service's command: `chora` is this binary.
+    /// The argv of a service's command: `chora` is this binary (for a local
+    /// process; in a container, the command is the image's arguments).
     pub fn argv(&self, spec: &ServiceSpec) -> Option<Vec<String>> {
+        let local = spec.image.is_none();
         spec.command.as_ref().map(|c| {
             c.iter()
                 .enumerate()
                 .map(|(i, a)| {
-                    if i == 0 && a == "chora" {
+                    if local && i == 0 && a == "chora" {
                         self.self_exe.display().to_string()
                     } else {
                         self.expand(a)
@@ -179,24 +182,56 @@ impl Ctx {
     }
 
     /// The environment a service starts with: its `env`, its API key, and where
-    /// to find the Manifest. Secrets travel here, never in argv.
+    /// to find the Manifest. Secrets travel here, never in argv: an `env`
+    /// value may say `${CHORA_CREDENTIALS_JSON}` (the whole credentials
+    /// document, for a Manifest or orchestrator in a container).
     pub fn env_for(&self, name: &str, spec: &ServiceSpec) -> BTreeMap<String, String> {
+        let creds = self
+            .credentials
+            .as_ref()
+            .map(|c| c.to_json())
+            .unwrap_or_default();
         let mut env: BTreeMap<String, String> = spec
             .env
             .iter()
-            .map(|(k, v)| (k.clone(), self.expand(v)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    self.expand(v).replace("${CHORA_CREDENTIALS_JSON}", &creds),
+                )
+            })
             .collect();
         if let Some(key) = self.credentials.as_ref().and_then(|c| c.api_key(name)) {
             env.insert("CHORA_API_KEY".into(), key.to_owned());
         }
         env.insert("CHORA_HOME".into(), self.home.root.display().to_string());
-        env.entry("CHORA_DATA_DIR".into())
-            .or_insert_with(|| self.home.data().display().to_string());
+        env.insert("CHORA_PROJECT".into(), self.config.project().to_owned());
+        let in_container = spec.runtime(self.config.default_runtime()) == RuntimeKind::Docker;
+        if !in_container {
+            env.entry("CHORA_DATA_DIR".into())
+                .or_insert_with(|| self.home.data().display().to_string());
+        }
         if name != "manifest" {
             env.entry("MANIFEST_URL".into())
-                .or_insert_with(|| self.manifest_url());
+                .or_insert_with(|| self.manifest_url_for(in_container));
         }
         env
+    }
+
+    /// The Manifest's URL as a service reaches it: from a container, by name on
+    /// the project network when the Manifest is a container too.
+    pub fn manifest_url_for(&self, in_container: bool) -> String {
+        let m = self.config.service("manifest");
+        match m {
+            Some(m)
+                if in_container
+                    && m.runtime(self.config.default_runtime()) == RuntimeKind::Docker =>
+            {
+                let port = m.container_port.or(m.port).unwrap_or(8500);
+                format!("http://manifest:{port}")
+            }
+            _ => self.manifest_url(),
+        }
     }
 
     /// The Manifest instance id of a local service: the same for every start of
@@ -213,66 +248,183 @@ impl Ctx {
         format!("{name}-{:08x}", hash as u32)
     }
 
-    /// The process of a local service started earlier, if it still runs.
-    pub fn find_local(&self, name: &str, record: Option<&ServiceRecord>) -> Option<ProcId> {
-        crate::proc::read_pidfile(&self.home.pidfile(name)).or_else(|| {
-            let r = record?;
-            let id = ProcId {
-                pid: r.pid?,
-                start_time: r.start_time?,
-            };
-            id.alive().then_some(id)
+    /// The runtime that runs `spec` when the bootstrap starts it.
+    pub async fn runtime_for(&self, spec: &ServiceSpec) -> Result<Arc<dyn Runtime>, StepError> {
+        match spec.runtime(self.config.default_runtime()) {
+            RuntimeKind::Process => Ok(Arc::new(self.process_runtime())),
+            RuntimeKind::Docker => Ok(self.docker_runtime().await?),
+        }
+    }
+
+    /// Local processes of phases 1-2: their own session, pid files in `run/`.
+    pub fn process_runtime(&self) -> ProcessRuntime {
+        ProcessRuntime {
+            logs_dir: self.home.logs(),
+            run_dir: Some(self.home.run()),
+            lifetime: Lifetime::Detached,
+            cwd: Some(self.cwd.clone()),
+        }
+    }
+
+    /// The Docker runtime of this home and project (connected once).
+    pub async fn docker_runtime(&self) -> Result<Arc<DockerRuntime>, StepError> {
+        self.docker
+            .get_or_try_init(|| async {
+                let docker = chora_runtime::docker::connect().await.map_err(|e| {
+                    StepError::new(e.to_string())
+                        .cause("this config runs services in containers (`image:`, or the staging and prod templates)")
+                        .action("Start Docker (systemctl start docker) and run `chora bootstrap` again")
+                })?;
+                let mut d = DockerRuntime::new(
+                    docker,
+                    self.home.root.display().to_string(),
+                    self.config.project().to_owned(),
+                    self.home.logs(),
+                );
+                // Services are reached by name on the project network when the
+                // gateway, which routes to them, is a container too.
+                d.advertise_by_name = self.config.service("gateway").is_some_and(|g| {
+                    g.runtime(self.config.default_runtime()) == RuntimeKind::Docker
+                });
+                Ok(Arc::new(d))
+            })
+            .await
+            .cloned()
+    }
+
+    /// True when a service runs the image of this chora (`chora:<version>`),
+    /// named or as a built-in capability in a container.
+    pub fn needs_chora_image(&self) -> bool {
+        let tag = chora_docker::image::chora_tag();
+        let default = self.config.default_runtime();
+        self.config.services.values().any(|s| {
+            let s = &s.value;
+            s.image.as_deref().map(|i| self.expand(i)).as_deref() == Some(tag.as_str())
+                || (s.phase == 3
+                    && s.command.is_none()
+                    && s.image.is_none()
+                    && s.runtime(default) == RuntimeKind::Docker)
         })
+    }
+
+    /// What the runtime runs for a phase 1-2 service.
+    pub fn unit_spec(&self, name: &str, spec: &ServiceSpec) -> UnitSpec {
+        let mut env = self.env_for(name, spec);
+        env.entry("CHORA_INSTANCE_ID".into())
+            .or_insert_with(|| self.instance_id(name));
+        UnitSpec {
+            name: name.to_owned(),
+            argv: self.argv(spec).unwrap_or_default(),
+            image: spec.image.as_deref().map(|i| self.expand(i)),
+            env,
+            port: spec.port,
+            container_port: spec.container_port,
+            volumes: spec
+                .volume_list()
+                .into_iter()
+                .map(|mut v| {
+                    v.source = self.expand(&v.source);
+                    v.target = self.expand(&v.target);
+                    v
+                })
+                .collect(),
+            labels: Default::default(),
+        }
+    }
+
+    /// The unit of a phase 1-2 service started earlier, if it still runs: by its
+    /// pid file (or the state's pid and start time) or its container label.
+    pub async fn find_local(&self, name: &str, record: Option<&ServiceRecord>) -> Option<Found> {
+        let spec = self.spec(name);
+        let runtime = self.runtime_for(spec).await.ok()?;
+        if let Ok(Some(f)) = runtime.find(name).await {
+            return Some(f);
+        }
+        // A pid file lost with the run directory: the state still knows it.
+        let r = record?;
+        let id = chora_runtime::ProcId {
+            pid: r.pid?,
+            start_time: r.start_time?,
+        };
+        if !id.alive() {
+            return None;
+        }
+        id.write(&self.home.pidfile(name)).ok()?;
+        self.process_runtime().find(name).await.ok().flatten()
     }
 
     fn health_timeout(&self, spec: &ServiceSpec) -> Duration {
         Duration::from_secs_f64(spec.timeout.unwrap_or(self.config.timeouts.health_check))
     }
 
-    /// Starts a phase 1-2 service as a process that outlives the CLI, waits until
-    /// it is healthy, and returns how to find it again.
+    fn record_of(&self, spec: &ServiceSpec, id: &UnitId) -> ServiceRecord {
+        let (pid, start_time) = match id {
+            UnitId::Process(p) => (Some(p.pid), Some(p.start_time)),
+            UnitId::Container(_) => (None, None),
+        };
+        ServiceRecord {
+            phase: spec.phase,
+            pid,
+            start_time,
+            container: id.container().map(str::to_owned),
+            deployed_via: None,
+            url: spec.url(),
+            started_at: crate::state::now(),
+        }
+    }
+
+    /// Starts a phase 1-2 service (a process that outlives the CLI, or a
+    /// container), waits until it is healthy, and returns how to find it again.
     pub async fn start_local(&self, name: &str) -> Result<ServiceRecord, StepError> {
         let spec = self.spec(name);
-        let Some(argv) = self.argv(spec) else {
-            return Err(StepError::new(format!(
-                "`{name}` has no `command`; only local processes run in this build"
+        let runtime = self.runtime_for(spec).await?;
+        let mut unit_spec = self.unit_spec(name, spec);
+        if runtime.kind() == RuntimeKind::Docker
+            && let Some(url) = runtime.advertise(&unit_spec)
+        {
+            unit_spec.env.insert("CHORA_ADVERTISE_URL".into(), url);
+        }
+        let what = unit_spec
+            .image
+            .clone()
+            .unwrap_or_else(|| unit_spec.argv.first().cloned().unwrap_or_default());
+        let mut unit = runtime.start(&unit_spec).await.map_err(|e| {
+            let why = match e {
+                chora_runtime::RuntimeError::Spawn { message, .. } => message,
+                other => other.to_string(),
+            };
+            let mut err = StepError::new(format!("cannot start `{name}` ({what}): {why}"));
+            let field = if unit_spec.image.is_some() {
+                err = err.cause("the image is missing, a port is taken, or a volume is invalid");
+                "image"
+            } else {
+                err = err.cause("the program in `command` does not exist or is not executable");
+                "command"
+            };
+            err.action(format!(
+                "Check services.{name}.{field} in {}",
+                self.config_path.display()
             ))
-            .action("Give it a `command` in the config"));
-        };
-        let mut env = self.env_for(name, spec);
-        let pidfile = self.home.pidfile(name);
-        let _ = std::fs::remove_file(&pidfile);
-        env.insert("CHORA_PID_FILE".into(), pidfile.display().to_string());
-        env.entry("CHORA_INSTANCE_ID".into())
-            .or_insert_with(|| self.instance_id(name));
-        let log = self.home.log_of(name);
-        let mut child = spawn_detached(&argv, &env, &log, &self.cwd).map_err(|e| {
-            StepError::new(format!("cannot start `{name}` ({}): {e}", argv[0]))
-                .cause("the program in `command` does not exist or is not executable")
-                .action(format!(
-                    "Check services.{name}.command in {}",
-                    self.config_path.display()
-                ))
         })?;
-        let url = spec.health_url().expect("checked by the config");
-        let waited = crate::health::wait(
-            &self.http,
-            &url,
-            &self.config.retry,
-            self.health_timeout(spec),
-            || match child.try_wait() {
-                Ok(Some(status)) => Some(format!("the process exited ({status})")),
-                _ => None,
-            },
-        )
-        .await;
+        let url = runtime.reach(
+            &unit_spec,
+            &spec.health_url().expect("checked by the config"),
+        );
+        let waited = tokio::select! {
+            r = crate::health::wait(
+                &self.http,
+                &url,
+                &self.config.retry,
+                self.health_timeout(spec),
+                || None,
+            ) => r.map(|_| ()).map_err(|e| e.to_string()),
+            exit = unit.wait() => Err(format!("it exited ({exit})")),
+        };
         if let Err(e) = waited {
             // Never leave a half-started service behind.
-            if let Some(id) = ProcId::of(child.id()) {
-                id.stop(Duration::from_secs(2)).await;
-            }
-            let _ = child.try_wait();
-            let last = tail(&log, 5);
+            unit.stop(Duration::from_secs(2)).await;
+            let _ = std::fs::remove_file(self.home.pidfile(name));
+            let last = runtime.logs(name, 5).await;
             let mut err = StepError::new(format!("`{name}` did not become healthy: {e}"))
                 .cause(format!("its health endpoint {url} never answered 200"));
             if let Some(p) = spec.port {
@@ -282,33 +434,100 @@ impl Ctx {
                 err = err.cause(format!("its log ends with:\n{}", indent(&last)));
             }
             return Err(err
-                .action(format!("Read its log: {}", log.display()))
+                .action(format!("Read its log: {}", self.log_hint(name, spec)))
                 .action(format!(
                     "Check services.{name} in {}",
                     self.config_path.display()
                 ))
                 .action("Fix the cause and run `chora bootstrap` again to resume"));
         }
-        // The service writes its own pid file once it listens; a program that does
-        // not is known by the pid we started.
-        let id = crate::proc::read_pidfile(&pidfile)
-            .or_else(|| ProcId::of(child.id()))
-            .ok_or_else(|| {
-                StepError::new(format!(
-                    "`{name}` answered its health check but its process is gone"
-                ))
-            })?;
-        // Reap nothing: the child lives on, in its own session, after we exit.
-        std::mem::forget(child);
-        Ok(ServiceRecord {
-            phase: spec.phase,
-            pid: Some(id.pid),
-            start_time: Some(id.start_time),
-            container: None,
-            deployed_via: None,
-            url: spec.url(),
-            started_at: crate::state::now(),
-        })
+        self.ensure_registrar(name, spec, &*runtime, &unit_spec, &unit.id())
+            .await?;
+        // The unit lives on after we exit: dropping it leaves it running.
+        Ok(self.record_of(spec, &unit.id()))
+    }
+
+    /// The unit that keeps a phase 1-2 `register: chora` service registered on
+    /// its behalf (the bootstrap exits; this runs beside the service).
+    fn registrar_name(name: &str) -> String {
+        format!("{name}.registrar")
+    }
+
+    /// Starts the registrar of `name` (unless it runs), following `unit`.
+    async fn ensure_registrar(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+        runtime: &dyn Runtime,
+        unit_spec: &UnitSpec,
+        unit: &UnitId,
+    ) -> Result<(), StepError> {
+        if spec.registers() != crate::config::Register::Chora {
+            return Ok(());
+        }
+        let procs = self.process_runtime();
+        let reg = Self::registrar_name(name);
+        if let Ok(Some(_)) = procs.find(&reg).await {
+            return Ok(());
+        }
+        let follow = match unit {
+            UnitId::Process(p) => ["--pid".to_string(), format!("{}:{}", p.pid, p.start_time)],
+            UnitId::Container(c) => ["--container".to_string(), c.clone()],
+        };
+        let mut argv = vec![
+            self.self_exe.display().to_string(),
+            "keep-registered".into(),
+            "--name".into(),
+            name.into(),
+            "--id".into(),
+            self.instance_id(name),
+            "--version".into(),
+            spec.version.clone().unwrap_or_else(|| "1.0.0".into()),
+            "--rest".into(),
+            runtime
+                .advertise(unit_spec)
+                .or_else(|| spec.url())
+                .unwrap_or_default(),
+            "--health".into(),
+            spec.health_url().expect("checked by the config"),
+            "--manifest-url".into(),
+            self.manifest_url(),
+        ];
+        argv.extend(follow);
+        let mut env = BTreeMap::new();
+        if let Some(key) = self.credentials.as_ref().and_then(|c| c.api_key(name)) {
+            env.insert("CHORA_API_KEY".into(), key.to_owned());
+        }
+        let r = UnitSpec {
+            name: reg,
+            argv,
+            env,
+            ..Default::default()
+        };
+        procs
+            .start(&r)
+            .await
+            .map(drop)
+            .map_err(|e| StepError::new(format!("cannot register `{name}` on its behalf: {e}")))
+    }
+
+    /// Stops the registrar of `name`, which deregisters it.
+    async fn stop_registrar(&self, name: &str) {
+        let procs = self.process_runtime();
+        let reg = Self::registrar_name(name);
+        if let Ok(Some(mut f)) = procs.find(&reg).await {
+            f.unit.stop(Duration::from_secs(5)).await;
+        }
+        let _ = std::fs::remove_file(self.home.pidfile(&reg));
+    }
+
+    /// Where a person reads a service's log.
+    pub fn log_hint(&self, name: &str, spec: &ServiceSpec) -> String {
+        if spec.image.is_some() {
+            format!("docker logs {}-{name}", self.config.project())
+        } else {
+            self.home.log_of(name).display().to_string()
+        }
     }
 
     /// A phase 1-2 service: healthy → left alone; otherwise stopped if it
@@ -319,8 +538,12 @@ impl Ctx {
         record: Option<&ServiceRecord>,
     ) -> Result<(Ensured, ServiceRecord), StepError> {
         let spec = self.spec(name);
-        if let Some(id) = self.find_local(name, record) {
-            let url = spec.health_url().expect("checked by the config");
+        if let Some(mut found) = self.find_local(name, record).await {
+            let runtime = self.runtime_for(spec).await?;
+            let url = runtime.reach(
+                &self.unit_spec(name, spec),
+                &spec.health_url().expect("checked by the config"),
+            );
             let quick = crate::config::Retry {
                 required_consecutive: 1,
                 ..self.config.retry.clone()
@@ -329,37 +552,45 @@ impl Ctx {
                 .await
                 .is_ok()
             {
+                self.ensure_registrar(
+                    name,
+                    spec,
+                    &*runtime,
+                    &self.unit_spec(name, spec),
+                    &found.unit.id(),
+                )
+                .await?;
+                let fresh = self.record_of(spec, &found.unit.id());
                 let mut r = record.cloned().unwrap_or_default();
                 r.phase = spec.phase;
-                r.pid = Some(id.pid);
-                r.start_time = Some(id.start_time);
+                r.pid = fresh.pid;
+                r.start_time = fresh.start_time;
+                r.container = fresh.container;
                 r.url = spec.url();
                 if r.started_at.is_empty() {
                     r.started_at = crate::state::now();
                 }
                 return Ok((Ensured::Healthy, r));
             }
-            tracing::warn!(
-                service = name,
-                pid = id.pid,
-                "running but unhealthy; restarting"
-            );
-            id.stop(Duration::from_secs(5)).await;
+            tracing::warn!(service = name, unit = %found.unit.id(), "running but unhealthy; restarting");
+            self.stop_registrar(name).await;
+            found.unit.stop(Duration::from_secs(5)).await;
         }
         Ok((Ensured::Restarted, self.start_local(name).await?))
     }
 
-    /// Stops a phase 1-2 service (SIGTERM, then SIGKILL). True when nothing of it
-    /// runs any more.
+    /// Stops a phase 1-2 service (SIGTERM, then SIGKILL; a container is
+    /// removed). True when nothing of it runs any more.
     pub async fn stop_local(&self, name: &str, record: Option<&ServiceRecord>) -> bool {
-        let gone = match self.find_local(name, record) {
-            Some(id) => id.stop(Duration::from_secs(5)).await != crate::proc::Stopped::StillRunning,
-            None => true,
-        };
-        if gone {
-            let _ = std::fs::remove_file(self.home.pidfile(name));
+        self.stop_registrar(name).await;
+        if let Some(mut found) = self.find_local(name, record).await {
+            found.unit.stop(Duration::from_secs(5)).await;
+            if self.find_local(name, record).await.is_some() {
+                return false;
+            }
         }
-        gone
+        let _ = std::fs::remove_file(self.home.pidfile(name));
+        true
     }
 
     fn orchestrator(&self) -> Result<String, StepError> {
@@ -404,9 +635,13 @@ impl Ctx {
             version: spec.version.clone().unwrap_or_else(|| "1.0.0".into()),
             port: spec.port.expect("checked by the config"),
             command: self.argv(spec),
-            image: spec.image.clone(),
+            image: spec.image.as_deref().map(|i| self.expand(i)),
             environment,
             dependencies: spec.deps().map(str::to_owned).collect(),
+            register: Some(spec.registers()),
+            health_endpoint: spec.health_endpoint.clone(),
+            volumes: spec.volumes.iter().map(|v| self.expand(&v.value)).collect(),
+            container_port: spec.container_port,
         };
         let mut req = self
             .http

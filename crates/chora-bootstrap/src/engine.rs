@@ -167,6 +167,7 @@ pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, 
             .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot find this executable: {e}")))?,
         cwd: std::env::current_dir().map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?,
         fencing: None,
+        docker: Default::default(),
     })
 }
 
@@ -358,26 +359,54 @@ impl Run {
         let ctx = self.ctx.clone();
         // Runtime.
         let t = Instant::now();
-        let needs_docker = ctx
-            .config
-            .services
-            .values()
-            .any(|s| s.value.image.is_some() || s.value.docker_compose.is_some());
-        if needs_docker {
-            let v = docker_version().await.map_err(|e| {
-                self.out.fail("Docker", None, &e);
-                StepError::new(format!("Docker is needed by this config but {e}"))
-                    .action("Start Docker, or use `command:` services")
+        if ctx.config.needs_docker() {
+            let docker = ctx.docker_runtime().await;
+            let v = match &docker {
+                Ok(d) => chora_docker::engine_version(d.docker())
+                    .await
+                    .map_err(|e| StepError::new(e.to_string())),
+                Err(e) => Err(e.clone()),
+            }
+            .map_err(|e| {
+                self.out.fail("Docker", None, &e.message);
+                let mut err =
+                    StepError::new(format!("Docker is needed by this config but {}", e.message));
+                err.causes = e.causes;
+                err.action("Start Docker (systemctl start docker), or use `command:` services")
             })?;
-            if !version_at_least(&v, (20, 10)) {
+            if !chora_docker::version_at_least(&v, (20, 10)) {
                 self.out
                     .fail("Docker", None, &format!("{v} is older than 20.10"));
-                return Err(StepError::new(format!(
-                    "Docker {v} is too old (need 20.10+)"
-                )));
+                return Err(
+                    StepError::new(format!("Docker {v} is too old (need 20.10 or newer)"))
+                        .action("Upgrade the Docker engine"),
+                );
             }
             self.out
                 .ok(&format!("Docker {v} detected"), Some(t.elapsed()));
+            // chora's own image, built from this binary when missing (no registry).
+            if ctx.needs_chora_image() {
+                let t = Instant::now();
+                let d = docker.expect("connected above");
+                let tag = chora_docker::image::chora_tag();
+                match chora_docker::image::ensure_chora_image(d.docker()).await {
+                    Ok(None) => self.out.ok(&format!("Image {tag} present"), None),
+                    Ok(Some(b)) => self.out.ok(
+                        &format!(
+                            "Built image {tag} ({} files, {:.1} MB, no registry)",
+                            b.files.len(),
+                            b.size as f64 / 1e6
+                        ),
+                        Some(t.elapsed()),
+                    ),
+                    Err(e) => {
+                        self.out
+                            .fail(&format!("Image {tag}"), Some(t.elapsed()), &e.to_string());
+                        return Err(StepError::new(format!("cannot build the image {tag}: {e}"))
+                            .action("Try it alone: chora image build"));
+                    }
+                }
+            }
         } else {
             self.out.ok(
                 &format!(
@@ -394,6 +423,7 @@ impl Run {
             if s.value.phase < 3
                 && ctx
                     .find_local(name, self.state.services.get(name))
+                    .await
                     .is_some()
             {
                 continue; // ours, from an earlier run
@@ -597,11 +627,15 @@ impl Run {
         let ms = Some(took.as_millis() as u64);
         match r {
             Ok((how, record)) => {
-                let label = match (how, record.pid) {
-                    (Ensured::Healthy, Some(pid)) => format!("{name} already running (pid {pid})"),
-                    (Ensured::Healthy, None) => format!("{name} already running"),
-                    (Ensured::Restarted, Some(pid)) => format!("{name} started (pid {pid})"),
-                    (Ensured::Restarted, None) => format!("{name} deployed"),
+                let unit = match (record.pid, &record.container) {
+                    (Some(pid), _) => format!(" (pid {pid})"),
+                    (None, Some(c)) => format!(" (container {})", &c[..c.len().min(12)]),
+                    (None, None) => String::new(),
+                };
+                let label = match (how, phase) {
+                    (Ensured::Healthy, _) => format!("{name} already running{unit}"),
+                    (Ensured::Restarted, 3) => format!("{name} deployed{unit}"),
+                    (Ensured::Restarted, _) => format!("{name} started{unit}"),
                 };
                 self.out.ok(&label, Some(took));
                 self.out.service_started(name);
@@ -701,32 +735,8 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         self_exe: c.self_exe.clone(),
         cwd: c.cwd.clone(),
         fencing: c.fencing,
+        docker: c.docker.clone(),
     }
-}
-
-async fn docker_version() -> Result<String, String> {
-    let out = tokio::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .await
-        .map_err(|e| format!("the docker command is missing ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the Docker daemon is not running ({})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn version_at_least(v: &str, (maj, min): (u32, u32)) -> bool {
-    let mut it = v
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().unwrap_or(0));
-    let a = it.next().unwrap_or(0);
-    let b = it.next().unwrap_or(0);
-    (a, b) >= (maj, min)
 }
 
 fn free_gib(path: &std::path::Path) -> f64 {

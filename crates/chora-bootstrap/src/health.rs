@@ -23,14 +23,7 @@ pub fn client() -> reqwest::Client {
         .expect("a plain HTTP client builds")
 }
 
-/// One check: `Ok` on a 200.
-pub async fn check(http: &reqwest::Client, url: &str) -> Result<(), String> {
-    match http.get(url).send().await {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-        Err(e) => Err(chora_api::root_cause(&e)),
-    }
-}
+pub use chora_runtime::check::check;
 
 /// Waits until `url` is healthy, at most `timeout`. `gone` is polled between
 /// checks: when it reports the service died, the wait ends at once with its words.

@@ -18,7 +18,7 @@ pub mod failure;
 pub mod health;
 pub mod lock;
 pub mod output;
-pub mod proc;
+pub use chora_runtime::proc;
 pub mod state;
 pub mod template;
 pub mod validate;

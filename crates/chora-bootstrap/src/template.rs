@@ -15,6 +15,7 @@ environment: dev
 services:
   manifest:
     phase: 1
+    register: self
     command: [chora, manifest, serve, --listen, "127.0.0.1:8500",
               --storage, "sqlite:${CHORA_HOME}/data/manifest.db",
               --credentials, "${CHORA_HOME}/credentials.json",
@@ -26,6 +27,7 @@ services:
 
   orchestrator:
     phase: 2
+    register: self
     command: [chora, orchestrator, serve, --listen, "127.0.0.1:8600",
               --manifest-url, "http://127.0.0.1:8500",
               --credentials, "${CHORA_HOME}/credentials.json",
@@ -37,6 +39,7 @@ services:
 
   gateway:
     phase: 2
+    register: self
     command: [chora, gateway, serve, --listen, "127.0.0.1:8700",
               --manifest-url, "http://127.0.0.1:8500"]
     port: 8700
@@ -46,6 +49,7 @@ services:
 
   analyzer:
     phase: 3
+    register: self
     deploy_via: orchestrator
     version: "1.0.0"
     port: 8800
@@ -54,6 +58,7 @@ services:
 
   executor:
     phase: 3
+    register: self
     deploy_via: orchestrator
     version: "1.0.0"
     port: 8900
@@ -62,6 +67,7 @@ services:
 
   storage:
     phase: 3
+    register: self
     deploy_via: orchestrator
     version: "1.0.0"
     port: 9000
@@ -70,6 +76,7 @@ services:
 
   monitor:
     phase: 3
+    register: self
     deploy_via: orchestrator
     version: "1.0.0"
     port: 9100
@@ -78,6 +85,7 @@ services:
 
   logger:
     phase: 3
+    register: self
     deploy_via: orchestrator
     version: "1.0.0"
     port: 9200
@@ -145,25 +153,135 @@ pub fn prod() -> String {
     ) + "\n# The etcd cluster the Manifest keeps its instances in, and where the bootstrap\n# lock lives.\netcd:\n  endpoints: [http://127.0.0.1:2379]\n"
 }
 
+/// The `staging` environment: every service a container of the `chora` image
+/// (built by phase 0 when missing) on the project network, the Manifest on
+/// SQLite in a volume, the capabilities deployed by the orchestrator's Docker
+/// runtime. Ports are published on 127.0.0.1 only; secrets reach the
+/// containers in their environment.
+pub const STAGING: &str = r#"# chora bootstrap configuration (written from the built-in `staging` template).
+# `chora bootstrap config validate` checks it; unknown keys are errors.
+version: "1.0"
+environment: staging
+project: chora
+runtime: docker
+
+services:
+  manifest:
+    phase: 1
+    register: self
+    image: "chora:${CHORA_VERSION}"
+    command: [manifest, serve, --listen, "0.0.0.0:8500",
+              --storage, "sqlite:/data/manifest.db",
+              --ttl, "10", --heartbeat-interval, "1", --register-self]
+    port: 8500
+    volumes: ["manifest-data:/data"]
+    env:
+      CHORA_CREDENTIALS_JSON: "${CHORA_CREDENTIALS_JSON}"
+    health_endpoint: http://127.0.0.1:8500/health
+    timeout: 30
+    dependencies: []
+
+  orchestrator:
+    phase: 2
+    register: self
+    image: "chora:${CHORA_VERSION}"
+    command: [orchestrator, serve, --listen, "0.0.0.0:8600",
+              --manifest-url, "http://manifest:8500",
+              --runtime, docker, --chora-image, "chora:${CHORA_VERSION}",
+              --logs, "${CHORA_HOME}/logs"]
+    port: 8600
+    volumes: ["/var/run/docker.sock:/var/run/docker.sock",
+              "${CHORA_HOME}/logs:${CHORA_HOME}/logs"]
+    env:
+      CHORA_CREDENTIALS_JSON: "${CHORA_CREDENTIALS_JSON}"
+    health_endpoint: http://127.0.0.1:8600/health
+    timeout: 30
+    dependencies: [manifest]
+
+  gateway:
+    phase: 2
+    register: self
+    image: "chora:${CHORA_VERSION}"
+    command: [gateway, serve, --listen, "0.0.0.0:8700",
+              --manifest-url, "http://manifest:8500"]
+    port: 8700
+    health_endpoint: http://127.0.0.1:8700/health
+    timeout: 30
+    dependencies: [manifest]
+
+  analyzer:
+    phase: 3
+    register: self
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 8800
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+  executor:
+    phase: 3
+    register: self
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 8900
+    timeout: 30
+    dependencies: [manifest, orchestrator, analyzer]
+
+  storage:
+    phase: 3
+    register: self
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 9000
+    volumes: ["storage-data:/data"]
+    env:
+      CHORA_DATA_DIR: /data
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+  monitor:
+    phase: 3
+    register: self
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 9100
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+
+  logger:
+    phase: 3
+    register: self
+    deploy_via: orchestrator
+    version: "1.0.0"
+    port: 9200
+    volumes: ["logger-data:/data"]
+    env:
+      CHORA_DATA_DIR: /data
+    timeout: 30
+    dependencies: [manifest, orchestrator]
+"#;
+
 /// The template text for `env`, if there is one.
 pub fn template(env: Environment) -> Option<String> {
     match env {
         Environment::Dev => Some(DEV.to_owned()),
-        Environment::Staging => Some(
-            DEV.replace(
-                "written from the built-in `dev` template",
-                "written from the built-in `staging` template",
-            )
-            .replace("environment: dev", "environment: staging"),
-        ),
+        Environment::Staging => Some(format!("{STAGING}{}", tail_of(DEV))),
         Environment::Prod => Some(prod()),
     }
+}
+
+/// The shared part of every template after its services (timeouts, retry,
+/// credentials, logging, prerequisites, validation).
+fn tail_of(template: &str) -> &str {
+    &template[template
+        .find("\ntimeouts:")
+        .expect("templates have timeouts")..]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Environment};
     use std::path::Path;
 
     #[test]
@@ -176,6 +294,28 @@ mod tests {
             cmd.contains(&"etcd:${ETCD_ENDPOINTS}".to_string()),
             "{cmd:?}"
         );
+    }
+
+    #[test]
+    fn the_staging_template_runs_everything_in_containers() {
+        let c =
+            Config::parse(&template(Environment::Staging).unwrap(), Path::new("t.yml")).unwrap();
+        assert_eq!(c.environment, Environment::Staging);
+        assert_eq!(c.project(), "chora");
+        assert!(c.needs_docker());
+        for (name, s) in &c.services {
+            assert_eq!(
+                s.value.runtime(c.default_runtime()),
+                crate::config::RuntimeKind::Docker,
+                "{name}"
+            );
+            assert_eq!(
+                s.value.registers(),
+                crate::config::Register::Itself,
+                "{name}"
+            );
+        }
+        assert_eq!(c.waves(3)[1], ["executor"]);
     }
 
     #[test]

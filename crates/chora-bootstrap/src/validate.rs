@@ -302,6 +302,18 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             if !sick.is_empty() {
                 return Err(format!("unhealthy: {}", sick.join(", ")));
             }
+            // Agree with discovery: a service missing from the Manifest is not
+            // healthy, whatever its own health endpoint says.
+            let missing: Vec<&str> = ctx
+                .config
+                .services
+                .keys()
+                .filter(|n| !list.iter().any(|i| &i.name == *n && i.status == Status::Up))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!("not in the Manifest: {}", missing.join(", ")));
+            }
             let mut bad = Vec::new();
             for (name, s) in &ctx.config.services {
                 if let Some(url) = s.value.health_url()

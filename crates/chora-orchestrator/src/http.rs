@@ -53,6 +53,14 @@ impl AppState {
         }
     }
 
+    /// Takes over deployments an earlier incarnation left running.
+    pub async fn adopt(&self, found: Vec<Deployment>) {
+        let mut all = self.deployments.lock().await;
+        for d in found {
+            all.insert(d.spec.name.clone(), Arc::new(d));
+        }
+    }
+
     /// Stops and forgets every deployment, all at once.
     pub async fn remove_all(&self) {
         let all: Vec<Arc<Deployment>> = std::mem::take(&mut *self.deployments.lock().await)
@@ -147,19 +155,29 @@ fn validate(ctx: &Ctx, spec: &DeploySpec) -> Result<(), ApiError> {
     {
         return Err(ApiError::bad_request("`command` must name a program"));
     }
-    match (&spec.command, &spec.image, ctx.runtime.kind()) {
-        (Some(_), Some(_), _) => Err(ApiError::bad_request("give `command` or `image`, not both")),
-        (None, Some(_), "process") => Err(ApiError::bad_request(
-            "this orchestrator runs local processes (--runtime process); `image` needs --runtime docker",
-        )),
-        (None, None, _) if !chora_api::CAPABILITIES.contains(&spec.name.as_str()) => {
-            Err(ApiError::bad_request(format!(
-                "`{}` is not a built-in capability; give a `command` to run",
-                spec.name
-            )))
-        }
-        _ => Ok(()),
+    for v in &spec.volumes {
+        chora_runtime::Volume::parse(v)
+            .map_err(|e| ApiError::bad_request(format!("`volumes`: {e}")))?;
     }
+    if let Some(h) = &spec.health_endpoint
+        && !chora_runtime::check::is_checkable(h)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`health_endpoint` `{h}` must be http(s)://… or tcp://HOST:PORT"
+        )));
+    }
+    if spec.image.is_none()
+        && spec.command.is_none()
+        && !chora_api::CAPABILITIES.contains(&spec.name.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is not a built-in capability; give a `command` or an `image` to run",
+            spec.name
+        )));
+    }
+    ctx.runtime_for(spec)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn deploy(
@@ -212,20 +230,26 @@ async fn deploy(
     }
     let existing = deployments.get(&spec.name).cloned();
     let answer = match existing {
-        Some(d) if d.spec == spec && d.snapshot().state == RunState::Running => Deployed {
-            name: spec.name.clone(),
-            status: RunState::Running,
-            url: spec.url(),
-        },
+        Some(d)
+            if d.digest == supervisor::digest(&spec) && d.snapshot().state == RunState::Running =>
+        {
+            Deployed {
+                name: spec.name.clone(),
+                status: RunState::Running,
+                url: spec.url(),
+            }
+        }
         other => {
             if let Some(old) = other {
                 tracing::info!(service = %spec.name, "replacing the running deployment");
                 old.remove().await;
                 deployments.remove(&spec.name);
             }
-            let d = supervisor::deploy(&st.ctx, spec.clone()).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "spawn_failed", e.to_string())
-            })?;
+            let d = supervisor::deploy(&st.ctx, spec.clone())
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "spawn_failed", e.to_string())
+                })?;
             let status = d.snapshot().state;
             deployments.insert(spec.name.clone(), Arc::new(d));
             Deployed {

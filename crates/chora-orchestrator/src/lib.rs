@@ -6,7 +6,6 @@
 //! [`runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
 
 pub mod http;
-pub mod runtime;
 pub mod supervisor;
 
 use chora_api::auth::Credentials;
@@ -21,12 +20,7 @@ pub struct ServiceLabel {
     pub service: String,
 }
 
-/// Which runtime starts units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeKind {
-    Process,
-    Docker,
-}
+pub use chora_runtime::RuntimeKind;
 
 /// Everything `chora orchestrator serve` needs besides its listener.
 #[derive(Debug)]
@@ -35,7 +29,14 @@ pub struct Config {
     pub manifest_url: String,
     /// `None` turns auth off (local play and tests only).
     pub credentials: Option<Credentials>,
+    /// Where built-in capabilities run; with `Docker`, images can be deployed.
     pub runtime: RuntimeKind,
+    /// The absolute chora home (the `io.chora.home` label of its containers).
+    pub home: String,
+    /// The project: container names `<project>-<name>`, network `<project>`.
+    pub project: String,
+    /// The image built-in capabilities run from in containers.
+    pub chora_image: String,
     /// Where children's `<name>.log` files go.
     pub logs_dir: PathBuf,
     pub policy: supervisor::RestartPolicy,
@@ -45,8 +46,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
-    #[error("the Docker runtime is not available in this build yet; use --runtime process")]
-    DockerUnsupported,
+    #[error("{0}")]
+    Docker(#[from] chora_runtime::RuntimeError),
     #[error("invalid Manifest URL: {0}")]
     Manifest(#[from] chora_api::ClientError),
     #[error("the HTTP server failed: {0}")]
@@ -58,11 +59,24 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OrchestratorError> {
-    let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
-        RuntimeKind::Process => Arc::new(runtime::ProcessRuntime {
-            logs_dir: config.logs_dir.clone(),
-        }),
-        RuntimeKind::Docker => return Err(OrchestratorError::DockerUnsupported),
+    let process = Arc::new(chora_runtime::process::ProcessRuntime {
+        logs_dir: config.logs_dir.clone(),
+        run_dir: None,
+        lifetime: chora_runtime::process::Lifetime::WithParent,
+        cwd: None,
+    });
+    let docker = match config.runtime {
+        RuntimeKind::Process => None,
+        RuntimeKind::Docker => {
+            let mut d = chora_runtime::docker::DockerRuntime::new(
+                chora_runtime::docker::connect().await?,
+                config.home.clone(),
+                config.project.clone(),
+                config.logs_dir.clone(),
+            );
+            d.follow_logs = true;
+            Some(Arc::new(d))
+        }
     };
     let addr = listener.local_addr()?;
     let metrics = chora_service::HttpMetrics::new("orchestrator");
@@ -84,18 +98,32 @@ pub async fn run(
         })
     });
     let ctx = Arc::new(supervisor::Ctx {
-        runtime,
+        runtimes: supervisor::Runtimes {
+            process,
+            docker,
+            default: config.runtime,
+            chora_image: config.chora_image.clone(),
+        },
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .expect("a plain HTTP client builds"),
         policy: config.policy,
         manifest_url: config.manifest_url.clone(),
         credentials: config.credentials.clone(),
         self_exe: config.self_exe.clone(),
         restarts_total,
     });
+    let ctx_for_adoption = ctx.clone();
     let state = Arc::new(http::AppState::new(
         ctx,
         config.credentials.as_ref(),
         metrics,
     ));
+    state
+        .adopt(supervisor::adopt_all(&ctx_for_adoption).await)
+        .await;
     let app = http::router(state.clone());
     let keeper = keep_registered(SelfRegistration {
         manifest_url: config.manifest_url.clone(),

@@ -3,10 +3,13 @@
 //! the Manifest the moment its process is seen to exit, and obeys stop / start /
 //! restart commands. `GET /v1/services` reads the status each actor publishes.
 
-use crate::runtime::{Exit, Runtime, RuntimeError, Unit, UnitId};
 use chora_api::ManifestClient;
 use chora_api::auth::Credentials;
-use chora_api::orchestrator::{DeploySpec, ServiceStatus, State};
+use chora_api::orchestrator::{DeploySpec, Register, ServiceStatus, State};
+use chora_runtime::behalf::{Behalf, OnBehalf};
+use chora_runtime::docker::DockerRuntime;
+use chora_runtime::process::ProcessRuntime;
+use chora_runtime::{Exit, Found, Runtime, RuntimeError, RuntimeKind, Unit, UnitSpec, Volume};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,8 @@ pub struct RestartPolicy {
     pub stable_after: Duration,
     /// SIGTERM → SIGKILL grace when stopping.
     pub stop_grace: Duration,
+    /// Time between health checks of a service registered on its behalf.
+    pub check_every: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -34,16 +39,55 @@ impl Default for RestartPolicy {
             max_backoff: Duration::from_secs(10),
             stable_after: Duration::from_secs(10),
             stop_grace: Duration::from_secs(5),
+            check_every: Duration::from_millis(500),
         }
     }
 }
 
+/// The runtimes units start on: a spec with an `image` runs on Docker, one
+/// with a `command` as a local process, a built-in capability on `default`.
+pub struct Runtimes {
+    pub process: Arc<ProcessRuntime>,
+    pub docker: Option<Arc<DockerRuntime>>,
+    pub default: RuntimeKind,
+    /// The image of this binary, for built-in capabilities in containers.
+    pub chora_image: String,
+}
+
+/// Label: the deploy request a container was started for (no environment: no
+/// secret), so a restarted orchestrator can adopt it.
+pub const LABEL_DEPLOY: &str = "io.chora.deploy";
+/// Label: a digest of the whole deploy request, environment included, so a
+/// repeated identical deploy adopts instead of replacing.
+pub const LABEL_DIGEST: &str = "io.chora.deploy-digest";
+
+/// Variables the orchestrator sets for each unit (not part of its request).
+const UNIT_ENV: &[&str] = &[
+    "CHORA_INSTANCE_ID",
+    "CHORA_SERVICE_NAME",
+    "CHORA_SERVICE_VERSION",
+    "PORT",
+    "CHORA_ADVERTISE_URL",
+    "CHORA_NETWORK",
+    "PATH",
+];
+
+/// The digest of a deploy request (hex SHA-256 of its JSON).
+pub fn digest(spec: &DeploySpec) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(spec).expect("a spec serializes"),
+    ))
+}
+
 /// What the supervisor shares with every actor.
 pub struct Ctx {
-    pub runtime: Arc<dyn Runtime>,
+    pub runtimes: Runtimes,
     pub policy: RestartPolicy,
     pub manifest_url: String,
     pub credentials: Option<Credentials>,
+    /// For health checks of services registered on their behalf.
+    pub http: reqwest::Client,
     /// This binary, for the default `capability serve` command.
     pub self_exe: PathBuf,
     pub restarts_total: prometheus_client::metrics::family::Family<
@@ -53,6 +97,98 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The runtime `spec` runs on.
+    pub fn runtime_for(&self, spec: &DeploySpec) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        let kind = match (&spec.image, &spec.command) {
+            (Some(_), _) => RuntimeKind::Docker,
+            (None, Some(_)) => RuntimeKind::Process,
+            (None, None) => self.runtimes.default,
+        };
+        match kind {
+            RuntimeKind::Process => Ok(self.runtimes.process.clone()),
+            RuntimeKind::Docker => match &self.runtimes.docker {
+                Some(d) => Ok(d.clone()),
+                None => Err(RuntimeError::Unsupported(
+                    "this orchestrator runs local processes (--runtime process); `image` needs --runtime docker".into(),
+                )),
+            },
+        }
+    }
+
+    /// What the runtime runs for `spec` under instance `id`.
+    fn unit_spec(&self, spec: &DeploySpec, runtime: &dyn Runtime, id: &str) -> UnitSpec {
+        let docker = runtime.kind() == RuntimeKind::Docker;
+        let inner = spec.container_port.unwrap_or(spec.port);
+        let (argv, image) = match (&spec.command, &spec.image) {
+            (c, Some(i)) => (c.clone().unwrap_or_default(), Some(i.clone())),
+            (Some(c), None) => (c.clone(), None),
+            (None, None) if docker => (
+                capability_args(spec, "0.0.0.0", inner),
+                Some(self.runtimes.chora_image.clone()),
+            ),
+            (None, None) => {
+                let mut argv = vec![self.self_exe.display().to_string()];
+                argv.extend(capability_args(spec, "127.0.0.1", spec.port));
+                (argv, None)
+            }
+        };
+        let mut env = spec.environment.clone();
+        env.entry("MANIFEST_URL".into())
+            .or_insert_with(|| self.manifest_url.clone());
+        env.insert("CHORA_INSTANCE_ID".into(), id.to_owned());
+        env.insert("CHORA_SERVICE_NAME".into(), spec.name.clone());
+        env.insert("CHORA_SERVICE_VERSION".into(), spec.version.clone());
+        env.insert("PORT".into(), inner.to_string());
+        let mut deploy = spec.clone();
+        deploy.environment.clear();
+        let mut unit = UnitSpec {
+            name: spec.name.clone(),
+            argv,
+            image,
+            env,
+            port: Some(spec.port),
+            container_port: spec.container_port,
+            volumes: spec
+                .volumes
+                .iter()
+                .filter_map(|v| Volume::parse(v).ok())
+                .collect(),
+            labels: [
+                (
+                    LABEL_DEPLOY.to_string(),
+                    serde_json::to_string(&deploy).expect("a spec serializes"),
+                ),
+                (LABEL_DIGEST.to_string(), digest(spec)),
+            ]
+            .into(),
+        };
+        if let Some(url) = runtime.advertise(&unit) {
+            unit.env.insert("CHORA_ADVERTISE_URL".into(), url);
+        }
+        unit
+    }
+
+    /// The client a registration on behalf of `spec` keeps using: with the
+    /// service's own API key when its request carries one, else a long-lived
+    /// admin token (when auth is on).
+    fn manifest_for(&self, spec: &DeploySpec) -> Option<ManifestClient> {
+        let client = ManifestClient::new([self.manifest_url.as_str()])
+            .ok()?
+            .with_timeout(Duration::from_secs(2));
+        let key = spec.environment.get("CHORA_API_KEY").cloned().or_else(|| {
+            let secret = self.credentials.as_ref()?.jwt_secret()?;
+            Some(chora_api::auth::mint_admin_token(
+                secret,
+                "orchestrator",
+                Duration::from_secs(30 * 86400),
+            ))
+        });
+        Some(match key {
+            Some(k) => client.with_token(k),
+            None => client,
+        })
+    }
+
     /// A Manifest client carrying a fresh short-lived admin token (when auth is on).
     fn manifest(&self) -> Option<ManifestClient> {
         let client = ManifestClient::new([self.manifest_url.as_str()])
@@ -95,6 +231,8 @@ enum Cmd {
 /// A deployed service as the supervisor holds it.
 pub struct Deployment {
     pub spec: DeploySpec,
+    /// [`digest`] of the request it was started for.
+    pub digest: String,
     pub status: Arc<Mutex<ServiceStatus>>,
     tx: mpsc::Sender<Cmd>,
 }
@@ -132,20 +270,16 @@ impl Deployment {
     }
 }
 
-/// The argv a spec runs: its `command`, or this binary's capability server.
-pub fn argv_of(ctx: &Ctx, spec: &DeploySpec) -> Vec<String> {
-    match &spec.command {
-        Some(c) => c.clone(),
-        None => vec![
-            ctx.self_exe.display().to_string(),
-            "capability".into(),
-            "serve".into(),
-            "--name".into(),
-            spec.name.clone(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", spec.port),
-        ],
-    }
+/// The arguments of `chora capability serve --name NAME --listen HOST:PORT`.
+fn capability_args(spec: &DeploySpec, host: &str, port: u16) -> Vec<String> {
+    vec![
+        "capability".into(),
+        "serve".into(),
+        "--name".into(),
+        spec.name.clone(),
+        "--listen".into(),
+        format!("{host}:{port}"),
+    ]
 }
 
 /// The actor's own state.
@@ -154,6 +288,8 @@ struct Actor {
     spec: DeploySpec,
     status: Arc<Mutex<ServiceStatus>>,
     unit: Option<Box<dyn Unit>>,
+    /// The registration kept on the unit's behalf (`register: chora`).
+    behalf: Option<OnBehalf>,
     started: Option<Instant>,
     failures: u32,
 }
@@ -168,39 +304,62 @@ impl Actor {
     }
 
     /// Starts a new unit under a fresh instance id.
-    fn launch(&mut self) -> Result<(), RuntimeError> {
+    async fn launch(&mut self) -> Result<(), RuntimeError> {
         let id = format!("{}-{}", self.spec.name, chora_api::random_hex(4));
-        let mut env = self.spec.environment.clone();
-        env.entry("MANIFEST_URL".into())
-            .or_insert_with(|| self.ctx.manifest_url.clone());
-        env.insert("CHORA_INSTANCE_ID".into(), id.clone());
-        env.insert("CHORA_SERVICE_NAME".into(), self.spec.name.clone());
-        env.insert("CHORA_SERVICE_VERSION".into(), self.spec.version.clone());
-        env.insert("PORT".into(), self.spec.port.to_string());
-        let argv = argv_of(&self.ctx, &self.spec);
-        let unit = self.ctx.runtime.start(&self.spec, &argv, &env)?;
-        let uid = unit.id();
-        tracing::info!(service = %self.spec.name, unit = ?uid, instance = %id, "started");
-        self.publish(|s| {
-            s.state = State::Running;
-            s.pid = match &uid {
-                UnitId::Pid(p) => Some(*p),
-                UnitId::Container(_) => None,
-            };
-            s.container = match uid {
-                UnitId::Container(c) => Some(c),
-                UnitId::Pid(_) => None,
-            };
-            s.started_at = Some(chora_api::rfc3339(SystemTime::now()));
-            s.instance_id = Some(id);
-        });
-        self.unit = Some(unit);
-        self.started = Some(Instant::now());
+        let runtime = self.ctx.runtime_for(&self.spec)?;
+        let unit_spec = self.ctx.unit_spec(&self.spec, &*runtime, &id);
+        let unit = runtime.start(&unit_spec).await?;
+        tracing::info!(service = %self.spec.name, unit = %unit.id(), instance = %id, "started");
+        self.took(unit, &*runtime, &unit_spec, id);
         Ok(())
     }
 
-    fn launch_or_fail(&mut self) -> State {
-        if let Err(e) = self.launch() {
+    /// Takes `unit` (started or adopted) as this deployment's, under instance `id`.
+    fn took(
+        &mut self,
+        unit: Box<dyn Unit>,
+        runtime: &dyn Runtime,
+        unit_spec: &UnitSpec,
+        id: String,
+    ) {
+        let uid = unit.id();
+        self.publish(|s| {
+            s.state = State::Running;
+            s.pid = uid.pid();
+            s.container = uid.container().map(str::to_owned);
+            s.runtime = runtime.kind().as_str().to_owned();
+            s.started_at = Some(chora_api::rfc3339(SystemTime::now()));
+            s.instance_id = Some(id.clone());
+        });
+        if self.spec.registers() == Register::Chora
+            && let Some(client) = self.ctx.manifest_for(&self.spec)
+        {
+            let b = Behalf {
+                name: self.spec.name.clone(),
+                id,
+                version: self.spec.version.clone(),
+                rest: runtime
+                    .advertise(unit_spec)
+                    .unwrap_or_else(|| self.spec.url()),
+                health_url: runtime.reach(unit_spec, &self.spec.health_url()),
+                dependencies: self.spec.dependencies.clone(),
+                every: self.ctx.policy.check_every,
+            };
+            self.behalf = Some(OnBehalf::spawn(client, self.ctx.http.clone(), b));
+        }
+        self.unit = Some(unit);
+        self.started = Some(Instant::now());
+    }
+
+    /// Stops keeping the registration on behalf, deregistering it.
+    async fn drop_behalf(&mut self) {
+        if let Some(b) = self.behalf.take() {
+            b.stop().await;
+        }
+    }
+
+    async fn launch_or_fail(&mut self) -> State {
+        if let Err(e) = self.launch().await {
             tracing::error!(service = %self.spec.name, error = %e, "cannot start");
             self.publish(|s| {
                 s.state = State::Failed;
@@ -221,6 +380,7 @@ impl Actor {
 
     /// Stops the unit if there is one, deregisters it, and settles in `state`.
     async fn halt(&mut self, state: State) {
+        self.drop_behalf().await;
         if let Some(mut u) = self.unit.take() {
             let exit = u.stop(self.ctx.policy.stop_grace).await;
             self.publish(|s| s.last_exit = Some(exit.to_string()));
@@ -237,6 +397,7 @@ impl Actor {
     /// The unit died unasked. Returns when to restart it, if at all.
     async fn exited(&mut self, exit: Exit) -> Option<Instant> {
         self.unit = None;
+        self.drop_behalf().await;
         let name = self.spec.name.clone();
         if let Some(id) = self.instance_id() {
             self.ctx.deregister(&name, &id).await;
@@ -299,7 +460,7 @@ impl Actor {
                         })
                         .inc();
                     self.publish(|s| s.restarts += 1);
-                    if self.launch_or_fail() == State::Failed {
+                    if self.launch_or_fail().await == State::Failed {
                         // A spawn error counts as a failure too.
                         restart_at = self.exited(Exit::Code(-1)).await;
                     }
@@ -318,14 +479,14 @@ impl Actor {
                         Cmd::Start(reply) => {
                             if self.unit.is_none() {
                                 self.failures = 0;
-                                self.launch_or_fail();
+                                self.launch_or_fail().await;
                             }
                             let _ = reply.send(self.state());
                         }
                         Cmd::Restart(reply) => {
                             self.halt(State::Stopped).await;
                             self.failures = 0;
-                            let _ = reply.send(self.launch_or_fail());
+                            let _ = reply.send(self.launch_or_fail().await);
                         }
                         Cmd::Remove(reply) => {
                             self.halt(State::Stopped).await;
@@ -339,33 +500,125 @@ impl Actor {
     }
 }
 
-/// Starts `spec` now and hands it to a new actor. A spawn error is returned and
-/// nothing is kept.
-pub fn deploy(ctx: &Arc<Ctx>, spec: DeploySpec) -> Result<Deployment, RuntimeError> {
-    let status = Arc::new(Mutex::new(ServiceStatus {
+fn new_status(spec: &DeploySpec) -> Arc<Mutex<ServiceStatus>> {
+    Arc::new(Mutex::new(ServiceStatus {
         name: spec.name.clone(),
         version: spec.version.clone(),
         state: State::Stopped,
         pid: None,
         container: None,
+        runtime: String::new(),
         restarts: 0,
         url: spec.url(),
         started_at: None,
         instance_id: None,
         last_exit: None,
-    }));
-    let mut actor = Actor {
+    }))
+}
+
+fn new_actor(ctx: &Arc<Ctx>, spec: &DeploySpec) -> Actor {
+    Actor {
         ctx: ctx.clone(),
         spec: spec.clone(),
-        status: status.clone(),
+        status: new_status(spec),
         unit: None,
+        behalf: None,
         started: None,
         failures: 0,
-    };
-    actor.launch()?;
+    }
+}
+
+fn hand_over(actor: Actor, digest: String) -> Deployment {
     let (tx, rx) = mpsc::channel(8);
+    let spec = actor.spec.clone();
+    let status = actor.status.clone();
     tokio::spawn(actor.run(rx));
-    Ok(Deployment { spec, status, tx })
+    Deployment {
+        spec,
+        digest,
+        status,
+        tx,
+    }
+}
+
+/// Starts `spec` now and hands it to a new actor; when its runtime still runs
+/// a unit started for the very same request (by an earlier incarnation of this
+/// orchestrator), that unit is adopted instead. A start error is returned and
+/// nothing is kept.
+pub async fn deploy(ctx: &Arc<Ctx>, spec: DeploySpec) -> Result<Deployment, RuntimeError> {
+    let mut actor = new_actor(ctx, &spec);
+    let digest = digest(&spec);
+    let runtime = ctx.runtime_for(&spec)?;
+    match runtime.find(&spec.name).await? {
+        Some(found) if found.labels.get(LABEL_DIGEST) == Some(&digest) => {
+            adopt_into(&mut actor, &*runtime, found);
+        }
+        Some(mut other) => {
+            tracing::info!(service = %spec.name, "replacing a unit started for another request");
+            other.unit.stop(ctx.policy.stop_grace).await;
+            actor.launch().await?;
+        }
+        None => actor.launch().await?,
+    }
+    Ok(hand_over(actor, digest))
+}
+
+fn adopt_into(actor: &mut Actor, runtime: &dyn Runtime, found: Found) {
+    let id = found
+        .env
+        .get("CHORA_INSTANCE_ID")
+        .cloned()
+        .unwrap_or_else(|| format!("{}-{}", actor.spec.name, chora_api::random_hex(4)));
+    tracing::info!(service = %actor.spec.name, unit = %found.unit.id(), instance = %id, "adopted a running unit");
+    let unit_spec = actor.ctx.unit_spec(&actor.spec, runtime, &id);
+    actor.took(found.unit, runtime, &unit_spec, id);
+}
+
+/// The units a runtime still runs for deploy requests of an earlier
+/// incarnation of this orchestrator (containers outlive it), as deployments.
+pub async fn adopt_all(ctx: &Arc<Ctx>) -> Vec<Deployment> {
+    let Some(docker) = ctx.runtimes.docker.clone() else {
+        return Vec::new();
+    };
+    let names: Vec<String> = match docker.containers().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(LABEL_DEPLOY))
+            })
+            .filter_map(|c| c.labels?.get(chora_runtime::docker::LABEL_SERVICE).cloned())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list containers to adopt");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(Some(found)) = docker.find(&name).await else {
+            continue;
+        };
+        let Some(mut spec) = found
+            .labels
+            .get(LABEL_DEPLOY)
+            .and_then(|j| serde_json::from_str::<DeploySpec>(j).ok())
+        else {
+            continue;
+        };
+        spec.environment = found
+            .env
+            .iter()
+            .filter(|(k, _)| !UNIT_ENV.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let digest = found.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
+        let mut actor = new_actor(ctx, &spec);
+        adopt_into(&mut actor, &*docker, found);
+        out.push(hand_over(actor, digest));
+    }
+    out
 }
 
 /// All deployments by name.

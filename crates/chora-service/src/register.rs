@@ -33,7 +33,9 @@ pub fn reachable(addr: SocketAddr) -> SocketAddr {
     a
 }
 
-/// Starts a [`Keeper`] for `s`. Call `shutdown()` on it to deregister.
+/// Starts a [`Keeper`] for `s`. Call `shutdown()` on it to deregister. Its REST
+/// interface is `CHORA_ADVERTISE_URL` when the runtime that started it says how
+/// others reach it (a container on the project network), else its address.
 pub fn keep_registered(s: SelfRegistration) -> Result<Keeper, ClientError> {
     let mut client = ManifestClient::new([s.manifest_url.as_str()])?;
     if let Some(t) = s.token {
@@ -42,7 +44,14 @@ pub fn keep_registered(s: SelfRegistration) -> Result<Keeper, ClientError> {
     let reg = Registration {
         name: s.name,
         version: s.version,
-        interfaces: [("REST".to_string(), format!("http://{}", reachable(s.addr)))].into(),
+        interfaces: [(
+            "REST".to_string(),
+            std::env::var("CHORA_ADVERTISE_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| format!("http://{}", reachable(s.addr))),
+        )]
+        .into(),
         metadata: Some(Metadata {
             description: s.description,
             dependencies: s.dependencies,

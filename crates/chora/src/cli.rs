@@ -33,6 +33,9 @@ pub enum Command {
     Gateway(crate::services::GatewayArgs),
     /// The capability services (analyzer, executor, storage, monitor, logger)
     Capability(crate::services::CapabilityArgs),
+    /// (internal) Keep a service that does not register itself registered while it runs
+    #[command(hide = true)]
+    KeepRegistered(crate::services::KeepRegisteredArgs),
     /// Docker images with no registry: FROM scratch, a binary and exactly what it needs
     Image(crate::image::ImageArgs),
     /// Exit 0 when a URL answers 2xx (or a tcp:// port accepts), 1 otherwise: a health check
@@ -90,6 +93,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Orchestrator(args) => crate::services::orchestrator(args),
         Command::Gateway(args) => crate::services::gateway(args),
         Command::Capability(args) => crate::services::capability(args),
+        Command::KeepRegistered(args) => crate::services::keep_registered(args),
         Command::Image(args) => crate::image::run(args),
         Command::Probe(args) => crate::probe::run(args),
     }

@@ -29,23 +29,10 @@ where
                 format!("cannot read the bound address: {e}"),
             )
         })?;
-        // Under `chora bootstrap`, say who we are once we listen (CHORA_PID_FILE),
-        // so that a bootstrap killed mid-start finds us again.
-        let pidfile = std::env::var_os("CHORA_PID_FILE").map(std::path::PathBuf::from);
-        if let Some(p) = &pidfile
-            && let Err(e) = chora_bootstrap::proc::write_pidfile(p)
-        {
-            tracing::warn!(error = %e, path = %p.display(), "cannot write the pid file");
-        }
         chora_service::print_ready(service, addr, detail);
         serve(listener, Box::pin(crate::cli::shutdown_signal()))
             .await
             .map_err(|e| Failure::new(1, "SERVICE_FAILED", format!("chora {service}: {e}")))?;
-        if let Some(p) = &pidfile
-            && chora_bootstrap::proc::read_pidfile(p).is_some_and(|id| id.pid == std::process::id())
-        {
-            let _ = std::fs::remove_file(p);
-        }
         tracing::info!("chora {service} stopped");
         Ok(())
     })
@@ -59,11 +46,26 @@ fn bind_failure(listen: &str, e: std::io::Error) -> Failure {
         .action("Or pick another address with --listen 127.0.0.1:PORT")
 }
 
-/// Reads a credentials file named by a flag or `CHORA_CREDENTIALS`, else
-/// `.chora/credentials.json` when it exists; `None` when there is none.
+/// Reads a credentials file named by a flag or `CHORA_CREDENTIALS`, else the
+/// credentials document in `CHORA_CREDENTIALS_JSON` (how a container gets them:
+/// secrets travel in the environment), else `.chora/credentials.json` when it
+/// exists; `None` when there is none.
 pub fn load_credentials(
     flag: Option<&std::path::Path>,
 ) -> Result<Option<chora_api::auth::Credentials>, Failure> {
+    if flag.is_none()
+        && let Ok(json) = std::env::var("CHORA_CREDENTIALS_JSON")
+    {
+        return chora_api::auth::Credentials::from_json(&json)
+            .map(Some)
+            .map_err(|e| {
+                Failure::new(
+                    EXIT_CONFIG,
+                    "CONFIG_ERROR",
+                    format!("CHORA_CREDENTIALS_JSON: {e}"),
+                )
+            });
+    }
     let path = flag.map(|p| p.to_path_buf()).or_else(|| {
         let default = std::path::PathBuf::from(".chora/credentials.json");
         default.exists().then_some(default)

@@ -44,6 +44,15 @@ struct OrchestratorServe {
     /// Directory for the deployed services' <name>.log files
     #[arg(long, default_value = ".chora/logs")]
     logs: PathBuf,
+    /// The chora home its containers are labelled with (io.chora.home)
+    #[arg(long, env = "CHORA_HOME", default_value = ".chora")]
+    home: PathBuf,
+    /// Container names <project>-<name>, network <project>
+    #[arg(long, env = "CHORA_PROJECT", default_value = "chora")]
+    project: String,
+    /// The image built-in capabilities run from with --runtime docker
+    #[arg(long, default_value = concat!("chora:", env!("CARGO_PKG_VERSION")))]
+    chora_image: String,
     /// Failures in a row before a service is given up as failed
     #[arg(long, default_value_t = 5)]
     max_restarts: u32,
@@ -71,6 +80,12 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
             Runtime::Docker => chora_orchestrator::RuntimeKind::Docker,
         },
         logs_dir: a.logs,
+        home: std::path::absolute(&a.home)
+            .unwrap_or(a.home)
+            .display()
+            .to_string(),
+        project: a.project,
+        chora_image: a.chora_image,
         policy: chora_orchestrator::supervisor::RestartPolicy {
             max_restarts: a.max_restarts,
             stop_grace,
@@ -185,5 +200,95 @@ pub fn capability(args: CapabilityArgs) -> Result<(), Failure> {
     };
     serve(name, &a.listen, "", |l, s| {
         chora_capabilities::run(config, l, s)
+    })
+}
+
+/// `chora keep-registered`: what the bootstrap runs beside a phase 1-2 service
+/// with `register: chora`, since the bootstrap itself exits. It registers the
+/// service on its behalf while its health check passes and deregisters it when
+/// the service's process or container is gone (or on SIGTERM).
+#[derive(Debug, Args)]
+pub struct KeepRegisteredArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    id: String,
+    #[arg(long, default_value = "1.0.0")]
+    version: String,
+    /// interfaces.REST
+    #[arg(long)]
+    rest: String,
+    /// http(s)://… or tcp://HOST:PORT
+    #[arg(long)]
+    health: String,
+    /// Manifest URL(s), comma-separated
+    #[arg(long, env = "MANIFEST_URL")]
+    manifest_url: String,
+    /// The process to follow: PID:START_TIME
+    #[arg(long, conflicts_with = "container")]
+    pid: Option<String>,
+    /// The container to follow
+    #[arg(long)]
+    container: Option<String>,
+}
+
+pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
+    let usage = |m: &str| Failure::new(2, "USAGE", m.to_owned());
+    let proc = a
+        .pid
+        .as_deref()
+        .map(|p| {
+            let (pid, start) = p
+                .split_once(':')
+                .ok_or_else(|| usage("--pid is PID:START_TIME"))?;
+            Ok::<_, Failure>(chora_runtime::ProcId {
+                pid: pid.parse().map_err(|_| usage("--pid is PID:START_TIME"))?,
+                start_time: start
+                    .parse()
+                    .map_err(|_| usage("--pid is PID:START_TIME"))?,
+            })
+        })
+        .transpose()?;
+    if proc.is_none() && a.container.is_none() {
+        return Err(usage("give --pid or --container"));
+    }
+    let mut client = chora_api::ManifestClient::new([a.manifest_url.as_str()])
+        .map_err(|e| usage(&e.to_string()))?
+        .with_timeout(std::time::Duration::from_secs(2));
+    if let Ok(key) = std::env::var("CHORA_API_KEY") {
+        client = client.with_token(key);
+    }
+    let rt = crate::cli::runtime()?;
+    rt.block_on(async move {
+        let behalf = chora_runtime::behalf::OnBehalf::spawn(
+            client,
+            reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_millis(500))
+                .timeout(std::time::Duration::from_secs(2))
+                .build()
+                .expect("a plain HTTP client builds"),
+            chora_runtime::behalf::Behalf {
+                name: a.name.clone(),
+                id: a.id,
+                version: a.version,
+                rest: a.rest,
+                health_url: a.health,
+                dependencies: Vec::new(),
+                every: std::time::Duration::from_millis(500),
+            },
+        );
+        let gone = async {
+            match (proc, &a.container) {
+                (Some(p), _) => p.exited().await,
+                (None, Some(c)) => chora_runtime::docker::exited(c).await,
+                (None, None) => {}
+            }
+        };
+        tokio::select! {
+            _ = gone => tracing::info!(service = %a.name, "gone: deregistering"),
+            s = crate::cli::shutdown_signal_name() => tracing::info!(signal = s, "deregistering"),
+        }
+        behalf.stop().await;
+        Ok(())
     })
 }

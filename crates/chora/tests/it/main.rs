@@ -2,6 +2,7 @@
 //! in a temp dir, over real sockets, and kills what it started even when it fails
 //! (the captured output of every process is printed then).
 
+mod anyprogram;
 mod bootstrap;
 mod capabilities;
 mod ecosystem;
@@ -13,6 +14,7 @@ mod manifest_cli;
 mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
+mod staging;
 
 use chora_testkit::{Server, spawn_server};
 use serde_json::Value;

@@ -1,0 +1,574 @@
+//! Docker containers through the Engine API (bollard; the API version is
+//! negotiated, engine 20.10 or newer). Every container carries the labels
+//! `io.chora.home`, `io.chora.project` and `io.chora.service`, is named
+//! `<project>-<name>`, joins the user-defined bridge network `<project>` with
+//! the alias `<name>`, and publishes its port on 127.0.0.1 only. Named volumes
+//! are `<project>-<volume>`. Secrets travel in the environment only. A unit that
+//! exits is removed once its exit is known, so one service has at most one
+//! container.
+
+use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, RuntimeKind, Unit, UnitId, UnitSpec};
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const LABEL_HOME: &str = "io.chora.home";
+pub const LABEL_PROJECT: &str = "io.chora.project";
+pub const LABEL_SERVICE: &str = "io.chora.service";
+pub const LABEL_REPLICA: &str = "io.chora.replica";
+/// Set in every container: the project network it is on.
+pub const NETWORK_ENV: &str = "CHORA_NETWORK";
+
+pub struct DockerRuntime {
+    docker: Docker,
+    /// The absolute chora home: the `io.chora.home` label of everything made.
+    pub home: String,
+    pub project: String,
+    pub logs_dir: PathBuf,
+    /// Copy each started container's output into `<logs>/<name>.log` for as
+    /// long as this process lives (the orchestrator does; a CLI does not).
+    pub follow_logs: bool,
+    /// Whether this process itself runs in a container on the project network
+    /// (then it reaches services by name, not by their published port).
+    pub in_container: bool,
+    /// Whether services are advertised (`interfaces.REST`) by name on the
+    /// project network, for consumers that are containers too (default: when
+    /// this process is one), rather than by their published port.
+    pub advertise_by_name: bool,
+}
+
+/// A Docker error as a person reads it.
+fn docker_err(e: bollard::errors::Error) -> RuntimeError {
+    use bollard::errors::Error as E;
+    RuntimeError::Docker(match e {
+        E::DockerResponseServerError { message, .. } => message,
+        E::HyperResponseError { .. } | E::IOError { .. } => {
+            format!("the Docker daemon is not reachable: {e}")
+        }
+        other => other.to_string(),
+    })
+}
+
+fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Connects to the local engine (honouring `DOCKER_HOST`) and negotiates the
+/// API version.
+pub async fn connect() -> Result<Docker, RuntimeError> {
+    chora_docker::connect()
+        .await
+        .map_err(|e| RuntimeError::Docker(e.to_string()))
+}
+
+/// Resolves once container `id` is not running (or cannot be asked any more).
+pub async fn exited(id: &str) {
+    let Ok(docker) = connect().await else { return };
+    let docker = docker.with_timeout(Duration::from_secs(365 * 86400));
+    let _ = docker
+        .wait_container(
+            id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        )
+        .next()
+        .await;
+}
+
+impl DockerRuntime {
+    pub fn new(docker: Docker, home: String, project: String, logs_dir: PathBuf) -> Self {
+        // Containers this runtime starts are told their network; a process
+        // that is one of them reaches its siblings by name.
+        let in_container = std::env::var(NETWORK_ENV).is_ok_and(|n| n == project);
+        DockerRuntime {
+            docker,
+            home,
+            project,
+            logs_dir,
+            follow_logs: false,
+            in_container,
+            advertise_by_name: in_container,
+        }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn container_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.project)
+    }
+
+    fn home_filter(&self, service: Option<&str>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![format!("{LABEL_HOME}={}", self.home)];
+        if let Some(s) = service {
+            labels.push(format!("{LABEL_SERVICE}={s}"));
+        }
+        [("label".to_string(), labels)].into()
+    }
+
+    fn labels(&self, spec: &UnitSpec) -> HashMap<String, String> {
+        let mut l: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        l.insert(LABEL_HOME.into(), self.home.clone());
+        l.insert(LABEL_PROJECT.into(), self.project.clone());
+        l.entry(LABEL_SERVICE.into())
+            .or_insert_with(|| spec.name.clone());
+        l
+    }
+
+    /// The project network, made (labelled with this home) when missing.
+    pub async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        match self.docker.inspect_network(&self.project, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(docker_err(e)),
+        }
+        let req = NetworkCreateRequest {
+            name: self.project.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(
+                [
+                    (LABEL_HOME.to_string(), self.home.clone()),
+                    (LABEL_PROJECT.to_string(), self.project.clone()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => Ok(()),
+            // Made by a concurrent start meanwhile.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    /// Every container of this home, running or not.
+    pub async fn containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.home_filter(None)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(docker_err)
+    }
+
+    /// Removes every container and network labelled with this home (volumes
+    /// are kept). Returns the names removed.
+    pub async fn remove_all(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut removed = Vec::new();
+        for c in self.containers().await? {
+            let Some(id) = c.id else { continue };
+            let name = c
+                .names
+                .and_then(|n| n.first().cloned())
+                .unwrap_or_else(|| id.clone());
+            remove(&self.docker, &id).await?;
+            removed.push(name.trim_start_matches('/').to_owned());
+        }
+        let nets = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(self.home_filter(None)),
+            }))
+            .await
+            .map_err(docker_err)?;
+        for n in nets {
+            let Some(name) = n.name else { continue };
+            match self.docker.remove_network(&name).await {
+                Ok(()) => removed.push(format!("network {name}")),
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(docker_err(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn create(&self, spec: &UnitSpec) -> Result<String, RuntimeError> {
+        let image = spec
+            .image
+            .clone()
+            .ok_or_else(|| RuntimeError::Unsupported(format!("`{}` has no image", spec.name)))?;
+        self.ensure_network().await?;
+        let cname = self.container_name(&spec.name);
+        // A container of that name left behind (exited, or from a start that
+        // was cut short) is ours to replace; anyone else's is not.
+        match self.docker.inspect_container(&cname, None).await {
+            Ok(c) => {
+                let ours = c
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(LABEL_HOME).cloned())
+                    == Some(self.home.clone());
+                if !ours {
+                    return Err(RuntimeError::Docker(format!(
+                        "a container named `{cname}` exists and does not belong to this chora home ({})",
+                        self.home
+                    )));
+                }
+                remove(&self.docker, &cname).await?;
+            }
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(docker_err(e)),
+        }
+        let mut binds = Vec::new();
+        for v in &spec.volumes {
+            let source = if v.is_bind() {
+                v.source.clone()
+            } else {
+                let name = format!("{}-{}", self.project, v.source);
+                self.docker
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(name.clone()),
+                        labels: Some(
+                            [
+                                (LABEL_HOME.to_string(), self.home.clone()),
+                                (LABEL_PROJECT.to_string(), self.project.clone()),
+                            ]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(docker_err)?;
+                name
+            };
+            let mode = if v.read_only { "ro" } else { "rw" };
+            binds.push(format!("{source}:{}:{mode}", v.target));
+        }
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        if let (Some(port), Some(inner)) = (spec.port, spec.inner_port()) {
+            let key = format!("{inner}/tcp");
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(port.to_string()),
+                }]),
+            );
+        }
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain([format!("{NETWORK_ENV}={}", self.project)])
+                    .collect(),
+            ),
+            labels: Some(self.labels(spec)),
+            hostname: Some(spec.name.clone()),
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                binds: Some(binds),
+                network_mode: Some(self.project.clone()),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(
+                    [(
+                        self.project.clone(),
+                        EndpointSettings {
+                            aliases: Some(vec![spec.name.clone()]),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                ),
+            }),
+            ..Default::default()
+        };
+        // The container this one replaces may still be being removed (an exit
+        // is reported before its removal ends): its name frees up shortly.
+        let mut tries = 0;
+        let created = loop {
+            let r = self
+                .docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(cname.clone()),
+                        ..Default::default()
+                    }),
+                    body.clone(),
+                )
+                .await;
+            match r {
+                Err(e) if is_status(&e, 409) && tries < 50 => {
+                    tries += 1;
+                    let _ = remove(&self.docker, &cname).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        }
+        .map_err(|e| {
+                if is_status(&e, 404) {
+                    RuntimeError::Docker(format!(
+                        "the image `{image}` does not exist here and no registry can provide it (build it with `chora image build`)"
+                    ))
+                } else {
+                    docker_err(e)
+                }
+            })?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            // Nothing half-started is left behind.
+            let _ = remove(&self.docker, &created.id).await;
+            return Err(docker_err(e));
+        }
+        Ok(created.id)
+    }
+
+    fn follow(&self, id: &str, name: &str) {
+        let docker = self.docker.clone();
+        let id = id.to_owned();
+        let path = self.logs_dir.join(format!("{name}.log"));
+        tokio::spawn(async move {
+            use std::io::Write;
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(&path));
+            // Small appends to a local file: not worth a blocking-pool hop each.
+            let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            else {
+                return;
+            };
+            let mut logs = docker.logs(
+                &id,
+                Some(LogsOptions {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            );
+            while let Some(Ok(chunk)) = logs.next().await {
+                if file.write_all(&chunk.into_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn unit(&self, id: String) -> Box<dyn Unit> {
+        Box::new(Container {
+            docker: self.docker.clone(),
+            id,
+        })
+    }
+}
+
+/// Stops (at once) and removes a container; gone already is fine.
+async fn remove(docker: &Docker, id: &str) -> Result<(), RuntimeError> {
+    match docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: false,
+                link: false,
+            }),
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(docker_err(e)),
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a UnitSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>> {
+        Box::pin(async move {
+            let id = self.create(spec).await?;
+            if self.follow_logs {
+                self.follow(&id, &spec.name);
+            }
+            Ok(self.unit(id))
+        })
+    }
+
+    fn find<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
+        Box::pin(async move {
+            let mut all = self
+                .docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(self.home_filter(Some(name))),
+                    ..Default::default()
+                }))
+                .await
+                .map_err(docker_err)?;
+            // Newest first; keep one running container, remove the rest.
+            all.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(0)));
+            let mut found = None;
+            for c in all {
+                let Some(id) = c.id else { continue };
+                let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+                if running && found.is_none() {
+                    let labels: BTreeMap<String, String> =
+                        c.labels.unwrap_or_default().into_iter().collect();
+                    let env = self
+                        .docker
+                        .inspect_container(&id, None)
+                        .await
+                        .map_err(docker_err)?
+                        .config
+                        .and_then(|c| c.env)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|kv| {
+                            kv.split_once('=')
+                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        })
+                        .collect();
+                    if self.follow_logs {
+                        self.follow(&id, name);
+                    }
+                    found = Some(Found {
+                        unit: self.unit(id),
+                        labels,
+                        env,
+                    });
+                } else {
+                    tracing::info!(service = name, container = %id, running, "removing a stale container");
+                    remove(&self.docker, &id).await?;
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut s = self.docker.logs(
+                &self.container_name(name),
+                Some(LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    tail: lines.to_string(),
+                    ..Default::default()
+                }),
+            );
+            while let Some(Ok(chunk)) = s.next().await {
+                out.extend_from_slice(&chunk.into_bytes());
+            }
+            if out.is_empty() {
+                return crate::tail(&self.logs_dir.join(format!("{name}.log")), lines);
+            }
+            String::from_utf8_lossy(&out).trim_end().to_owned()
+        })
+    }
+
+    fn advertise(&self, spec: &UnitSpec) -> Option<String> {
+        if self.advertise_by_name {
+            spec.inner_port()
+                .map(|p| format!("http://{}:{p}", spec.name))
+        } else {
+            spec.port.map(|p| format!("http://127.0.0.1:{p}"))
+        }
+    }
+
+    fn reach(&self, spec: &UnitSpec, url: &str) -> String {
+        match (self.in_container, spec.port, spec.inner_port()) {
+            (true, Some(p), Some(inner)) => url
+                .replace(&format!("127.0.0.1:{p}"), &format!("{}:{inner}", spec.name))
+                .replace(&format!("localhost:{p}"), &format!("{}:{inner}", spec.name)),
+            _ => url.to_owned(),
+        }
+    }
+}
+
+/// One container, known by id.
+struct Container {
+    docker: Docker,
+    id: String,
+}
+
+impl Container {
+    /// Waits until the container is not running; its exit code.
+    async fn exit_code(&self) -> Exit {
+        let mut s = self.docker.wait_container(
+            &self.id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        match s.next().await {
+            Some(Ok(r)) => Exit::Code(r.status_code as i32),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                Exit::Code(code as i32)
+            }
+            // Gone already (removed by someone else) or the engine went away.
+            _ => Exit::Code(-1),
+        }
+    }
+}
+
+impl Unit for Container {
+    fn id(&self) -> UnitId {
+        UnitId::Container(self.id.clone())
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let exit = self.exit_code().await;
+            // The exit is news at once (the starter deregisters on it); the
+            // removal takes its time in the background.
+            let docker = self.docker.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let _ = remove(&docker, &id).await;
+            });
+            exit
+        })
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let _ = self
+                .docker
+                .stop_container(
+                    &self.id,
+                    Some(StopContainerOptions {
+                        t: Some(grace.as_secs().max(1) as i32),
+                        signal: None,
+                    }),
+                )
+                .await;
+            let exit = self.exit_code().await;
+            let _ = remove(&self.docker, &self.id).await;
+            exit
+        })
+    }
+}

@@ -1,0 +1,594 @@
+//! `chora bootstrap --environment staging` against the real Docker engine:
+//! every service a container (DESIGN.md §9). Each test has its own project
+//! (container names, network, volumes), its own free ports and its own image
+//! tag, and removes every container, network, volume and image tag it made,
+//! even when it fails.
+
+use crate::chora_bin;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEFAULT_PORTS: [u16; 8] = [8500, 8600, 8700, 8800, 8900, 9000, 9100, 9200];
+const SERVICES: [&str; 8] = [
+    "manifest",
+    "orchestrator",
+    "gateway",
+    "analyzer",
+    "executor",
+    "storage",
+    "monitor",
+    "logger",
+];
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_owned()
+}
+
+/// A staging project in a temp dir, with its own project name, ports and image.
+pub struct Staging {
+    pub dir: tempfile::TempDir,
+    pub project: String,
+    pub ports: Vec<u16>,
+    pub image: String,
+    /// Containers, volumes and image tags the test made itself.
+    pub extra_containers: Vec<String>,
+    pub extra_images: Vec<String>,
+}
+
+impl Staging {
+    /// A project whose chora image is built now under a tag of its own.
+    pub fn new() -> Staging {
+        let dir = chora_testkit::temp_dir();
+        let held: Vec<std::net::TcpListener> = (0..8)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let project = format!("chora-t{}", chora_api::random_hex(4));
+        let image = format!("{project}:test");
+        let s = Staging {
+            dir,
+            project,
+            ports,
+            image,
+            extra_containers: Vec::new(),
+            extra_images: Vec::new(),
+        };
+        let (code, out, err) = s.run(&["image", "build", "--tag", &s.image]);
+        assert_eq!(code, 0, "image build failed\n{out}\n{err}");
+        s.write_config(&s.template());
+        s
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join(".chora")
+    }
+
+    /// The staging template on this project's ports, name and image.
+    pub fn template(&self) -> String {
+        let mut t =
+            chora_bootstrap::template::template(chora_bootstrap::config::Environment::Staging)
+                .unwrap()
+                .replace("project: chora", &format!("project: {}", self.project))
+                .replace("chora:${CHORA_VERSION}", &self.image);
+        for (d, p) in DEFAULT_PORTS.iter().zip(&self.ports) {
+            t = t.replace(&d.to_string(), &p.to_string());
+        }
+        t
+    }
+
+    /// The template with `extra` added to its services.
+    pub fn with_services(&self, extra: &str) -> String {
+        self.template()
+            .replace("\ntimeouts:", &format!("{extra}\ntimeouts:"))
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::create_dir_all(self.home()).unwrap();
+        std::fs::write(self.home().join("bootstrap-config.yml"), text).unwrap();
+    }
+
+    pub fn port(&self, service: &str) -> u16 {
+        self.ports[SERVICES.iter().position(|s| *s == service).unwrap()]
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(chora_bin());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("CHORA_HOME", self.home())
+            .env("NO_COLOR", "1")
+            .env_remove("MANIFEST_URL")
+            .env_remove("CHORA_CREDENTIALS")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.command(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(
+            code, 0,
+            "chora {args:?} failed\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        out
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn state(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.home().join("bootstrap-state.json")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// This home's containers: service label → ids (running or not).
+    pub fn containers(&self) -> BTreeMap<String, Vec<String>> {
+        let home = self.home().display().to_string();
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.chora.home={home}"),
+            "--format",
+            "{{.ID}} {{.Label \"io.chora.service\"}}",
+        ]);
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in text(&out.stdout).lines() {
+            if let Some((id, svc)) = line.split_once(' ') {
+                m.entry(svc.to_owned()).or_default().push(id.to_owned());
+            }
+        }
+        m
+    }
+
+    #[track_caller]
+    pub fn assert_one_container_each(&self) {
+        let c = self.containers();
+        for s in SERVICES {
+            assert_eq!(c.get(s).map(Vec::len), Some(1), "{s}: {c:?}");
+        }
+        assert_eq!(c.len(), 8, "{c:?}");
+    }
+
+    pub fn networks(&self) -> Vec<String> {
+        let home = self.home().display().to_string();
+        text(
+            &docker(&[
+                "network",
+                "ls",
+                "--filter",
+                &format!("label=io.chora.home={home}"),
+                "--format",
+                "{{.Name}}",
+            ])
+            .stdout,
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    pub fn admin_token(&self) -> String {
+        let c = chora_api::auth::Credentials::load(&self.home().join("credentials.json")).unwrap();
+        chora_api::auth::mint_admin_token(c.jwt_secret().unwrap(), "test", Duration::from_secs(600))
+    }
+
+    pub fn manifest(&self) -> chora_api::ManifestClient {
+        chora_api::ManifestClient::new([format!("http://127.0.0.1:{}", self.port("manifest"))])
+            .unwrap()
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for s in ["manifest", "orchestrator", "gateway"] {
+                let out = docker(&["logs", "--tail", "30", &format!("{}-{s}", self.project)]);
+                eprintln!(
+                    "----- {s} -----\n{}\n{}",
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+            }
+        }
+        let _ = self.run(&["bootstrap", "reset", "--force"]);
+        // Whatever reset could not remove (and what the test made itself).
+        let home = self.home().display().to_string();
+        let ids = text(
+            &docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.chora.home={home}"),
+            ])
+            .stdout,
+        );
+        for id in ids
+            .lines()
+            .chain(self.extra_containers.iter().map(String::as_str))
+        {
+            let _ = docker(&["rm", "-f", id]);
+        }
+        let _ = docker(&["network", "rm", &self.project]);
+        let vols = text(
+            &docker(&[
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("name={}-", self.project),
+            ])
+            .stdout,
+        );
+        for v in vols.lines() {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        for i in std::iter::once(&self.image).chain(&self.extra_images) {
+            let _ = docker(&["rmi", "-f", i]);
+        }
+    }
+}
+
+/// Follows the Manifest until `pred` holds for `name`'s up instances.
+async fn until_up(
+    m: &chora_api::ManifestClient,
+    name: &str,
+    pred: impl Fn(&[chora_api::manifest::Instance]) -> bool,
+) -> (Vec<chora_api::manifest::Instance>, Duration) {
+    let filter = chora_api::manifest::ListFilter {
+        name: Some(name.into()),
+        status: Some(chora_api::manifest::Status::Up),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut index = None;
+    loop {
+        let r = m
+            .watch(&filter, index.map(|i| (i, Duration::from_secs(5))))
+            .await;
+        if let Ok((list, i)) = r {
+            if pred(&list) {
+                return (list, t.elapsed());
+            }
+            index = Some(i);
+        } else {
+            index = None;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{name}: condition not reached in 60 s"
+        );
+    }
+}
+
+fn container_id(s: &Staging, service: &str) -> String {
+    let ids = s.containers().remove(service).unwrap_or_default();
+    assert_eq!(ids.len(), 1, "{service}: {ids:?}");
+    ids[0].clone()
+}
+
+#[tokio::test]
+async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own() {
+    if !chora_testkit::docker_available("staging_from_nothing") {
+        return;
+    }
+    let s = std::sync::Arc::new(tokio::task::spawn_blocking(Staging::new).await.unwrap());
+    let s2 = s.clone();
+    let out =
+        tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "--environment", "staging"]))
+            .await
+            .unwrap();
+    assert!(out.contains("Docker") && out.contains("detected"), "{out}");
+    assert!(out.contains("✓ Health dashboard"), "{out}");
+    s.assert_one_container_each();
+    assert_eq!(s.networks(), [s.project.clone()]);
+    let (code, json, _) = s.run(&["bootstrap", "status", "--format", "json"]);
+    assert_eq!(code, 0, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["overall_status"], "healthy");
+    assert!(s.state()["services"]["manifest"]["container"].is_string());
+    // No secret in any label or command line of this home's containers.
+    let creds = std::fs::read_to_string(s.home().join("credentials.json")).unwrap();
+    let secret: Value = serde_json::from_str(&creds).unwrap();
+    for id in s.containers().values().flatten() {
+        let inspect = text(
+            &docker(&[
+                "inspect",
+                "--format",
+                "{{json .Config.Labels}} {{json .Config.Cmd}} {{json .Args}}",
+                id,
+            ])
+            .stdout,
+        );
+        for (_, v) in secret.as_object().unwrap() {
+            assert!(
+                !inspect.contains(v.as_str().unwrap()),
+                "a secret in {id}: {inspect}"
+            );
+        }
+    }
+
+    // A killed capability container is restarted and back in discovery.
+    let m = s.manifest();
+    let (before, _) = until_up(&m, "storage", |l| l.len() == 1).await;
+    let old = container_id(&s, "storage");
+    assert!(docker(&["kill", &old]).status.success());
+    let (after, _) = until_up(&m, "storage", |l| l.len() == 1 && l[0].id != before[0].id).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(container_id(&s, "storage"), old, "a new container");
+
+    // kill -9 of the orchestrator: the next bootstrap restarts it, and it adopts
+    // the running capability containers (same ids, no duplicates).
+    let caps: Vec<(String, String)> = ["analyzer", "executor", "storage", "monitor", "logger"]
+        .iter()
+        .map(|c| (c.to_string(), container_id(&s, c)))
+        .collect();
+    let orch = container_id(&s, "orchestrator");
+    assert!(
+        docker(&["kill", "--signal", "KILL", &orch])
+            .status
+            .success()
+    );
+    let s2 = s.clone();
+    let out = tokio::task::spawn_blocking(move || s2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    assert!(
+        out.contains("orchestrator was not running: restarted"),
+        "{out}"
+    );
+    s.assert_one_container_each();
+    for (c, id) in &caps {
+        assert_eq!(&container_id(&s, c), id, "{c} was replaced, not adopted");
+    }
+    let rows: Vec<Value> = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/v1/services",
+            s.port("orchestrator")
+        ))
+        .bearer_auth(s.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["runtime"] == "docker" && r["state"] == "running"),
+        "{rows:?}"
+    );
+    // The adopted ones are supervised: a kill is still restarted.
+    let old = container_id(&s, "analyzer");
+    assert!(docker(&["kill", &old]).status.success());
+    until_up(&m, "analyzer", |l| l.len() == 1 && l[0].id != old).await;
+
+    // Reset removes exactly this home's containers and network, keeps volumes,
+    // and leaves a container the test started itself running.
+    let mine = format!("{}-bystander", s.project);
+    let run = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &mine,
+        "--label",
+        "io.chora.project=someone-else",
+        "--entrypoint",
+        "/usr/local/bin/chora",
+        &s.image,
+        "manifest",
+        "serve",
+        "--no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--storage",
+        "sqlite:/tmp/m.db",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let s2 = s.clone();
+    let out = tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "reset", "--force"]))
+        .await
+        .unwrap();
+    assert!(s.containers().is_empty(), "{out}\n{:?}", s.containers());
+    assert!(s.networks().is_empty(), "{out}");
+    let running = text(&docker(&["inspect", "--format", "{{.State.Running}}", &mine]).stdout);
+    assert_eq!(
+        running, "true",
+        "reset touched a container that is not its own"
+    );
+    let _ = docker(&["rm", "-f", &mine]);
+    let vols = text(
+        &docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={}-", s.project),
+        ])
+        .stdout,
+    );
+    assert!(
+        vols.contains(&format!("{}-manifest-data", s.project)),
+        "volume kept: {vols}"
+    );
+}
+
+#[test]
+fn sigkill_of_a_staging_bootstrap_at_several_moments_recovers_with_one_container_each() {
+    if !chora_testkit::docker_available("sigkill_of_a_staging_bootstrap") {
+        return;
+    }
+    let s = Staging::new();
+    let t = Instant::now();
+    s.ok(&["bootstrap", "--skip-validation"]);
+    let full = t.elapsed();
+    for i in 1..=4u32 {
+        s.ok(&["bootstrap", "reset", "--force", "--keep-credentials"]);
+        let mut child = s.spawn(&["bootstrap", "--skip-validation"]);
+        // The kill moment (not a synchronisation): i/5 of a full run.
+        std::thread::sleep(full * i / 5);
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        let (code, out, err) = s.run(&["bootstrap", "--skip-validation"]);
+        assert_eq!(
+            code,
+            0,
+            "kill #{i} at {:?}: the next run failed\n{out}\n{err}",
+            full * i / 5
+        );
+        s.assert_one_container_each();
+        assert_eq!(s.state()["status"], "completed", "kill #{i}");
+    }
+}
+
+#[tokio::test]
+async fn a_busybox_container_that_knows_nothing_of_chora_joins_discovery_and_the_gateway() {
+    if !chora_testkit::docker_available("a_busybox_container") {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is installed (CI installs it)");
+    let mut s = tokio::task::spawn_blocking(Staging::new).await.unwrap();
+    let web_image = format!("{}-busybox:test", s.project);
+    s.extra_images.push(web_image.clone());
+    let (code, out, err) = s.run(&["image", "build", "--binary", busybox, "--tag", &web_image]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let www = s.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from busybox").unwrap();
+    let port = chora_testkit::free_port();
+    s.write_config(&s.with_services(&format!(
+        r#"
+  web:
+    phase: 3
+    deploy_via: orchestrator
+    image: "{web_image}"
+    command: [httpd, -f, -p, "{port}", -h, /www]
+    port: {port}
+    volumes: ["{www}:/www:ro"]
+    health_endpoint: tcp://127.0.0.1:{port}
+    timeout: 30
+    dependencies: [orchestrator]
+"#,
+        www = www.display()
+    )));
+    let s = std::sync::Arc::new(s);
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    let m = s.manifest();
+    let (up, _) = until_up(&m, "web", |l| l.len() == 1).await;
+    assert_eq!(up[0].interfaces["REST"], format!("http://web:{port}"));
+    let gw = format!("http://127.0.0.1:{}", s.port("gateway"));
+    let r = reqwest::get(format!("{gw}/api/v1/web/index.html"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello from busybox");
+
+    // Its death takes it out of discovery within 1 s; it comes back restarted.
+    let old = container_id(&s, "web");
+    assert!(docker(&["kill", &old]).status.success());
+    let (_, gone) = until_up(&m, "web", |l| l.iter().all(|i| i.id != up[0].id)).await;
+    assert!(
+        gone < Duration::from_secs(1),
+        "left discovery after {gone:?}"
+    );
+    until_up(&m, "web", |l| l.len() == 1).await;
+    let r = reqwest::get(format!("{gw}/api/v1/web/index.html"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn bad_container_input_is_named_and_nothing_is_left_half_started() {
+    if !chora_testkit::docker_available("bad_container_input") {
+        return;
+    }
+    let s = Staging::new();
+    // A malformed volume: exit 7, line and field named.
+    s.write_config(&s.template().replace(
+        "volumes: [\"manifest-data:/data\"]",
+        "volumes: [\"manifest-data\"]",
+    ));
+    let (code, _, err) = s.run(&["bootstrap"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("services.manifest.volumes") && err.contains(":"),
+        "{err}"
+    );
+
+    // An image that does not exist and cannot be built: phase 1 fails (exit 2),
+    // says so, and leaves no container behind.
+    s.write_config(
+        &s.template()
+            .replacen(&s.image, "chora-no-such-image:nope", 1),
+    );
+    let (code, _, err) = s.run(&["bootstrap"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chora-no-such-image:nope") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
+    s.ok(&["bootstrap", "reset", "--force"]);
+
+    // A taken port: phase 0 names it (exit 1).
+    s.write_config(&s.template());
+    let holder = std::net::TcpListener::bind(("127.0.0.1", s.port("gateway"))).unwrap();
+    let (code, _, err) = s.run(&["bootstrap"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&s.port("gateway").to_string()), "{err}");
+    drop(holder);
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
+
+    // Docker down (an engine address nobody answers at): exit 1, clearly.
+    let out = s
+        .command(&["bootstrap"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Docker") && err.to_lowercase().contains("not"),
+        "{err}"
+    );
+}
