@@ -1,13 +1,15 @@
 //! Images with no registry: `FROM scratch` plus one binary and exactly the
 //! loader and shared libraries it needs ([`crate::elf`]), plus chora itself (so
 //! `chora probe` can be every image's health check), an empty `/tmp` (1777) and
-//! `/data`. Built through the Engine API from a tar context made in memory; the
-//! generated Dockerfile only copies that tree. Nothing is pulled, and nothing but
-//! the listed files goes in: no environment, no credentials, no secret.
+//! `/data`. Made through the Engine API by importing a tar of that tree, made in
+//! memory, as the image's one layer (`docker import`, with the entrypoint and
+//! labels as import changes): no Dockerfile, no base image, no build container.
+//! Nothing is pulled, and nothing but the listed files goes in: no environment,
+//! no credentials, no secret.
 
 use crate::elf::{self, ElfError, Resolver};
 use crate::{Docker, DockerError};
-use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{CreateImageOptionsBuilder, RemoveImageOptionsBuilder};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -171,18 +173,35 @@ pub async fn files_in(docker: &Docker, tag: &str) -> Result<Vec<Entry>, DockerEr
         status: None,
         message: format!("cannot read the saved image {tag}: {what}"),
     };
-    let mut layers = Vec::new();
+    // `manifest.json` names the layers in order: `<id>/layer.tar` up to Docker
+    // 24, `blobs/sha256/<digest>` in the OCI layout of later engines.
+    let mut members: std::collections::HashMap<String, Vec<u8>> = Default::default();
     let mut archive = tar::Archive::new(saved.as_slice());
     for entry in archive.entries().map_err(|e| unreadable(e.to_string()))? {
         let mut entry = entry.map_err(|e| unreadable(e.to_string()))?;
-        let path = entry.path().map_err(|e| unreadable(e.to_string()))?;
-        if path.file_name().is_some_and(|n| n == "layer.tar") {
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut data)
-                .map_err(|e| unreadable(e.to_string()))?;
-            layers.push(data);
+        if !entry.header().entry_type().is_file() {
+            continue;
         }
+        let path = entry.path().map_err(|e| unreadable(e.to_string()))?;
+        let path = path.display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).map_err(|e| unreadable(e.to_string()))?;
+        members.insert(path, data);
     }
+    let manifest: serde_json::Value = members
+        .get("manifest.json")
+        .and_then(|m| serde_json::from_slice(m).ok())
+        .ok_or_else(|| unreadable("no manifest.json".into()))?;
+    let layers: Vec<&Vec<u8>> = manifest[0]["Layers"]
+        .as_array()
+        .ok_or_else(|| unreadable("manifest.json lists no layers".into()))?
+        .iter()
+        .map(|l| {
+            l.as_str()
+                .and_then(|l| members.get(l))
+                .ok_or_else(|| unreadable(format!("layer {l} is missing")))
+        })
+        .collect::<Result<_, _>>()?;
     let mut paths = BTreeMap::new();
     for layer in layers {
         let mut archive = tar::Archive::new(layer.as_slice());
@@ -249,6 +268,14 @@ fn check_tag(tag: &str) -> Result<(), ImageError> {
         return bad("a tag is 1-128 letters, digits, '.', '_' or '-', after a ':'");
     }
     Ok(())
+}
+
+/// `NAME[:TAG]` as (name, tag), the tag `latest` when none is given.
+fn split_tag(tag: &str) -> (&str, &str) {
+    match tag.rsplit_once(':') {
+        Some((n, v)) if !v.contains('/') => (n, v),
+        _ => (tag, "latest"),
+    }
 }
 
 /// The tree to put in the image: image path → source file.
@@ -383,9 +410,11 @@ fn objcopy_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The build context: `Dockerfile` and the image's tree under `rootfs/`.
+/// The image's one layer (a tar of its tree, paths relative to `/`) and its
+/// configuration (Dockerfile instructions the engine applies on import).
 struct Context {
     tar: Vec<u8>,
+    changes: Vec<String>,
     files: Vec<ImageFile>,
     stripped: Result<(), String>,
 }
@@ -414,30 +443,21 @@ fn context(plan: &Plan, tag: &str) -> Result<Context, ImageError> {
                 source,
             })
     };
-    let mut dockerfile = String::from("FROM scratch\nCOPY rootfs/ /\n");
+    let mut changes = vec![format!("ENTRYPOINT [\"{}\"]", plan.entrypoint)];
     if !plan.library_path.is_empty() {
-        dockerfile.push_str(&format!(
-            "ENV LD_LIBRARY_PATH={}\n",
+        changes.push(format!(
+            "ENV LD_LIBRARY_PATH={}",
             plan.library_path.join(":")
         ));
     }
-    dockerfile.push_str(&format!(
-        "LABEL io.chora.built-by=\"chora {}\" io.chora.tag=\"{tag}\"\nENTRYPOINT [\"{}\"]\n",
-        env!("CARGO_PKG_VERSION"),
-        plan.entrypoint
+    changes.push(format!(
+        "LABEL io.chora.built-by=\"chora {}\" io.chora.tag=\"{tag}\"",
+        env!("CARGO_PKG_VERSION")
     ));
-    append(
-        &mut tar,
-        "Dockerfile",
-        0o644,
-        tar::EntryType::Regular,
-        dockerfile.as_bytes(),
-    )?;
-    append(&mut tar, "rootfs/", 0o755, tar::EntryType::Directory, &[])?;
     for (dir, mode) in EMPTY_DIRS {
         append(
             &mut tar,
-            &format!("rootfs{dir}/"),
+            &format!("{}/", &dir[1..]),
             *mode,
             tar::EntryType::Directory,
             &[],
@@ -445,14 +465,15 @@ fn context(plan: &Plan, tag: &str) -> Result<Context, ImageError> {
         dirs.insert(dir.to_string());
     }
     for (at, source) in &plan.files {
-        for dir in Path::new(at).ancestors().skip(1) {
+        let parents: Vec<&Path> = Path::new(at).ancestors().skip(1).collect();
+        for dir in parents.into_iter().rev() {
             let d = dir.display().to_string();
             if d == "/" || !dirs.insert(d.clone()) {
                 continue;
             }
             append(
                 &mut tar,
-                &format!("rootfs{d}/"),
+                &format!("{}/", &d[1..]),
                 0o755,
                 tar::EntryType::Directory,
                 &[],
@@ -465,13 +486,7 @@ fn context(plan: &Plan, tag: &str) -> Result<Context, ImageError> {
         let mode = std::fs::metadata(source)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o755);
-        append(
-            &mut tar,
-            &format!("rootfs{at}"),
-            mode,
-            tar::EntryType::Regular,
-            &data,
-        )?;
+        append(&mut tar, &at[1..], mode, tar::EntryType::Regular, &data)?;
         files.push(ImageFile {
             path: at.clone(),
             source: source.clone(),
@@ -494,6 +509,7 @@ fn context(plan: &Plan, tag: &str) -> Result<Context, ImageError> {
     };
     Ok(Context {
         tar,
+        changes,
         files,
         stripped,
     })
@@ -553,27 +569,22 @@ pub async fn build_prepared(docker: &Docker, prepared: Prepared) -> Result<Built
         started,
     } = prepared;
     let long = crate::with_timeout(docker, crate::LONG_TIMEOUT);
-    let opts = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
-        .t(&spec.tag)
-        .rm(true)
-        .forcerm(true)
+    // An import (`docker import`): the tar becomes the image's only layer, with
+    // no base image, no build container and no second copy of the context.
+    let (repo, version) = split_tag(&spec.tag);
+    let opts = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(repo)
+        .tag(version)
+        .message(&format!("chora image build {}", spec.tag))
+        .changes(ctx.changes)
         .build();
-    let mut stream = long.build_image(opts, None, Some(bollard::body_full(ctx.tar.into())));
-    let mut id = None;
+    let mut stream = long.create_image(Some(opts), Some(bollard::body_full(ctx.tar.into())), None);
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
-                if let Some(line) = info
-                    .stream
-                    .as_deref()
-                    .map(str::trim_end)
-                    .filter(|l| !l.is_empty())
-                {
-                    tracing::debug!(target: "chora_docker::build", "{line}");
-                }
-                if let Some(aux_id) = info.aux.and_then(|a| a.id) {
-                    id = Some(aux_id);
+                if let Some(status) = info.status.as_deref() {
+                    tracing::debug!(target: "chora_docker::build", "{status}");
                 }
             }
             Err(bollard::errors::Error::DockerStreamError { error }) => {
@@ -582,7 +593,15 @@ pub async fn build_prepared(docker: &Docker, prepared: Prepared) -> Result<Built
                     message: error.trim().to_string(),
                 });
             }
-            Err(e) => return Err(DockerError::from_bollard(e).into()),
+            Err(e) => {
+                return Err(match DockerError::from_bollard(e) {
+                    DockerError::Api { message, .. } => ImageError::BuildFailed {
+                        tag: spec.tag,
+                        message,
+                    },
+                    other => other.into(),
+                });
+            }
         }
     }
     let inspect = docker
@@ -590,7 +609,7 @@ pub async fn build_prepared(docker: &Docker, prepared: Prepared) -> Result<Built
         .await
         .map_err(DockerError::from_bollard)?;
     Ok(Built {
-        id: inspect.id.or(id).unwrap_or_default(),
+        id: inspect.id.unwrap_or_default(),
         size: inspect.size.unwrap_or(0).max(0) as u64,
         tag: spec.tag,
         files: ctx.files,
@@ -627,6 +646,20 @@ mod tests {
         ] {
             assert!(check_tag(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn tags_split_into_name_and_version() {
+        assert_eq!(split_tag("chora:0.1.0"), ("chora", "0.1.0"));
+        assert_eq!(split_tag("chora"), ("chora", "latest"));
+        assert_eq!(
+            split_tag("reg:5000/team/app"),
+            ("reg:5000/team/app", "latest")
+        );
+        assert_eq!(
+            split_tag("reg:5000/team/app:v1"),
+            ("reg:5000/team/app", "v1")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  chora image build --binary /usr/bin/etcd --tag chora-etcd:3.4")]
 pub struct ImageArgs {
     #[command(subcommand)]
     command: ImageCommand,

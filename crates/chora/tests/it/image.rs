@@ -178,7 +178,11 @@ fn probe_tcp_means_it_connects() {
 
 #[test]
 fn image_and_probe_help_show_examples() {
-    for args in [&["image", "build", "--help"][..], &["probe", "--help"]] {
+    for args in [
+        &["image", "build", "--help"][..],
+        &["image", "--help"],
+        &["probe", "--help"],
+    ] {
         let (code, out, _) = run_chora(Path::new("."), args, &[]);
         assert_eq!(code, 0);
         assert!(out.contains("Example"), "{out}");
