@@ -29,7 +29,7 @@ services:
     command: [chora, orchestrator, serve, --listen, "127.0.0.1:8600",
               --manifest-url, "http://127.0.0.1:8500",
               --credentials, "${CHORA_HOME}/credentials.json",
-              --logs, "${CHORA_HOME}/logs"]
+              --logs, "${CHORA_HOME}/logs", --home, "${CHORA_HOME}"]
     port: 8600
     health_endpoint: http://127.0.0.1:8600/health
     timeout: 30

@@ -8,6 +8,7 @@
 pub mod http;
 pub mod runtime;
 pub mod supervisor;
+pub mod ui;
 
 use chora_api::auth::Credentials;
 use chora_service::register::{SelfRegistration, keep_registered};
@@ -41,6 +42,8 @@ pub struct Config {
     pub policy: supervisor::RestartPolicy,
     /// This binary (for the default capability command).
     pub self_exe: PathBuf,
+    /// The chora home (`--home`, `CHORA_HOME`): the dashboard shows its bootstrap state.
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,13 +93,31 @@ pub async fn run(
         credentials: config.credentials.clone(),
         self_exe: config.self_exe.clone(),
         restarts_total,
+        events: tokio::sync::broadcast::channel(1024).0,
     });
     let state = Arc::new(http::AppState::new(
         ctx,
         config.credentials.as_ref(),
         metrics,
     ));
-    let app = http::router(state.clone());
+    let dashboard = ui::Ui::start(
+        state.clone(),
+        ui::UiConfig {
+            manifest_url: config.manifest_url.clone(),
+            home: config.home.clone(),
+            logs_dir: config.logs_dir.clone(),
+            jwt_secret: config
+                .credentials
+                .as_ref()
+                .and_then(|c| c.jwt_secret().map(str::to_owned)),
+        },
+    );
+    let app = http::router(state.clone()).merge(ui::router(dashboard.clone()));
+    // Open pages' event streams end first, or the graceful shutdown would wait on them.
+    let shutdown = async move {
+        shutdown.await;
+        dashboard.close();
+    };
     let keeper = keep_registered(SelfRegistration {
         manifest_url: config.manifest_url.clone(),
         token,

@@ -50,6 +50,9 @@ struct OrchestratorServe {
     /// Seconds between SIGTERM and SIGKILL when stopping a service
     #[arg(long, default_value_t = 5.0)]
     stop_grace: f64,
+    /// The chora home whose bootstrap state the dashboard (/ui) shows
+    #[arg(long, env = "CHORA_HOME")]
+    home: Option<PathBuf>,
 }
 
 pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
@@ -77,6 +80,7 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
             ..Default::default()
         },
         self_exe,
+        home: a.home,
     };
     let detail = format!("runtime {:?}", a.runtime).to_lowercase();
     serve("orchestrator", &a.listen, &detail, |l, s| {

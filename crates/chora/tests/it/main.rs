@@ -12,6 +12,7 @@ mod manifest_cli;
 mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
+mod ui;
 
 use chora_testkit::{Server, spawn_server};
 use serde_json::Value;
