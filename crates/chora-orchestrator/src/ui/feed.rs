@@ -325,6 +325,8 @@ fn compute(src: &Sources) -> BTreeMap<String, Row> {
             let status = match dep {
                 Some(d) if d.state != RunState::Running => "down",
                 Some(_) => best(&current).unwrap_or("down"),
+                // What the Manifest said of itself holds only while it answers.
+                None if name == "manifest" && !src.manifest_ok => "down",
                 None => best(insts).unwrap_or("down"),
             };
             let shown = current

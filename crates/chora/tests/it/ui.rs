@@ -329,8 +329,11 @@ fn the_dashboard_follows_crashes_and_restarts_live_in_a_browser() {
     page.eval(
         "document.querySelector('tr[data-service=\"analyzer\"] button[data-action=\"stop\"]').click(); true",
     );
+    // Down as soon as it leaves the Manifest; Start is enabled once the
+    // orchestrator has it stopped.
     page.wait_for(
-        "document.querySelector('tr[data-service=\"analyzer\"]').dataset.status === 'down'",
+        "document.querySelector('tr[data-service=\"analyzer\"]').dataset.status === 'down' && \
+         document.querySelector('tr[data-service=\"analyzer\"] button[data-action=\"start\"]:not([disabled])') !== null",
         Duration::from_secs(10),
     );
     page.eval(
@@ -347,6 +350,20 @@ fn the_dashboard_follows_crashes_and_restarts_live_in_a_browser() {
         "document.getElementById('log').textContent.includes('analyzer')",
         Duration::from_secs(5),
     );
+
+    // A Manifest restart: the page says so, shows it down, then all up again.
+    kill9(site.pid_of("manifest"));
+    page.wait_for(
+        "!document.getElementById('manifest-banner').hidden && \
+         document.querySelector('tr[data-service=\"manifest\"]').dataset.status === 'down'",
+        Duration::from_secs(5),
+    );
+    site.ok(&["bootstrap"]);
+    page.wait_for(
+        "document.getElementById('manifest-banner').hidden",
+        Duration::from_secs(10),
+    );
+    all_up(&page);
 
     // An orchestrator restart: the page says it is reconnecting, then is live
     // again on the same session, with everything up.
