@@ -16,10 +16,10 @@
     conn.textContent = text;
   }
 
+  const tpl = document.createElement("template");
   function fragment(html) {
-    const t = document.createElement("template");
-    t.innerHTML = html;
-    return t.content;
+    tpl.innerHTML = html;
+    return tpl.content;
   }
 
   function orderKey(tr) {
@@ -37,23 +37,29 @@
     return null;
   }
 
+  // Each update is applied at once (a status that lasted a moment is still
+  // shown); only the cheap parts of the page are redrawn per update.
   function putRow(html) {
     const tr = fragment(html).firstElementChild;
     const old = findRow(tr.dataset.service);
     if (old) {
-      if (old.dataset.status !== tr.dataset.status) flash(tr);
+      if (old.dataset.status !== tr.dataset.status) tr.classList.add("flash");
       old.replaceWith(tr);
     } else {
       let next = null;
       for (const r of tbody.rows) if (before(tr, r)) { next = r; break; }
       tbody.insertBefore(tr, next);
-      flash(tr);
+      tr.classList.add("flash");
     }
+    ages(tr);
+    later(summary);
   }
 
-  function flash(tr) {
-    tr.classList.add("flash");
-    requestAnimationFrame(() => requestAnimationFrame(() => tr.classList.remove("flash")));
+  const queued = new Set();
+  function later(f) {
+    if (queued.has(f)) return;
+    queued.add(f);
+    setTimeout(() => { queued.delete(f); f(); }, 50);
   }
 
   function summary() {
@@ -76,9 +82,9 @@
     return Math.floor(s / 86400) + "d " + Math.floor((s % 86400) / 3600) + "h";
   }
 
-  function ages() {
+  function ages(root) {
     const now = Date.now() + skew;
-    for (const el of document.querySelectorAll("[data-since]")) {
+    for (const el of (root || document).querySelectorAll("[data-since]")) {
       const t = Date.parse(el.dataset.since);
       if (!isNaN(t)) el.textContent = human(Math.max(0, Math.floor((now - t) / 1000)));
     }
@@ -98,6 +104,7 @@
       const s = JSON.parse(e.data);
       stats.seq = s.seq;
       stats.snapshots++;
+      if (!stats.liveAt) stats.liveAt = performance.now();
       skew = Date.parse(s.now) - Date.now();
       tbody.innerHTML = "";
       tbody.appendChild(fragment(s.html));
@@ -109,14 +116,12 @@
     es.addEventListener("row", (e) => {
       if (!fresh(e)) return;
       putRow(JSON.parse(e.data).html);
-      summary();
-      ages();
     });
     es.addEventListener("remove", (e) => {
       if (!fresh(e)) return;
       const tr = findRow(JSON.parse(e.data).name);
       if (tr) tr.remove();
-      summary();
+      later(summary);
     });
     es.addEventListener("meta", (e) => {
       if (fresh(e)) meta(JSON.parse(e.data));
@@ -197,7 +202,7 @@
   });
   logClose.addEventListener("click", () => { stopTail(); logName.textContent = ""; });
 
-  setInterval(ages, 1000);
+  setInterval(() => ages(), 1000);
   setConn("reconnecting", "connecting…");
   connect();
 })();

@@ -4,6 +4,7 @@
 //! survives an orchestrator restart. `CHORA_UPDATE_SCREENSHOT=1` writes the
 //! screenshots in `docs/`.
 
+mod bench;
 pub mod cdp;
 
 use crate::bootstrap::Site;

@@ -184,6 +184,7 @@ impl Browser {
         let p = Page {
             browser: self,
             session: s["sessionId"].as_str().unwrap().to_owned(),
+            target: t["targetId"].as_str().unwrap().to_owned(),
         };
         p.call("Page.enable", json!({}));
         p.call("Runtime.enable", json!({}));
@@ -201,6 +202,19 @@ impl Drop for Browser {
 pub struct Page<'a> {
     browser: &'a Browser,
     session: String,
+    target: String,
+}
+
+/// A tab is closed with its page (its connections with it: Chromium keeps at most
+/// six per host, and an open dashboard holds one).
+impl Drop for Page<'_> {
+    fn drop(&mut self) {
+        let _ = self.browser.call(
+            None,
+            "Target.closeTarget",
+            json!({ "targetId": self.target }),
+        );
+    }
 }
 
 impl Page<'_> {
@@ -273,7 +287,6 @@ impl Page<'_> {
     }
 
     /// Performance metrics of the page (`Performance.getMetrics`) by name.
-    #[allow(dead_code)] // the benchmark uses it
     pub fn metrics(&self) -> HashMap<String, f64> {
         self.call("Performance.enable", json!({}));
         let r = self.call("Performance.getMetrics", json!({}));
