@@ -428,6 +428,10 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
             .as_deref()
             .and_then(chora_api::parse_rfc3339)
             .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+        let system_uptime = state
+            .as_ref()
+            .filter(|s| s.status == RunStatus::Completed)
+            .and_then(crate::ui::uptime);
         match format {
             "json" | "yaml" => {
                 let doc = serde_json::json!({
@@ -436,7 +440,7 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                     "current_phase": state.as_ref().map(|s| s.current_phase),
                     "last_error": state.as_ref().and_then(|s| s.last_error.clone()),
                     "bootstrap_completed_at": completed_at,
-                    "uptime_seconds": uptime.map(|d| d.as_secs()),
+                    "uptime_seconds": system_uptime.map(|d| d.as_secs()),
                     "manifest_reachable": list.is_some(),
                     "services": views,
                 });
@@ -499,7 +503,10 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                 println!("\nOverall Status: {}", overall.to_uppercase());
                 match (&state, &completed_at, uptime) {
                     (Some(_), Some(at), Some(up)) => {
-                        println!("Bootstrap completed: {at} ({} ago)", human(up))
+                        println!("Bootstrap completed: {at} ({} ago)", human(up));
+                        if let Some(u) = system_uptime {
+                            println!("Uptime: {}", crate::ui::human_uptime(u));
+                        }
                     }
                     (Some(s), _, _) => println!(
                         "Bootstrap {} at phase {}{}",
