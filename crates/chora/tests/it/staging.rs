@@ -406,6 +406,20 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
     assert!(docker(&["kill", &old]).status.success());
     until_up(&m, "analyzer", |l| l.len() == 1 && l[0].id != old).await;
 
+    // Rollback to phase 2 removes the capability containers; the next run
+    // deploys them again.
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "rollback", "--to-phase", "2", "--force"]))
+        .await
+        .unwrap();
+    let left: Vec<String> = s.containers().into_keys().collect();
+    assert_eq!(left, ["gateway", "manifest", "orchestrator"], "after rollback");
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    s.assert_one_container_each();
+
     // Reset removes exactly this home's containers and network, keeps volumes,
     // and leaves a container the test started itself running.
     let mine = format!("{}-bystander", s.project);
