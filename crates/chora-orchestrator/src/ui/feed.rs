@@ -372,3 +372,131 @@ fn compute(src: &Sources) -> BTreeMap<String, Row> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(name: &str, id: &str, status: Status) -> Instance {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "id": id, "version": "1.0.0",
+            "interfaces": {"REST": "http://127.0.0.1:1"}, "metadata": {},
+            "status": status, "last_heartbeat": "2026-01-01T00:00:00Z",
+            "registered_at": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    fn deployment(name: &str, state: RunState, id: &str) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            version: "1.0.0".into(),
+            state,
+            pid: Some(7),
+            container: None,
+            runtime: "process".into(),
+            restarts: 1,
+            url: "http://127.0.0.1:1".into(),
+            started_at: None,
+            instance_id: Some(id.into()),
+            last_exit: None,
+        }
+    }
+
+    #[test]
+    fn a_row_is_up_only_while_its_current_instance_is() {
+        let mut src = Sources {
+            instances: vec![
+                instance("manifest", "manifest-1", Status::Up),
+                instance("analyzer", "analyzer-old", Status::Up),
+                instance("storage", "storage-1", Status::Up),
+                instance("gateway", "gateway-1", Status::Unhealthy),
+            ],
+            manifest_ok: true,
+            deployments: BTreeMap::new(),
+            bootstrap: bootstrap::Reader::new(None),
+            manifest_url: "http://127.0.0.1:1".into(),
+        };
+        // Restarted: its new instance has not registered yet, the old one lingers.
+        src.deployments.insert(
+            "analyzer".into(),
+            deployment("analyzer", RunState::Running, "analyzer-new"),
+        );
+        src.deployments.insert(
+            "storage".into(),
+            deployment("storage", RunState::Restarting, "storage-1"),
+        );
+        src.deployments.insert(
+            "logger".into(),
+            deployment("logger", RunState::Stopped, "logger-1"),
+        );
+        let rows = compute(&src);
+        let status = |n: &str| rows[n].status;
+        assert_eq!(status("manifest"), "up");
+        assert_eq!(status("analyzer"), "down");
+        assert_eq!(status("storage"), "down", "restarting is down");
+        assert_eq!(status("logger"), "down");
+        assert_eq!(status("gateway"), "unhealthy");
+        assert_eq!(rows["storage"].state, Some("restarting"));
+        assert_eq!(rows["storage"].runtime, "process");
+        assert_eq!(rows["gateway"].runtime, "-");
+        src.instances
+            .push(instance("analyzer", "analyzer-new", Status::Up));
+        src.manifest_ok = false;
+        let rows = compute(&src);
+        assert_eq!(rows["analyzer"].status, "up");
+        assert_eq!(
+            rows["manifest"].status, "down",
+            "the Manifest does not answer"
+        );
+    }
+
+    #[test]
+    fn every_changed_row_is_its_own_numbered_update() {
+        let (tx, _) = broadcast::channel(16);
+        let feed = Feed {
+            model: Mutex::new(Model {
+                seq: 0,
+                rows: BTreeMap::new(),
+                meta: Meta {
+                    manifest_reachable: true,
+                    manifest_url: String::new(),
+                    bootstrap: None,
+                },
+                tx,
+            }),
+        };
+        let mut src = Sources {
+            instances: vec![instance("storage", "storage-1", Status::Up)],
+            manifest_ok: true,
+            deployments: BTreeMap::new(),
+            bootstrap: bootstrap::Reader::new(None),
+            manifest_url: String::new(),
+        };
+        let (_, seq0, mut rx) = feed.subscribe();
+        apply(&feed, &src);
+        // Down, then up again: two updates, neither folded into the other.
+        src.deployments.insert(
+            "storage".into(),
+            deployment("storage", RunState::Restarting, "storage-1"),
+        );
+        apply(&feed, &src);
+        src.deployments.insert(
+            "storage".into(),
+            deployment("storage", RunState::Running, "storage-1"),
+        );
+        apply(&feed, &src);
+        apply(&feed, &src); // nothing changed: nothing sent
+        let mut got = Vec::new();
+        while let Ok(u) = rx.try_recv() {
+            assert!(u.seq > seq0);
+            got.push(u.sse.clone());
+        }
+        let statuses: Vec<bool> = got
+            .iter()
+            .filter(|s| s.starts_with("event: row"))
+            .map(|s| s.contains("\"status\":\"up\""))
+            .collect();
+        assert_eq!(statuses, [true, false, true], "{got:#?}");
+    }
+}

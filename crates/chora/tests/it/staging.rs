@@ -409,11 +409,17 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
     // Rollback to phase 2 removes the capability containers; the next run
     // deploys them again.
     let s2 = s.clone();
-    tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "rollback", "--to-phase", "2", "--force"]))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        s2.ok(&["bootstrap", "rollback", "--to-phase", "2", "--force"])
+    })
+    .await
+    .unwrap();
     let left: Vec<String> = s.containers().into_keys().collect();
-    assert_eq!(left, ["gateway", "manifest", "orchestrator"], "after rollback");
+    assert_eq!(
+        left,
+        ["gateway", "manifest", "orchestrator"],
+        "after rollback"
+    );
     let s2 = s.clone();
     tokio::task::spawn_blocking(move || s2.ok(&["bootstrap"]))
         .await

@@ -59,8 +59,31 @@ fn session_cookie(r: &reqwest::Response) -> String {
 #[tokio::test]
 async fn every_dashboard_route_needs_the_session_and_the_login_link_works_once() {
     let site = Site::new();
-    site.ok(&["bootstrap", "--skip-validation"]);
+    let out = site.ok(&["bootstrap", "--skip-validation"]);
     let (c, b) = (http(), base(&site));
+    // The closing block names the dashboard; status shows the uptime.
+    assert!(
+        out.contains(
+            "System Status:\n  8 services running\n  8 services healthy\n  0 services unhealthy"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Access Orchestrator UI: {b}/ui (log in with: chora bootstrap ui)"
+        )),
+        "{out}"
+    );
+    let status = site.ok(&["bootstrap", "status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uptime: ") && l.ends_with('s')),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&site.ok(&["bootstrap", "status", "--format", "json"])).unwrap();
+    assert!(json["uptime_seconds"].is_u64(), "{json}");
 
     // Without a session: refused, the event stream and the buttons included.
     for path in ["/ui", "/ui/events", "/ui/logs/analyzer", "/ui/app.js"] {
