@@ -19,6 +19,13 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Site {
+        let s = Site::bare();
+        s.write_config(&s.template());
+        s
+    }
+
+    /// A site with its free ports and no config yet.
+    pub fn bare() -> Site {
         let dir = chora_testkit::temp_dir();
         // Hold all eight at once so that no two are the same.
         let held: Vec<std::net::TcpListener> = (0..8)
@@ -29,9 +36,7 @@ impl Site {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         drop(held);
-        let s = Site { dir, ports };
-        s.write_config(&s.template());
-        s
+        Site { dir, ports }
     }
 
     pub fn home(&self) -> PathBuf {
@@ -69,7 +74,7 @@ impl Site {
         std::fs::write(self.home().join("bootstrap-config.yml"), text).unwrap();
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(chora_bin());
         c.args(args)
             .current_dir(self.dir.path())

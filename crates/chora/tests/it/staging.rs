@@ -4,10 +4,9 @@
 //! tag, and removes every container, network, volume and image tag it made,
 //! even when it fails.
 
-use crate::chora_bin;
+use crate::bootstrap::Site;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,47 +34,37 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_owned()
 }
 
-/// A staging project in a temp dir, with its own project name, ports and image.
+/// A staging project: a [`Site`] (temp dir, free ports, the `chora` runner)
+/// with its own project name and image.
 pub struct Staging {
-    pub dir: tempfile::TempDir,
+    pub site: Site,
     pub project: String,
-    pub ports: Vec<u16>,
     pub image: String,
-    /// Containers, volumes and image tags the test made itself.
-    pub extra_containers: Vec<String>,
+    /// Image tags the test made itself.
     pub extra_images: Vec<String>,
+}
+
+impl std::ops::Deref for Staging {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.site
+    }
 }
 
 impl Staging {
     /// A project whose chora image is built now under a tag of its own.
     pub fn new() -> Staging {
-        let dir = chora_testkit::temp_dir();
-        let held: Vec<std::net::TcpListener> = (0..8)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports = held
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        drop(held);
         let project = format!("chora-t{}", chora_api::random_hex(4));
-        let image = format!("{project}:test");
         let s = Staging {
-            dir,
+            site: Site::bare(),
+            image: format!("{project}:test"),
             project,
-            ports,
-            image,
-            extra_containers: Vec::new(),
             extra_images: Vec::new(),
         };
         let (code, out, err) = s.run(&["image", "build", "--tag", &s.image]);
         assert_eq!(code, 0, "image build failed\n{out}\n{err}");
         s.write_config(&s.template());
         s
-    }
-
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join(".chora")
     }
 
     /// The staging template on this project's ports, name and image.
@@ -95,61 +84,6 @@ impl Staging {
     pub fn with_services(&self, extra: &str) -> String {
         self.template()
             .replace("\ntimeouts:", &format!("{extra}\ntimeouts:"))
-    }
-
-    pub fn write_config(&self, text: &str) {
-        std::fs::create_dir_all(self.home()).unwrap();
-        std::fs::write(self.home().join("bootstrap-config.yml"), text).unwrap();
-    }
-
-    pub fn port(&self, service: &str) -> u16 {
-        self.ports[SERVICES.iter().position(|s| *s == service).unwrap()]
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(chora_bin());
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("CHORA_HOME", self.home())
-            .env("NO_COLOR", "1")
-            .env_remove("MANIFEST_URL")
-            .env_remove("CHORA_CREDENTIALS")
-            .stdin(Stdio::null());
-        c
-    }
-
-    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.command(args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    #[track_caller]
-    pub fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args);
-        assert_eq!(
-            code, 0,
-            "chora {args:?} failed\nstdout:\n{out}\nstderr:\n{err}"
-        );
-        out
-    }
-
-    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        self.command(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
-    pub fn state(&self) -> Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(self.home().join("bootstrap-state.json")).unwrap(),
-        )
-        .unwrap()
     }
 
     /// This home's containers: service label → ids (running or not).
@@ -234,10 +168,9 @@ impl Drop for Staging {
             ])
             .stdout,
         );
-        for id in ids
-            .lines()
-            .chain(self.extra_containers.iter().map(String::as_str))
-        {
+        let named =
+            text(&docker(&["ps", "-aq", "--filter", &format!("name=^{}-", self.project)]).stdout);
+        for id in ids.lines().chain(named.lines()) {
             let _ = docker(&["rm", "-f", id]);
         }
         let _ = docker(&["network", "rm", &self.project]);
@@ -428,6 +361,7 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
 
     // Reset removes exactly this home's containers and network, keeps volumes,
     // and leaves a container the test started itself running.
+    // Named after the project, so the fixture removes it even if the test fails.
     let mine = format!("{}-bystander", s.project);
     let run = docker(&[
         "run",
