@@ -27,6 +27,9 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(60);
 /// against [`IDLE_EXIT`].
 pub const STALE: Duration = Duration::from_secs(40);
 
+// The margin covers starting a command on a loaded machine.
+const _: () = assert!(STALE.as_secs() + 15 <= IDLE_EXIT.as_secs());
+
 /// The start of the error of a command whose connection was lost.
 pub const LOST: &str = "ssh: the connection was lost";
 
