@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client;
 pub mod duration;
 pub mod keeper;
+pub mod login;
 pub mod manifest;
 pub mod orchestrator;
 

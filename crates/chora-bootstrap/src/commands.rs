@@ -313,9 +313,41 @@ struct ServiceView {
     health: String,
     last_heartbeat: Option<String>,
     heartbeat_age_seconds: Option<f64>,
+    /// `process` or `docker`.
+    runtime: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
 }
 
-fn view(ctx: &Ctx, list: Option<&[Instance]>, filter: &[String]) -> Vec<ServiceView> {
+/// Where each service runs (pid or container): phases 1-2 from the state file,
+/// phase 3 from the orchestrator.
+type Units = std::collections::BTreeMap<String, (Option<u32>, Option<String>)>;
+
+async fn units(ctx: &Ctx, state: Option<&State>) -> Units {
+    let mut u: Units = state
+        .map(|s| {
+            s.services
+                .iter()
+                .map(|(n, r)| (n.clone(), (r.pid, r.container.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(rows) = ctx.deployed().await {
+        for r in rows {
+            u.insert(r.name, (r.pid, r.container));
+        }
+    }
+    u
+}
+
+fn view(
+    ctx: &Ctx,
+    list: Option<&[Instance]>,
+    filter: &[String],
+    units: &Units,
+) -> Vec<ServiceView> {
     let now = std::time::SystemTime::now();
     ctx.config
         .start_order()
@@ -350,6 +382,9 @@ fn view(ctx: &Ctx, list: Option<&[Instance]>, filter: &[String]) -> Vec<ServiceV
                 },
                 last_heartbeat: inst.map(|i| i.last_heartbeat.clone()),
                 heartbeat_age_seconds: age,
+                runtime: spec.runtime(ctx.config.default_runtime()).as_str(),
+                pid: units.get(&name).and_then(|u| u.0),
+                container: units.get(&name).and_then(|u| u.1.clone()),
                 status,
                 name,
             }
@@ -375,7 +410,12 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
             Ok((l, i)) => (Some(l), Some(i)),
             Err(_) => (None, None),
         };
-        let views = view(&ctx, list.as_deref(), &services);
+        let units = if format == "json" || format == "yaml" {
+            units(&ctx, state.as_ref()).await
+        } else {
+            Units::new()
+        };
+        let views = view(&ctx, list.as_deref(), &services, &units);
         let all_up = list.is_some() && views.iter().all(|v| v.status == "up");
         let (overall, code) = match state.as_ref().map(|s| s.status) {
             Some(RunStatus::Failed) => ("failed", 3),
@@ -388,6 +428,10 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
             .as_deref()
             .and_then(chora_api::parse_rfc3339)
             .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+        let system_uptime = state
+            .as_ref()
+            .filter(|s| s.status == RunStatus::Completed)
+            .and_then(crate::ui::uptime);
         match format {
             "json" | "yaml" => {
                 let doc = serde_json::json!({
@@ -396,7 +440,7 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                     "current_phase": state.as_ref().map(|s| s.current_phase),
                     "last_error": state.as_ref().and_then(|s| s.last_error.clone()),
                     "bootstrap_completed_at": completed_at,
-                    "uptime_seconds": uptime.map(|d| d.as_secs()),
+                    "uptime_seconds": system_uptime.map(|d| d.as_secs()),
                     "manifest_reachable": list.is_some(),
                     "services": views,
                 });
@@ -459,7 +503,10 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                 println!("\nOverall Status: {}", overall.to_uppercase());
                 match (&state, &completed_at, uptime) {
                     (Some(_), Some(at), Some(up)) => {
-                        println!("Bootstrap completed: {at} ({} ago)", human(up))
+                        println!("Bootstrap completed: {at} ({} ago)", human(up));
+                        if let Some(u) = system_uptime {
+                            println!("Uptime: {}", crate::ui::human_uptime(u));
+                        }
                     }
                     (Some(s), _, _) => println!(
                         "Bootstrap {} at phase {}{}",

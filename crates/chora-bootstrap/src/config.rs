@@ -552,6 +552,11 @@ impl Config {
                 }
                 _ => {}
             }
+            if spec.phase == 3 && spec.docker_compose.is_some() {
+                return Err(at(
+                    "`docker_compose` is for phase 1-2 services (the orchestrator deploys `command` or `image`)".into(),
+                ));
+            }
             if spec.phase < 3 && ways == 0 {
                 return Err(at(
                     "needs `command`, `image` or `docker_compose`: how to run it".into(),

@@ -8,7 +8,7 @@ use chora_runtime::docker::DockerRuntime;
 use chora_runtime::process::{Lifetime, ProcessRuntime};
 use chora_runtime::{Found, Runtime, UnitId, UnitSpec};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -250,9 +250,34 @@ impl Ctx {
 
     /// The runtime that runs `spec` when the bootstrap starts it.
     pub async fn runtime_for(&self, spec: &ServiceSpec) -> Result<Arc<dyn Runtime>, StepError> {
+        if spec.docker_compose.is_some() {
+            return Ok(Arc::new(self.compose_runtime()));
+        }
         match spec.runtime(self.config.default_runtime()) {
             RuntimeKind::Process => Ok(Arc::new(self.process_runtime())),
             RuntimeKind::Docker => Ok(self.docker_runtime().await?),
+        }
+    }
+
+    /// `docker_compose:` services: their files (relative to the config's
+    /// directory), run as the project.
+    pub fn compose_runtime(&self) -> chora_runtime::compose::ComposeRuntime {
+        let base = self
+            .config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        chora_runtime::compose::ComposeRuntime {
+            project: self.config.project().to_owned(),
+            files: self
+                .config
+                .services
+                .iter()
+                .filter_map(|(n, s)| {
+                    let f = PathBuf::from(self.expand(s.value.docker_compose.as_deref()?));
+                    Some((n.clone(), if f.is_absolute() { f } else { base.join(f) }))
+                })
+                .collect(),
         }
     }
 

@@ -926,6 +926,8 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
     );
     let services = services_json(&run.ctx, &run.state);
     run.out.finish("completed", services, None);
+    run.out
+        .line(&crate::ui::closing_block(&run.ctx, &run.state));
     Ok(())
 }
 

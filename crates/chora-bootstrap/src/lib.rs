@@ -21,4 +21,5 @@ pub mod output;
 pub use chora_runtime::proc;
 pub mod state;
 pub mod template;
+pub mod ui;
 pub mod validate;

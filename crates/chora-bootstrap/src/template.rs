@@ -31,7 +31,7 @@ services:
     command: [chora, orchestrator, serve, --listen, "127.0.0.1:8600",
               --manifest-url, "http://127.0.0.1:8500",
               --credentials, "${CHORA_HOME}/credentials.json",
-              --logs, "${CHORA_HOME}/logs"]
+              --logs, "${CHORA_HOME}/logs", --home, "${CHORA_HOME}"]
     port: 8600
     health_endpoint: http://127.0.0.1:8600/health
     timeout: 30
@@ -188,10 +188,10 @@ services:
     command: [orchestrator, serve, --listen, "0.0.0.0:8600",
               --manifest-url, "http://manifest:8500",
               --runtime, docker, --chora-image, "chora:${CHORA_VERSION}",
-              --logs, "${CHORA_HOME}/logs"]
+              --logs, "${CHORA_HOME}/logs", --home, "${CHORA_HOME}"]
     port: 8600
     volumes: ["/var/run/docker.sock:/var/run/docker.sock",
-              "${CHORA_HOME}/logs:${CHORA_HOME}/logs"]
+              "${CHORA_HOME}:${CHORA_HOME}"]
     env:
       CHORA_CREDENTIALS_JSON: "${CHORA_CREDENTIALS_JSON}"
     health_endpoint: http://127.0.0.1:8600/health

@@ -61,6 +61,15 @@ impl AppState {
         }
     }
 
+    /// The deployments by name (the dashboard reads and acts on them).
+    pub fn deployments(&self) -> &Deployments {
+        &self.deployments
+    }
+
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
     /// Stops and forgets every deployment, all at once.
     pub async fn remove_all(&self) {
         let all: Vec<Arc<Deployment>> = std::mem::take(&mut *self.deployments.lock().await)

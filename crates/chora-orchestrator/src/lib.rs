@@ -3,10 +3,11 @@
 //! [`run`] serves the API on a listener the caller bound until `shutdown`
 //! resolves, then stops every child (SIGTERM, then SIGKILL after the grace period),
 //! deregisters itself and returns. Units are started through the
-//! [`runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
+//! [`chora_runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
 
 pub mod http;
 pub mod supervisor;
+pub mod ui;
 
 use chora_api::auth::Credentials;
 use chora_service::register::{SelfRegistration, keep_registered};
@@ -114,6 +115,7 @@ pub async fn run(
         credentials: config.credentials.clone(),
         self_exe: config.self_exe.clone(),
         restarts_total,
+        events: tokio::sync::broadcast::channel(1024).0,
     });
     let ctx_for_adoption = ctx.clone();
     let state = Arc::new(http::AppState::new(
@@ -124,7 +126,24 @@ pub async fn run(
     state
         .adopt(supervisor::adopt_all(&ctx_for_adoption).await)
         .await;
-    let app = http::router(state.clone());
+    let dashboard = ui::Ui::start(
+        state.clone(),
+        ui::UiConfig {
+            manifest_url: config.manifest_url.clone(),
+            home: Some(PathBuf::from(&config.home)),
+            logs_dir: config.logs_dir.clone(),
+            jwt_secret: config
+                .credentials
+                .as_ref()
+                .and_then(|c| c.jwt_secret().map(str::to_owned)),
+        },
+    );
+    let app = http::router(state.clone()).merge(ui::router(dashboard.clone()));
+    // Open pages' event streams end first, or the graceful shutdown would wait on them.
+    let shutdown = async move {
+        shutdown.await;
+        dashboard.close();
+    };
     let keeper = keep_registered(SelfRegistration {
         manifest_url: config.manifest_url.clone(),
         token,

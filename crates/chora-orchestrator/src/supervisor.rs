@@ -94,6 +94,8 @@ pub struct Ctx {
         crate::ServiceLabel,
         prometheus_client::metrics::counter::Counter,
     >,
+    /// Every status an actor publishes, in order (the dashboard follows it).
+    pub events: tokio::sync::broadcast::Sender<ServiceStatus>,
 }
 
 impl Ctx {
@@ -296,7 +298,9 @@ struct Actor {
 
 impl Actor {
     fn publish(&self, f: impl FnOnce(&mut ServiceStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        let _ = self.ctx.events.send(s.clone());
     }
 
     fn state(&self) -> State {

@@ -11,6 +11,7 @@
 
 pub mod behalf;
 pub mod check;
+pub mod compose;
 pub mod docker;
 pub mod proc;
 pub mod process;

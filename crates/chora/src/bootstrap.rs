@@ -124,6 +124,9 @@ enum BootstrapCommand {
         #[arg(long, value_enum, default_value_t = TableOrJson::Table)]
         format: TableOrJson,
     },
+    /// Print a one-time login URL for the dashboard (valid 5 minutes, works once)
+    #[command(after_help = "Example:\n  chora bootstrap ui\n  xdg-open \"$(chora bootstrap ui)\"")]
+    Ui,
     /// Show, edit, validate the config; rotate and apply credentials
     #[command(
         after_help = "Example:\n  chora bootstrap config validate --config ./bootstrap-config.yml\n  chora bootstrap config rotate-credentials && chora bootstrap config apply-credentials"
@@ -207,6 +210,7 @@ pub fn run(args: BootstrapArgs) -> Result<(), Failure> {
             };
             rt.block_on(commands::validate(skip, format == TableOrJson::Json))
         }
+        Some(BootstrapCommand::Ui) => rt.block_on(chora_bootstrap::ui::ui(None)),
         Some(BootstrapCommand::Config { action }) => {
             let (what, path) = match action {
                 ConfigAction::Show { config } => ("show", config),

@@ -44,7 +44,8 @@ struct OrchestratorServe {
     /// Directory for the deployed services' <name>.log files
     #[arg(long, default_value = ".chora/logs")]
     logs: PathBuf,
-    /// The chora home its containers are labelled with (io.chora.home)
+    /// The chora home: its containers' io.chora.home label, and the bootstrap
+    /// state the dashboard (/ui) shows
     #[arg(long, env = "CHORA_HOME", default_value = ".chora")]
     home: PathBuf,
     /// Container names <project>-<name>, network <project>

@@ -232,6 +232,10 @@ fn a_fresh_bootstrap_brings_everything_up_and_status_tells_the_truth() {
             .iter()
             .all(|s| s["status"] == "up")
     );
+    for svc in v["services"].as_array().unwrap() {
+        assert_eq!(svc["runtime"], "process", "{svc}");
+        assert!(svc["pid"].is_u64() && svc["container"].is_null(), "{svc}");
+    }
 
     // A killed infrastructure service shows in status (1), and the next
     // bootstrap restarts it.

@@ -16,6 +16,7 @@ mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
 mod staging;
+mod ui;
 
 use chora_testkit::{Server, spawn_server};
 use serde_json::Value;

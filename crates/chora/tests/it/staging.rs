@@ -313,11 +313,21 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
     assert!(out.contains("Docker") && out.contains("detected"), "{out}");
     assert!(out.contains("✓ Health dashboard"), "{out}");
     s.assert_one_container_each();
-    assert_eq!(s.networks(), [s.project.clone()]);
+    assert_eq!(s.networks(), std::slice::from_ref(&s.project));
     let (code, json, _) = s.run(&["bootstrap", "status", "--format", "json"]);
     assert_eq!(code, 0, "{json}");
     let v: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["overall_status"], "healthy");
+    let ids = s.containers();
+    for svc in v["services"].as_array().unwrap() {
+        assert_eq!(svc["runtime"], "docker", "{svc}");
+        let id = svc["container"].as_str().unwrap_or_default();
+        let name = svc["name"].as_str().unwrap();
+        assert!(
+            !id.is_empty() && ids[name].iter().any(|short| id.starts_with(short.as_str())),
+            "{svc} vs {ids:?}"
+        );
+    }
     assert!(s.state()["services"]["manifest"]["container"].is_string());
     // No secret in any label or command line of this home's containers.
     let creds = std::fs::read_to_string(s.home().join("credentials.json")).unwrap();
@@ -395,6 +405,26 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
     let old = container_id(&s, "analyzer");
     assert!(docker(&["kill", &old]).status.success());
     until_up(&m, "analyzer", |l| l.len() == 1 && l[0].id != old).await;
+
+    // Rollback to phase 2 removes the capability containers; the next run
+    // deploys them again.
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || {
+        s2.ok(&["bootstrap", "rollback", "--to-phase", "2", "--force"])
+    })
+    .await
+    .unwrap();
+    let left: Vec<String> = s.containers().into_keys().collect();
+    assert_eq!(
+        left,
+        ["gateway", "manifest", "orchestrator"],
+        "after rollback"
+    );
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    s.assert_one_container_each();
 
     // Reset removes exactly this home's containers and network, keeps volumes,
     // and leaves a container the test started itself running.
@@ -591,4 +621,76 @@ fn bad_container_input_is_named_and_nothing_is_left_half_started() {
         err.contains("Docker") && err.to_lowercase().contains("not"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_docker_compose_service_is_started_registered_and_brought_down() {
+    if !chora_testkit::docker_available("a_docker_compose_service") {
+        return;
+    }
+    let s = tokio::task::spawn_blocking(Staging::new).await.unwrap();
+    let port = chora_testkit::free_port();
+    let file = s.dir.path().join("cache.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"version: "3"
+services:
+  cache:
+    image: "{image}"
+    command: [manifest, serve, --no-auth, --listen, "0.0.0.0:{port}", --storage, "sqlite:/tmp/c.db"]
+    ports: ["127.0.0.1:{port}:{port}"]
+"#,
+            image = s.image
+        ),
+    )
+    .unwrap();
+    s.write_config(&s.with_services(&format!(
+        r#"
+  cache:
+    phase: 2
+    docker_compose: "{file}"
+    port: {port}
+    health_endpoint: http://127.0.0.1:{port}/health
+    timeout: 30
+    dependencies: [manifest]
+"#,
+        file = file.display()
+    )));
+    let s = std::sync::Arc::new(s);
+    let s2 = s.clone();
+    let out = tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "--skip-validation"]))
+        .await
+        .unwrap();
+    assert!(out.contains("cache started (container"), "{out}");
+    let compose_ps = |s: &Staging| {
+        text(
+            &docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", s.project),
+            ])
+            .stdout,
+        )
+    };
+    assert_eq!(compose_ps(&s).lines().count(), 1);
+    // Registered on its behalf while it runs.
+    let (up, _) = until_up(&s.manifest(), "cache", |l| l.len() == 1).await;
+    assert_eq!(up[0].interfaces["REST"], format!("http://127.0.0.1:{port}"));
+    // A second run finds it running; reset brings it down (compose down).
+    let s2 = s.clone();
+    let out = tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "--skip-validation"]))
+        .await
+        .unwrap();
+    assert!(
+        out.contains("nothing to do") || out.contains("already running"),
+        "{out}"
+    );
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.ok(&["bootstrap", "reset", "--force"]))
+        .await
+        .unwrap();
+    assert_eq!(compose_ps(&s), "", "compose's container is gone");
+    let _ = docker(&["network", "rm", &format!("{}_default", s.project)]);
 }

@@ -1,0 +1,268 @@
+//! The dashboard's HTML, rendered on the server: the whole page for `GET /ui`
+//! (readable without JavaScript), and the same row and bootstrap fragments that
+//! the event stream carries, so the page's script only swaps them in.
+
+use super::bootstrap::BootstrapView;
+use super::feed::{Meta, Model, Row};
+use std::fmt::Write;
+
+/// `&`, `<`, `>`, `"` and `'` escaped for text and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// `42ms`, `1.3s`, `2m 5s`, `3h 4m`, `2d 5h`.
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if s < 3600 {
+        format!("{}m {}s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d {}h", s / 86400, (s % 86400) / 3600)
+    }
+}
+
+/// The age of an RFC 3339 time, as text (`-` when there is none).
+fn age(t: Option<&str>) -> String {
+    t.and_then(chora_api::parse_rfc3339)
+        .map(|t| {
+            let d = std::time::SystemTime::now()
+                .duration_since(t)
+                .unwrap_or_default();
+            let s = d.as_secs();
+            if s < 60 {
+                format!("{s}s")
+            } else {
+                human_ms(s * 1000)
+            }
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A cell whose text the script keeps current from `data-since`.
+fn since_cell(class: &str, t: Option<&str>) -> String {
+    match t {
+        Some(t) => format!(
+            "<td class=\"{class}\" data-since=\"{}\">{}</td>",
+            esc(t),
+            age(Some(t))
+        ),
+        None => format!("<td class=\"{class}\">-</td>"),
+    }
+}
+
+/// One service's `<tr>`. `csrf` is the session's token for the buttons' forms
+/// (without it the script adds its own from the page).
+pub fn row(r: &Row, csrf: Option<&str>) -> String {
+    let mut h = String::with_capacity(900);
+    let _ = write!(
+        h,
+        "<tr data-service=\"{n}\" data-status=\"{s}\" data-order=\"{o}:{n}\">\
+         <td class=\"svc\"><span class=\"dot\"></span>{n}</td>\
+         <td><span class=\"badge {s}\">{s}</span>{state}</td>\
+         <td class=\"ver\">{v}</td><td class=\"url\">{u}</td>",
+        n = esc(&r.name),
+        s = r.status,
+        o = r.phase.unwrap_or(9),
+        state = match r.state {
+            Some(st) if st != "running" => format!(" <span class=\"state\">{st}</span>"),
+            _ => String::new(),
+        },
+        v = r.version.as_deref().map(esc).unwrap_or_else(|| "-".into()),
+        u = r
+            .url
+            .as_deref()
+            .map(|u| format!("<code>{}</code>", esc(u)))
+            .unwrap_or_else(|| "-".into()),
+    );
+    h.push_str(&since_cell("hb", r.last_heartbeat.as_deref()));
+    let unit = match (&r.pid, &r.container) {
+        (Some(p), _) => format!("pid {p}"),
+        (None, Some(c)) => esc(&c.chars().take(12).collect::<String>()),
+        _ => "-".into(),
+    };
+    let _ = write!(
+        h,
+        "<td class=\"rt\">{}</td><td class=\"pid\">{unit}</td><td class=\"num\">{}</td>",
+        esc(&r.runtime),
+        r.restarts
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    h.push_str(&since_cell("up", r.started_at.as_deref()));
+    h.push_str("<td class=\"act\">");
+    if r.state.is_some() {
+        let token = esc(csrf.unwrap_or(""));
+        let running = matches!(r.state, Some("running") | Some("restarting"));
+        for (action, label, useless) in [
+            ("stop", "Stop", !running),
+            ("start", "Start", running),
+            ("restart", "Restart", false),
+        ] {
+            let _ = write!(
+                h,
+                "<form method=\"post\" action=\"/ui/services/{n}/{action}\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
+                 <button type=\"submit\" data-action=\"{action}\"{d}>{label}</button></form>",
+                n = esc(&r.name),
+                d = if useless { " disabled" } else { "" },
+            );
+        }
+    }
+    let _ = write!(
+        h,
+        "<a class=\"logs\" href=\"/ui/logs/{n}\" data-logs=\"{n}\">Logs</a></td></tr>",
+        n = esc(&r.name)
+    );
+    h
+}
+
+/// The bootstrap panel's body.
+pub fn bootstrap(b: Option<&BootstrapView>) -> String {
+    let Some(b) = b else {
+        return "<p class=\"muted\">No bootstrap state here (the orchestrator was started \
+                without <code>--home</code>, or no bootstrap has run).</p>"
+            .into();
+    };
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<p class=\"bs\"><span class=\"badge {s}\">{s}</span> <span class=\"muted\">{env} · \
+         phase {p}</span></p><ol class=\"phases\">",
+        s = esc(&b.status),
+        env = esc(&b.environment),
+        p = b.current_phase,
+    );
+    for p in &b.phases {
+        let _ = write!(
+            h,
+            "<li class=\"{s}\"><span class=\"pn\">{n}</span><span class=\"pname\">{name}</span>\
+             <span class=\"pdur\">{d}</span></li>",
+            s = p.status,
+            n = p.phase,
+            name = p.name,
+            d = p
+                .duration_ms
+                .map(human_ms)
+                .unwrap_or_else(|| match p.status {
+                    "pending" => "-".into(),
+                    s => s.replace('_', " "),
+                }),
+        );
+    }
+    h.push_str("</ol>");
+    if let Some(at) = &b.completed_at {
+        let _ = write!(
+            h,
+            "<p class=\"muted small\">Completed {}, up <span data-since=\"{}\">{}</span></p>",
+            esc(at),
+            esc(b.started_at.as_deref().unwrap_or(at)),
+            age(b.started_at.as_deref().or(Some(at)))
+        );
+    }
+    if let Some(e) = &b.last_error {
+        let _ = write!(
+            h,
+            "<div class=\"err\"><strong>Last error</strong><pre>{}</pre></div>",
+            esc(e)
+        );
+    }
+    h
+}
+
+/// The banner shown while the Manifest cannot be reached.
+pub fn banner(m: &Meta) -> String {
+    format!(
+        "<div id=\"manifest-banner\" class=\"banner\"{}>The Manifest at <code>{}</code> is not \
+         answering; showing what was last seen, retrying…</div>",
+        if m.manifest_reachable { " hidden" } else { "" },
+        esc(&m.manifest_url)
+    )
+}
+
+/// The whole page.
+pub fn page(m: &Model, csrf: &str, assets: &str) -> String {
+    let rows: Vec<&Row> = m.ordered();
+    let up = rows.iter().filter(|r| r.status == "up").count();
+    let mut body = String::new();
+    for r in &rows {
+        body.push_str(&row(r, Some(csrf)));
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<meta name=\"color-scheme\" content=\"light dark\">\
+<meta name=\"csrf-token\" content=\"{csrf}\">\
+<title>chora · dashboard</title>\
+<link rel=\"icon\" href=\"data:,\">\
+<link rel=\"stylesheet\" href=\"/ui/app.css?v={assets}\">\
+<script src=\"/ui/app.js?v={assets}\" defer></script></head>\
+<body><header class=\"top\"><div class=\"brand\"><span class=\"logo\">◆</span> chora \
+<span class=\"sub\">dashboard</span></div>\
+<div class=\"summary\" id=\"summary\">{up} of {total} up</div>\
+<div class=\"conn\" id=\"conn\" data-state=\"static\">static page</div></header>\
+<main>{banner}<section class=\"card\"><h2>Services</h2><div class=\"scroll\">\
+<table id=\"services\"><thead><tr><th>Service</th><th>Status</th><th>Version</th><th>URL</th>\
+<th title=\"time since the last heartbeat\">Heartbeat</th><th>Runtime</th><th>PID / container</th>\
+<th>Restarts</th><th>Uptime</th><th></th></tr></thead><tbody>{body}</tbody></table></div>\
+</section><div class=\"grid\"><section class=\"card\" id=\"bootstrap\"><h2>Bootstrap</h2>\
+<div id=\"bootstrap-body\">{bs}</div></section>\
+<section class=\"card\" id=\"logs\"><h2>Logs <span id=\"log-name\" class=\"muted\"></span>\
+<button id=\"log-close\" type=\"button\" hidden>Close</button></h2>\
+<pre id=\"log\" class=\"log\">Choose <b>Logs</b> on a service to follow its log here.</pre>\
+</section></div></main>\
+<footer class=\"muted small\">chora v{version} · live through server-sent events · \
+<form method=\"post\" action=\"/ui/logout\" class=\"inline\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"link\">Log out</button>\
+</form></footer></body></html>\n",
+        total = rows.len(),
+        banner = banner(&m.meta),
+        bs = bootstrap(m.meta.bootstrap.as_ref()),
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_escape_and_carry_the_data_attributes() {
+        let r = Row {
+            name: "a<b".into(),
+            status: "unhealthy",
+            version: Some("1.0\"".into()),
+            url: None,
+            last_heartbeat: None,
+            runtime: "process".into(),
+            pid: Some(7),
+            container: None,
+            restarts: Some(2),
+            started_at: None,
+            state: Some("restarting"),
+            phase: Some(3),
+            instances: 1,
+        };
+        let h = row(&r, Some("tok"));
+        assert!(h.starts_with("<tr data-service=\"a&lt;b\" data-status=\"unhealthy\""));
+        assert!(h.contains("1.0&quot;") && h.contains("pid 7") && h.contains("restarting"));
+        assert_eq!(h.matches("value=\"tok\"").count(), 3);
+        assert_eq!(human_ms(125_000), "2m 5s");
+    }
+}

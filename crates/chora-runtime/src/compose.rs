@@ -1,0 +1,194 @@
+//! `docker_compose: FILE` services (DESIGN.md §9): `docker-compose -p <project>
+//! -f FILE up -d` (compose v2's `docker compose` where v1 is missing). The unit
+//! is the file's first container, found by compose's own listing; stopping it
+//! is `down` (volumes kept).
+
+use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, RuntimeKind, Unit, UnitId, UnitSpec};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct ComposeRuntime {
+    pub project: String,
+    /// Each compose service's file, by service name.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+/// `docker-compose`, else `docker compose`.
+fn program() -> Vec<String> {
+    let v1 = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("docker-compose").is_file()))
+        .unwrap_or(false);
+    if v1 {
+        vec!["docker-compose".into()]
+    } else {
+        vec!["docker".into(), "compose".into()]
+    }
+}
+
+impl ComposeRuntime {
+    fn file(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        self.files.get(name).cloned().ok_or_else(|| {
+            RuntimeError::Unsupported(format!("`{name}` has no `docker_compose` file"))
+        })
+    }
+
+    /// Runs compose on `name`'s file; its stdout, or why it failed.
+    async fn compose(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let file = self.file(name)?;
+        let prog = program();
+        let mut cmd = tokio::process::Command::new(&prog[0]);
+        cmd.args(&prog[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(&file)
+            .args(args)
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cmd.current_dir(dir);
+        }
+        let out = cmd.output().await.map_err(|e| RuntimeError::Spawn {
+            program: prog.join(" "),
+            message: e.to_string(),
+        })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last: Vec<&str> = err.lines().rev().take(3).collect();
+            Err(RuntimeError::Docker(format!(
+                "{} {} failed: {}",
+                prog.join(" "),
+                args.join(" "),
+                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )))
+        }
+    }
+
+    /// The running containers of `name`'s file.
+    async fn running(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let ids = self.compose(name, &["ps", "-q"], &BTreeMap::new()).await?;
+        let docker = crate::docker::connect().await?;
+        let mut running = Vec::new();
+        for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Ok(c) = docker.inspect_container(id, None).await
+                && c.state.and_then(|s| s.running) == Some(true)
+            {
+                running.push(id.to_owned());
+            }
+        }
+        Ok(running)
+    }
+
+    fn unit(&self, name: &str, id: String) -> Result<Box<dyn Unit>, RuntimeError> {
+        Ok(Box::new(ComposeUnit {
+            runtime: ComposeRuntime {
+                project: self.project.clone(),
+                files: [(name.to_owned(), self.file(name)?)].into(),
+            },
+            name: name.to_owned(),
+            id,
+        }))
+    }
+}
+
+impl Runtime for ComposeRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a UnitSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>> {
+        Box::pin(async move {
+            self.compose(&spec.name, &["up", "-d"], &spec.env).await?;
+            let id = self
+                .running(&spec.name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    RuntimeError::Docker(format!(
+                        "`{}`: compose started no container that stayed up",
+                        spec.name
+                    ))
+                })?;
+            self.unit(&spec.name, id)
+        })
+    }
+
+    fn find<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
+        Box::pin(async move {
+            Ok(match self.running(name).await?.into_iter().next() {
+                Some(id) => Some(Found {
+                    unit: self.unit(name, id)?,
+                    labels: Default::default(),
+                    env: Default::default(),
+                }),
+                None => None,
+            })
+        })
+    }
+
+    fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String> {
+        Box::pin(async move {
+            let n = lines.to_string();
+            self.compose(
+                name,
+                &["logs", "--no-color", "--tail", &n],
+                &BTreeMap::new(),
+            )
+            .await
+            .unwrap_or_else(|e| e.to_string())
+            .trim_end()
+            .to_owned()
+        })
+    }
+
+    fn advertise(&self, spec: &UnitSpec) -> Option<String> {
+        spec.port.map(|p| format!("http://127.0.0.1:{p}"))
+    }
+}
+
+/// A compose file's services, known by their first running container.
+struct ComposeUnit {
+    runtime: ComposeRuntime,
+    name: String,
+    id: String,
+}
+
+impl Unit for ComposeUnit {
+    fn id(&self) -> UnitId {
+        UnitId::Container(self.id.clone())
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            crate::docker::exited(&self.id).await;
+            Exit::Code(-1)
+        })
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let t = grace.as_secs().max(1).to_string();
+            if let Err(e) = self
+                .runtime
+                .compose(&self.name, &["down", "-t", &t], &BTreeMap::new())
+                .await
+            {
+                tracing::warn!(service = %self.name, error = %e, "compose down failed");
+            }
+            Exit::Signal(15)
+        })
+    }
+}
