@@ -15,7 +15,8 @@
 //!    user, every mesh peer answers a ping).
 //!
 //! Every step is check → act → verify ([`steps`]), so a second run changes
-//! nothing and says `ok`. [`bootstrap`] returns a [`Report`]; the binary front
+//! nothing and says `ok`, and a step whose SSH connection was lost can be run
+//! again on a new one (`on_host!`). [`bootstrap`] returns a [`Report`]; the binary front
 //! prints it and maps it to the exit code.
 //!
 //! ```no_run
@@ -148,6 +149,44 @@ impl HostRun {
     }
 }
 
+/// Runs one step on the host: `on_host!(remote, |r| async-expression using r)`.
+/// A master idle for long (a host waits between rounds while others install
+/// Docker; ssh closes an idle master after [`ssh::IDLE_EXIT`]) is replaced
+/// first. When the connection is lost during the step, chora reconnects and
+/// runs the step once more: it is check → act → verify, so that is safe. A
+/// host-key or authentication failure on reconnecting is not retried
+/// (`ssh::connect` retries only connection faults). (A macro: an async closure
+/// borrowing the host's facts is not `Send` for every lifetime.)
+macro_rules! on_host {
+    ($remote:expr, |$r:ident| $step:expr) => {{
+        let remote: &mut ssh::Remote = $remote;
+        match remote.freshen().await {
+            Err(e) => Err(format!("reconnecting: {e}")),
+            Ok(()) => {
+                let first = {
+                    let $r: &ssh::Remote = &*remote;
+                    $step.await
+                };
+                match first {
+                    Err(e) if remote.lost() => {
+                        tracing::debug!(host = %remote.host.name, error = %e, "ssh: reconnecting to run the step again");
+                        match remote.reconnect().await {
+                            Err(c) => Err(format!("{e}; reconnecting: {c}")),
+                            Ok(()) => {
+                                let $r: &ssh::Remote = &*remote;
+                                $step.await.map(|(s, d, v)| {
+                                    (s, format!("{d} (run again on a new connection: {e})"), v)
+                                })
+                            }
+                        }
+                    }
+                    r => r,
+                }
+            }
+        }
+    }};
+}
+
 /// Round 1 for one host.
 async fn prepare(
     mut run: HostRun,
@@ -164,36 +203,41 @@ async fn prepare(
     });
     let r = r.map_err(|e| e.to_string());
     run.remote = run.end(&sink, "ssh", t, r);
-    let Some(remote) = run.remote.take() else {
+    let Some(mut remote) = run.remote.take() else {
         return run;
     };
     let t = run.begin(&sink, "facts");
-    let r = steps::facts(&remote).await;
+    let r = on_host!(&mut remote, |r| steps::facts(r));
     run.facts = run.end(&sink, "facts", t, r);
     if let Some(facts) = run.facts.clone() {
         let t = run.begin(&sink, "apt-lock");
-        let r = steps::apt_lock(&remote, inv.apt_lock_timeout, opts.dry_run).await;
+        let r = on_host!(&mut remote, |r| steps::apt_lock(
+            r,
+            inv.apt_lock_timeout,
+            opts.dry_run
+        ));
         if run.end(&sink, "apt-lock", t, r).is_some() {
             let t = run.begin(&sink, "docker");
-            let r = steps::docker(
-                &remote,
+            let r = on_host!(&mut remote, |r| steps::docker(
+                r,
                 &facts,
                 inv.docker,
                 inv.apt_lock_timeout,
-                opts.dry_run,
-            )
-            .await;
+                opts.dry_run
+            ));
             if let Some(regroup) = run.end(&sink, "docker", t, r) {
                 run.reconnect = regroup;
                 if let Some(p) = &provider {
                     let t = run.begin(&sink, p.name());
-                    let ctx = Ctx {
-                        remote: &remote,
-                        facts: &facts,
-                        lock_timeout: inv.apt_lock_timeout,
-                        dry: opts.dry_run,
-                    };
-                    let r = p.install(&ctx).await;
+                    let r = on_host!(&mut remote, |r| async {
+                        let ctx = Ctx {
+                            remote: r,
+                            facts: &facts,
+                            lock_timeout: inv.apt_lock_timeout,
+                            dry: opts.dry_run,
+                        };
+                        p.install(&ctx).await
+                    });
                     if let Some(key) = run.end(&sink, p.name(), t, r) {
                         run.public_key = key;
                     }
@@ -215,18 +259,20 @@ async fn join(
     opts: Options,
     sink: Sink,
 ) -> HostRun {
-    let (Some(remote), Some(facts)) = (run.remote.take(), run.facts.clone()) else {
+    let (Some(mut remote), Some(facts)) = (run.remote.take(), run.facts.clone()) else {
         return run;
     };
     let me = run.member(&inv);
     let t = run.begin(&sink, "mesh");
-    let ctx = Ctx {
-        remote: &remote,
-        facts: &facts,
-        lock_timeout: inv.apt_lock_timeout,
-        dry: opts.dry_run,
-    };
-    let r = provider.join(&ctx, &me, &members).await;
+    let r = on_host!(&mut remote, |r| async {
+        let ctx = Ctx {
+            remote: r,
+            facts: &facts,
+            lock_timeout: inv.apt_lock_timeout,
+            dry: opts.dry_run,
+        };
+        provider.join(&ctx, &me, &members).await
+    });
     if let Some(ip) = run.end(&sink, "mesh", t, r) {
         run.mesh_ip = ip.or(me.mesh_ip);
     }
@@ -237,7 +283,6 @@ async fn join(
 /// Round 3 for one host: ping `peers` (name, mesh address) and `docker info`.
 async fn verify(
     mut run: HostRun,
-    inv: Arc<Inventory>,
     peers: Arc<Vec<(String, String)>>,
     opts: Options,
     sink: Sink,
@@ -262,13 +307,9 @@ async fn verify(
     }
     if run.reconnect {
         // Group membership is read at login: a new connection sees `docker`.
-        remote.close().await;
-        match ssh::connect(&run.host, &inv.ssh).await {
-            Ok(r) => remote = r,
-            Err(e) => {
-                run.end::<()>(&sink, "verify", t, Err(format!("reconnecting: {e}")));
-                return run;
-            }
+        if let Err(e) = remote.reconnect().await {
+            run.end::<()>(&sink, "verify", t, Err(format!("reconnecting: {e}")));
+            return run;
         }
     }
     let mine: Vec<(String, String)> = peers
@@ -276,7 +317,7 @@ async fn verify(
         .filter(|(n, _)| *n != run.host.name)
         .cloned()
         .collect();
-    let r = steps::verify(&remote, &mine).await;
+    let r = on_host!(&mut remote, |r| steps::verify(r, &mine));
     run.end(&sink, "verify", t, r);
     run.remote = Some(remote);
     run
@@ -373,7 +414,7 @@ pub async fn bootstrap(
             .collect(),
     );
     let runs = round(runs, opts.parallel, |run| {
-        verify(run, inv.clone(), peers.clone(), opts.clone(), sink.clone())
+        verify(run, peers.clone(), opts.clone(), sink.clone())
     })
     .await;
     let mut hosts = Vec::new();

@@ -5,11 +5,33 @@
 //! Connection faults (refused, timed out, reset, unreachable) are retried with
 //! backoff; a host-key mismatch or an authentication failure is not: trying
 //! again cannot fix either.
+//!
+//! A master exits by itself after [`IDLE_EXIT`] without channels (so none
+//! outlives a chora that was killed). A host can sit idle longer than that
+//! between rounds, while others install Docker: [`Remote::freshen`] replaces a
+//! master idle for [`STALE`] before its next step, and a command that finds the
+//! master gone says so ([`Remote::lost`]) so that the step can be run again on a
+//! new connection.
 
 use crate::inventory::{Host, SshOptions};
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
+
+/// A master with no channel for this long exits (ssh's `ControlPersist`).
+pub const IDLE_EXIT: Duration = Duration::from_secs(60);
+
+/// A master idle this long is replaced before its next step rather than raced
+/// against [`IDLE_EXIT`].
+pub const STALE: Duration = Duration::from_secs(40);
+
+// The margin covers starting a command on a loaded machine.
+const _: () = assert!(STALE.as_secs() + 15 <= IDLE_EXIT.as_secs());
+
+/// The start of the error of a command whose connection was lost.
+pub const LOST: &str = "ssh: the connection was lost";
 
 /// Why a host could not be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +119,11 @@ pub struct Remote {
     pub host: Host,
     /// Run privileged scripts through `sudo -n` (the SSH user is not root).
     pub sudo: bool,
+    opts: SshOptions,
+    /// When the master last had a channel (or was made).
+    idle_since: Mutex<Instant>,
+    /// A command found the master gone.
+    lost: AtomicBool,
 }
 
 /// Where the control sockets live: short, under /tmp (a socket path is limited to
@@ -122,7 +149,7 @@ async fn connect_once(host: &Host, opts: &SshOptions) -> Result<Session, Connect
         // Closed explicitly at the end of a run; if chora is killed first, the
         // master goes away by itself after a minute without channels.
         .control_persist(ControlPersist::IdleFor(
-            std::num::NonZeroUsize::new(60).expect("non-zero"),
+            std::num::NonZeroUsize::new(IDLE_EXIT.as_secs() as usize).expect("non-zero"),
         ))
         .known_hosts_check(if opts.accept_new {
             KnownHosts::Add
@@ -160,6 +187,9 @@ pub async fn connect(host: &Host, opts: &SshOptions) -> Result<Remote, ConnectEr
                     session,
                     host: host.clone(),
                     sudo: host.user != "root",
+                    opts: opts.clone(),
+                    idle_since: Mutex::new(Instant::now()),
+                    lost: AtomicBool::new(false),
                 });
             }
             Err(e) if e.transient() && attempt < opts.attempts => {
@@ -191,6 +221,12 @@ impl Remote {
     }
 
     async fn exec(&self, sudo: bool, script: &str) -> Result<Output, String> {
+        let r = self.exec_once(sudo, script).await;
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        r
+    }
+
+    async fn exec_once(&self, sudo: bool, script: &str) -> Result<Output, String> {
         let mut cmd = if sudo {
             let mut c = self.session.command("sudo");
             c.args(["-n", "sh", "-s"]);
@@ -203,7 +239,13 @@ impl Remote {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().await.map_err(|e| format!("ssh: {e}"))?;
+        let mut child = match cmd.spawn().await {
+            Ok(c) => c,
+            Err(openssh::Error::RemoteProcessTerminated | openssh::Error::Disconnected) => {
+                return Err(self.why_255().await);
+            }
+            Err(e) => return Err(format!("ssh: {e}")),
+        };
         if let Some(mut stdin) = child.stdin().take() {
             stdin
                 .write_all(script.as_bytes())
@@ -218,11 +260,60 @@ impl Remote {
                 stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
             }),
-            Err(openssh::Error::RemoteProcessTerminated) | Err(openssh::Error::Disconnected) => {
-                Err("ssh: the connection was lost (or the remote command exited 255)".into())
+            Err(openssh::Error::RemoteProcessTerminated | openssh::Error::Disconnected) => {
+                Err(self.why_255().await)
             }
             Err(e) => Err(format!("ssh: {e}")),
         }
+    }
+
+    /// ssh exits 255 both when the connection fails and when the remote command
+    /// exits 255 or is killed by a signal: the master, still up or not, tells
+    /// which. A lost connection is remembered ([`Remote::lost`]).
+    async fn why_255(&self) -> String {
+        match self.session.check().await {
+            Ok(()) => {
+                "the remote command exited 255 or was killed by a signal (the SSH connection is up)"
+                    .into()
+            }
+            Err(e) => {
+                self.lost.store(true, Ordering::SeqCst);
+                let why = source_text(&e);
+                if why.trim().is_empty() {
+                    format!("{LOST} ({e})")
+                } else {
+                    format!("{LOST} ({e}: {})", why.trim())
+                }
+            }
+        }
+    }
+
+    /// Some command found the connection lost since this master was made.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the master with a new connection (the old one is closed).
+    pub async fn reconnect(&mut self) -> Result<(), ConnectError> {
+        let fresh = connect(&self.host, &self.opts).await?;
+        let old = std::mem::replace(self, fresh);
+        old.close().await;
+        Ok(())
+    }
+
+    /// Makes sure the master will still be there for the next step: one idle
+    /// for [`STALE`] (it exits at [`IDLE_EXIT`]) or found lost is replaced.
+    pub async fn freshen(&mut self) -> Result<(), ConnectError> {
+        let idle = self
+            .idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        if idle >= STALE || self.lost() {
+            tracing::debug!(host = %self.host.name, idle_s = idle.as_secs(), "ssh: new master connection");
+            self.reconnect().await?;
+        }
+        Ok(())
     }
 
     pub async fn close(self) {
