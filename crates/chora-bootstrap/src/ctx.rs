@@ -322,10 +322,22 @@ impl Ctx {
     pub fn needs_chora_image(&self) -> bool {
         let tag = chora_docker::image::chora_tag();
         let default = self.config.default_runtime();
+        // Built-in capabilities in containers run the image the orchestrator's
+        // `--chora-image` names (default: this chora's).
+        let builtins = self
+            .config
+            .service("orchestrator")
+            .and_then(|o| o.command.as_ref())
+            .and_then(|c| {
+                let i = c.iter().position(|a| a == "--chora-image")?;
+                c.get(i + 1).map(|img| self.expand(img))
+            })
+            .unwrap_or_else(|| tag.clone());
         self.config.services.values().any(|s| {
             let s = &s.value;
             s.image.as_deref().map(|i| self.expand(i)).as_deref() == Some(tag.as_str())
-                || (s.phase == 3
+                || (builtins == tag
+                    && s.phase == 3
                     && s.command.is_none()
                     && s.image.is_none()
                     && s.runtime(default) == RuntimeKind::Docker)
@@ -627,7 +639,7 @@ impl Ctx {
     /// The orchestrator's view of every deployed service.
     pub async fn deployed(&self) -> Result<Vec<chora_api::orchestrator::ServiceStatus>, StepError> {
         let url = format!("{}/v1/services", self.orchestrator()?);
-        let mut req = self.http.get(&url);
+        let mut req = self.http.get(&url).timeout(Duration::from_secs(30));
         if let Some(t) = self.admin_token() {
             req = req.bearer_auth(t);
         }

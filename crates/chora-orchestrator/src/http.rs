@@ -33,6 +33,8 @@ pub struct AppState {
     ctx: Arc<Ctx>,
     deployments: Deployments,
     idempotency: Mutex<Idempotency>,
+    /// One lock per service name, held by its deploy.
+    name_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     verifier: Option<Verifier>,
     metrics: Arc<HttpMetrics>,
 }
@@ -48,9 +50,19 @@ impl AppState {
             ctx,
             deployments: Default::default(),
             idempotency: Default::default(),
+            name_locks: Default::default(),
             verifier: credentials.map(Verifier::new),
             metrics,
         }
+    }
+
+    fn name_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.name_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Takes over deployments an earlier incarnation left running.
@@ -204,15 +216,19 @@ async fn deploy(
                 .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))
         })
         .transpose()?;
-    // One deploy at a time: a retried request cannot race its original.
-    let mut deployments = st.deployments.lock().await;
+    // One deploy of a name at a time (a retried request cannot race its
+    // original); other names, and reads of the list, go on meanwhile.
+    let name_lock = st.name_lock(&spec.name);
+    let _one = name_lock.lock().await;
     if let Some(v) = headers.get("x-chora-fencing-token") {
         let token: u64 = v
             .to_str()
             .ok()
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| ApiError::bad_request("X-Chora-Fencing-Token must be a number"))?;
-        let seen = st.fencing.load(std::sync::atomic::Ordering::SeqCst);
+        let seen = st
+            .fencing
+            .fetch_max(token, std::sync::atomic::Ordering::SeqCst);
         if token < seen {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -222,7 +238,6 @@ async fn deploy(
                 ),
             ));
         }
-        st.fencing.store(token, std::sync::atomic::Ordering::SeqCst);
     }
     if let Some(k) = &key {
         let idem = st.idempotency.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,7 +252,7 @@ async fn deploy(
             return Ok((StatusCode::CREATED, axum::Json(answer.clone())).into_response());
         }
     }
-    let existing = deployments.get(&spec.name).cloned();
+    let existing = st.deployments.lock().await.get(&spec.name).cloned();
     let answer = match existing {
         Some(d)
             if d.digest == supervisor::digest(&spec) && d.snapshot().state == RunState::Running =>
@@ -252,7 +267,7 @@ async fn deploy(
             if let Some(old) = other {
                 tracing::info!(service = %spec.name, "replacing the running deployment");
                 old.remove().await;
-                deployments.remove(&spec.name);
+                st.deployments.lock().await.remove(&spec.name);
             }
             let d = supervisor::deploy(&st.ctx, spec.clone())
                 .await
@@ -260,7 +275,10 @@ async fn deploy(
                     ApiError::new(StatusCode::BAD_REQUEST, "spawn_failed", e.to_string())
                 })?;
             let status = d.snapshot().state;
-            deployments.insert(spec.name.clone(), Arc::new(d));
+            st.deployments
+                .lock()
+                .await
+                .insert(spec.name.clone(), Arc::new(d));
             Deployed {
                 name: spec.name.clone(),
                 status,

@@ -495,10 +495,23 @@ async fn a_busybox_container_that_knows_nothing_of_chora_joins_discovery_and_the
         "left discovery after {gone:?}"
     );
     until_up(&m, "web", |l| l.len() == 1).await;
-    let r = reqwest::get(format!("{gw}/api/v1/web/index.html"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    // The gateway follows the Manifest with blocking reads: routable again
+    // shortly after the registration.
+    let t = Instant::now();
+    loop {
+        let r = reqwest::get(format!("{gw}/api/v1/web/index.html"))
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "gateway: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[test]
