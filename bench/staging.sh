@@ -388,8 +388,9 @@ python3 - "$OUT" "$N" "$CHORA" <<'PY' | tee -a "$RESULTS" | tee "$OUT/table.md"
 import csv, glob, json, os, re, statistics, sys
 out, n, chora = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = list(csv.DictReader(open(f"{out}/runs.tsv"), delimiter="\t"))
-def vals(v):
-    return [float(r["seconds"]) for r in rows if r["variant"] == v and r["seconds"] not in ("", "nan")]
+def vals(v):  # runs that failed (exit != 0) are listed per round but not in the medians
+    return [float(r["seconds"]) for r in rows if r["variant"] == v and r["seconds"] not in ("", "nan")
+            and not re.match(r"exit [1-9]", r["note"])]
 def med(x): return statistics.median(x) if x else float("nan")
 labels = [
     ("chora", "`chora bootstrap --skip-validation` (until all 8 healthy)"),
