@@ -29,7 +29,10 @@
 # access for the seed registry's venv in /tmp/seed-venv), curl, cargo.
 # Env knobs: DUR (15s), PEERS (dir holding measure.sh, seed.py and wrk/; default
 #   ../../shared/peers from this script), CHORA_BIN (skip the build), MAX_OTHER (0.10),
-#   SKIP_PEERS=1 (chora only), SKIP_ETCD=1 (no chora-etcd rows), OUT (dir for raw output; default /tmp/chora-bench-<date>).
+#   SKIP_PEERS=1 (chora only), SKIP_ETCD=1 (no chora-etcd rows), OUT (dir for raw output; default /tmp/chora-bench-<date>),
+#   QUIET_WAIT (120: seconds to wait for an idle machine before each run),
+#   ONLY=heartbeat (issue 15: only the heartbeat c32 rows of chora-etcd and of etcd's own
+#   lease keep-alive, each on a fresh etcd, in the same run; no sqlite, memory or seed-registry rows).
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -42,6 +45,10 @@ MAX_OTHER="${MAX_OTHER:-0.10}"
 OUT="${OUT:-/tmp/chora-bench-$(date +%F)}"
 SKIP_PEERS="${SKIP_PEERS:-0}"
 SKIP_ETCD="${SKIP_ETCD:-0}"
+QUIET_WAIT="${QUIET_WAIT:-120}"
+ONLY="${ONLY:-}"
+case "$ONLY" in ""|heartbeat) ;; *) echo "bench/registry.sh: ONLY must be empty or heartbeat" >&2; exit 1 ;; esac
+SEED=p1                               # seed.py's mode: p1 (a registry), p2 (etcd's JSON gateway)
 PEER=chora                            # the label of chora's rows
 STORAGE=sqlite                        # start_chora's backend: sqlite, or etcd:URL
 
@@ -104,10 +111,10 @@ kthread_jiffies() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '($4==2
 pid_utime() { local s=0 p; for p in "$1" $EXTRA_PIDS; do s=$((s + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$s"; }
 pid_stime() { local s=0 p; for p in "$1" $EXTRA_PIDS; do s=$((s + $(awk '{print $15}' "/proc/$p/stat"))); done; echo "$s"; }
 EXTRA_PIDS=""
-# Wait (up to 120 s) until the whole machine is idle: <10% of all cores busy over 1 s.
+# Wait (up to QUIET_WAIT s) until the whole machine is idle: <10% of all cores busy over 1 s.
 wait_quiet() {
   local b0 b1 ncpu; ncpu=$(nproc)
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 "$QUIET_WAIT"); do
     b0=$(busy_jiffies); sleep 1; b1=$(busy_jiffies)
     [ $(( (b1 - b0) * 100 / (HZ * ncpu) )) -lt 10 ] && return 0
   done
@@ -147,7 +154,7 @@ run_test() {
     log ""
     log "=== $PEER | $label | -t2 -c$conns -d$DUR | attempt $attempt ==="
     wait_quiet
-    python3 "$PEERS/seed.py" p1 "$port" "$WORK/${PEER}_ids.txt" 2>&1 | tee -a "$RESULTS"
+    python3 "$PEERS/seed.py" "$SEED" "$port" "$WORK/${PEER}_ids.txt" 2>&1 | tee -a "$RESULTS"
     b0=$(busy_jiffies); u0=$(task_jiffies); k0=$(kthread_jiffies); st0=$(steal_jiffies)
     s0=$(pid_utime "$pid"); ss0=$(pid_stime "$pid"); child_secs_to 0; t0=$(date +%s.%N)
     wrk -t2 -c"$conns" -d"$DUR" --latency -s "$PEERS/wrk/$script" "$url" -- "$warg" > "$out" 2>&1 ||
@@ -191,6 +198,7 @@ log "# wrk: $(wrk -v 2>&1 | head -1 || true)"
 log "# command per test: wrk -t2 -cN -d$DUR --latency -s $PEERS/wrk/<script>.lua <url>"
 
 # ---------------------------------------------------------------- chora: wrk runs
+if [ -z "$ONLY" ]; then
 log ""
 log "## chora manifest serve --no-auth (sqlite in $WORK)"
 start_chora bench
@@ -230,6 +238,7 @@ mem_test "register 1k svc x10" 1000
 MEM_RSS_1K=$MEM_RSS
 mem_test "register 10k svc x1" 10000
 MEM_RSS_10K=$MEM_RSS
+fi
 
 # ---------------------------------------------------------------- chora over etcd
 # The same tests against a Manifest node whose storage is a real etcd (one member,
@@ -257,20 +266,30 @@ if [ "$SKIP_ETCD" != 1 ]; then
   PEER=chora-etcd EXTRA_PIDS=$ETCD_PID
   start_chora bench-etcd
   E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
-  run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
+  [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
   run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
-  run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
+  [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
   log "etcd VmRSS after the runs: $(rss_kb "$ETCD_PID") kB"
   stop_pid "$E_PID"; stop_pid "$ETCD_PID"; EXTRA_PIDS=""
   start_etcd   # empty again: the 1,000 seeded instances would still hold their leases
-  mem_test "register 10k svc x1" 10000
-  log "etcd VmRSS holding 10,000 instances: $(rss_kb "$ETCD_PID") kB"
+  if [ -z "$ONLY" ]; then
+    mem_test "register 10k svc x1" 10000
+    log "etcd VmRSS holding 10,000 instances: $(rss_kb "$ETCD_PID") kB"
+  else
+    # etcd's own lease keep-alive (the peers' p2 test: a client talking to etcd directly
+    # through its JSON gateway), on this fresh etcd, right after the chora-etcd row
+    log ""
+    log "## etcd's own lease keep-alive ($(etcd --version | head -1), one member, fresh data dir; JSON gateway, as measure.sh)"
+    PEER=etcd SEED=p2
+    run_test "$ETCD_PID" "$ETCD_CLIENT" heartbeat 32 p2_keepalive.lua "$WORK/${PEER}_ids.txt"
+    SEED=p1
+  fi
   stop_pid "$ETCD_PID"; ETCD_PID=""
   PEER=chora STORAGE=sqlite
 fi
 
 # ---------------------------------------------------------------- peers
-if [ "$SKIP_PEERS" != 1 ]; then
+if [ "$SKIP_PEERS" != 1 ] && [ -z "$ONLY" ]; then
   log ""
   log "## peers: DUR=$DUR RESULTS=$PEER_RESULTS $PEERS/measure.sh"
   # measure.sh aborts when a process exits while it reads /proc/*/stat (a race on a
@@ -305,6 +324,10 @@ cut -f1-9 "$TABLE" > "$WORK/show.tsv"
 awk -F'\t' 'NR==1 {printf "|"; for(i=1;i<=NF;i++) printf " %s |", $i; printf "\n|"; for(i=1;i<=NF;i++) printf " --- |"; printf "\n"; next}
             {printf "|"; for(i=1;i<=NF;i++) printf " %s |", $i; printf "\n"}' "$WORK/show.tsv" > "$OUT/table.md"
 
+if [ -n "$ONLY" ]; then
+  echo ""; echo "raw output: $RESULTS; tables: $TABLE, $OUT/table.md"
+  exit 0
+fi
 # ---------------------------------------------------------------- goals
 get() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" -v col="$4" '$1==p && $2==t && $3==c {print $col}' "$TABLE"; }
 verdict() { if awk "BEGIN{exit !($1)}"; then echo met; else echo MISSED; fi; }

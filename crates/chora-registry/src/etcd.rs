@@ -10,6 +10,44 @@
 //! revision is the change index, so `X-Chora-Index` means the same on every node.
 //! A write is answered only once this node's catalog has applied it, so a client
 //! reads its own writes.
+//!
+//! # Heartbeats without a round trip each (issue 15)
+//!
+//! A heartbeat need not wait for etcd when this node has itself seen both of
+//! the instance's leases renewed within the last [`EtcdStore::window`] (twice
+//! the sweep tick the other backends use: a quarter of the heartbeat interval,
+//! between 10 ms and 1 s, so at most half the heartbeat interval and far less
+//! than either lease's TTL). Such a heartbeat is answered at once and marks both
+//! leases *pending*; every tick a background task renews each pending lease (one
+//! keep-alive per lease per tick, however many heartbeats it took). The rest is
+//! a real keep-alive, as before. Why the contract holds:
+//!
+//! - **404 for an unknown or expired instance.** An instance this node does not
+//!   know is answered 404 without asking etcd, as before. A lease renewed less
+//!   than a window ago (timed from when the renewal was *sent*) has more than
+//!   `TTL - window > 0` left, so it cannot have expired: etcd would still answer
+//!   "alive". Everything that ends a lease early drops it from the fresh set
+//!   first: a deregistration on this node (before its delete is sent), the watch
+//!   delivering the deletion of the instance or of its alive key (expiry or a
+//!   deregistration on another node), a renewal that etcd answers "not found",
+//!   and a full re-read of etcd. So the only heartbeat answered from memory for
+//!   an instance gone from etcd is one on another node inside the watch's delay
+//!   (milliseconds) after a deregistration: the same staleness reads of that
+//!   node already have. The next one after the watch delivers is 404.
+//! - **`unhealthy` after 2 × heartbeat interval; removed after the TTL.** Leases
+//!   are still etcd's. A heartbeat answered from memory at `t` is renewed in etcd
+//!   by the next tick, at `t' >= t`, so the lease runs out no earlier than it
+//!   would have with a round trip per heartbeat (`t' + TTL >= t + TTL`) and at
+//!   most one tick (plus a round trip) later: the lateness the other backends'
+//!   sweeper has. If the node dies before that tick, the last renewal etcd saw
+//!   is at most one window old, and etcd expires the leases on its own as
+//!   before: the instance still turns `unhealthy` and is removed, at most one
+//!   window (≤ half the heartbeat interval) early.
+//! - **A heartbeat that changes the status** (`unhealthy`, or back `up`) always
+//!   takes the slow path: real renewals, then the write, answered once applied.
+//!   So is one whose alive lease has run out (a new one is granted and written).
+//! - **etcd unreachable.** Renewals fail, nothing is refreshed, so within a
+//!   window every heartbeat takes the slow path and answers 503 as before.
 
 use crate::catalog::{Catalog, Liveness, Record};
 use crate::store::{BoxFuture, Store, StoreError};
@@ -21,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PREFIX: &str = "/chora/";
 /// How long a write waits for this node's catalog to apply it.
@@ -48,6 +86,15 @@ struct Envelope {
 
 type Key = (String, String);
 
+/// What this node knows of a lease it renewed itself.
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    /// When the last renewal that etcd confirmed was sent.
+    renewed: Instant,
+    /// A heartbeat was answered from memory since: renew at the next tick.
+    pending: bool,
+}
+
 #[derive(Default)]
 struct Live {
     meta: HashMap<Key, Envelope>,
@@ -73,7 +120,11 @@ pub struct EtcdStore {
     connected: AtomicBool,
     /// Tells the watch task to read everything again and watch anew.
     rewatch: Arc<tokio::sync::Notify>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Leases this node renewed itself, by id (see the module doc).
+    fresh: Mutex<HashMap<i64, Fresh>>,
+    /// How often pending leases are renewed.
+    tick: Duration,
 }
 
 fn svc_key(name: &str, id: &str) -> String {
@@ -149,13 +200,54 @@ impl EtcdStore {
             alive_ttl: ceil_secs(liveness.heartbeat_interval * 2),
             connected: AtomicBool::new(false),
             rewatch: Arc::default(),
-            task: Mutex::new(None),
+            task: Mutex::default(),
+            fresh: Mutex::default(),
+            tick: crate::sweep_tick(&liveness),
         });
         let rev = store.resync().await.map_err(|e| fail(e.to_string()))?;
         let weak = Arc::downgrade(&store);
-        let task = tokio::spawn(follow(weak, store.rewatch.clone(), rev));
-        *store.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let follower = tokio::spawn(follow(weak.clone(), store.rewatch.clone(), rev));
+        let renewer = tokio::spawn(renew_pending(weak, store.tick));
+        store
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([follower, renewer]);
         Ok(store)
+    }
+
+    /// How recently this node must have renewed a lease to answer a heartbeat
+    /// without asking etcd: two ticks, at most half the heartbeat interval.
+    fn window(&self) -> Duration {
+        self.tick * 2
+    }
+
+    fn fresh(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Fresh>> {
+        self.fresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers a heartbeat from memory when both leases were renewed within the
+    /// window, and marks them for the next tick's renewal.
+    fn beat_from_memory(&self, env: &Envelope) -> bool {
+        let mut fresh = self.fresh();
+        let window = self.window();
+        let ok = |f: Option<&Fresh>| f.is_some_and(|f| f.renewed.elapsed() < window);
+        if !(ok(fresh.get(&env.lease)) && ok(fresh.get(&env.alive_lease))) {
+            return false;
+        }
+        for lease in [env.lease, env.alive_lease] {
+            if let Some(f) = fresh.get_mut(&lease) {
+                f.pending = true;
+            }
+        }
+        true
+    }
+
+    fn forget(&self, leases: &[i64]) {
+        let mut fresh = self.fresh();
+        for l in leases {
+            fresh.remove(l);
+        }
     }
 
     fn client(&self) -> Client {
@@ -192,6 +284,8 @@ impl EtcdStore {
             .collect();
         self.catalog.reset(entries, rev as u64);
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        // Leases may have run out while the watch was away: ask etcd again.
+        self.fresh().clear();
         self.connected.store(true, Ordering::Relaxed);
         Ok(rev)
     }
@@ -216,7 +310,9 @@ impl EtcdStore {
                     self.catalog.upsert_status(record, status);
                 }
                 ("services", EventType::Delete) => {
-                    live.meta.remove(&k);
+                    if let Some(env) = live.meta.remove(&k) {
+                        self.forget(&[env.lease, env.alive_lease]);
+                    }
                     live.alive.remove(&k);
                     self.catalog.remove(&k.0, &k.1);
                 }
@@ -226,6 +322,9 @@ impl EtcdStore {
                     self.catalog.set_status(&k.0, &k.1, status);
                 }
                 ("alive", EventType::Delete) => {
+                    if let Some(env) = live.meta.get(&k) {
+                        self.forget(&[env.alive_lease]);
+                    }
                     live.alive.remove(&k);
                     self.catalog.set_status(&k.0, &k.1, Status::Unhealthy);
                 }
@@ -237,8 +336,10 @@ impl EtcdStore {
     /// Renews a lease: true when it was still alive. Opening the keep-alive stream
     /// sends the first renewal and reads its answer, one round trip in all; the
     /// client turns a TTL of 0 (an expired or revoked lease) into this error.
+    /// Records the outcome in the fresh set (timed from before the first try).
     async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
-        retry(|| {
+        let sent = Instant::now();
+        let alive = retry(|| {
             let mut c = self.client();
             async move {
                 match c.lease_keep_alive(lease).await {
@@ -250,7 +351,19 @@ impl EtcdStore {
                 }
             }
         })
-        .await
+        .await;
+        match alive {
+            Ok(true) => {
+                let mut fresh = self.fresh();
+                let f = fresh.entry(lease).or_insert(Fresh {
+                    renewed: sent,
+                    pending: false,
+                });
+                f.renewed = f.renewed.max(sent);
+            }
+            _ => self.forget(&[lease]),
+        }
+        alive
     }
 
     /// A lease. (A retried grant may leave an unused lease behind; it expires.)
@@ -318,7 +431,12 @@ impl EtcdStore {
     }
 
     pub fn close(&self) {
-        if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        for t in self
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -405,6 +523,40 @@ async fn follow(
     }
 }
 
+/// Every tick, renews the leases of heartbeats answered from memory since the
+/// last tick, all at once (see the module doc).
+async fn renew_pending(store: std::sync::Weak<EtcdStore>, tick: Duration) {
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(s) = store.upgrade() else { return };
+        let due: Vec<i64> = s
+            .fresh()
+            .iter_mut()
+            .filter(|(_, f)| f.pending)
+            .map(|(l, f)| {
+                f.pending = false;
+                *l
+            })
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for lease in due {
+            let s = s.clone();
+            set.spawn(async move {
+                // A failure leaves the lease un-renewed: it ages out of the
+                // window and the next heartbeat asks etcd itself.
+                let _ = s.keep_alive(lease).await;
+            });
+        }
+        drop(s);
+        while set.join_next().await.is_some() {}
+    }
+}
+
 impl Store for EtcdStore {
     fn kind(&self) -> &'static str {
         "etcd"
@@ -467,6 +619,10 @@ impl Store for EtcdStore {
                 id: id.to_owned(),
             };
             let mut env = self.envelope(name, id).ok_or_else(not_found)?;
+            let changes = status.is_some_and(|s| s != env.reported);
+            if !changes && self.beat_from_memory(&env) {
+                return Ok(());
+            }
             // Both renewals at once: one round trip to etcd, not two.
             let (lease, alive) =
                 tokio::join!(self.keep_alive(env.lease), self.keep_alive(env.alive_lease));
@@ -503,6 +659,10 @@ impl Store for EtcdStore {
                 TxnOp::delete(alive_key(name, id), None),
             ]);
             let known = self.envelope(name, id);
+            if let Some(env) = &known {
+                // No heartbeat answered from memory once the delete is sent.
+                self.forget(&[env.lease, env.alive_lease]);
+            }
             let resp = retry(|| {
                 let mut c = self.client();
                 let txn = txn.clone();

@@ -77,7 +77,7 @@ pub enum ServeError {
 
 /// How often the sweeper looks for overdue instances: a quarter of the heartbeat
 /// interval, between 10 ms and 1 s.
-fn sweep_tick(l: &Liveness) -> Duration {
+pub(crate) fn sweep_tick(l: &Liveness) -> Duration {
     (l.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
