@@ -147,15 +147,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_ports() {  # free_ports N: N distinct free loopback ports, one line
-  python3 - "$1" <<'PY'
-import socket, sys
-held = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in held: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))
-PY
-}
-
 before_measure() {  # before_measure: wait for a quiet machine; sets LOAD and BUSY
   "$HERE/quiet.sh" "$OUT/problems.txt"
   LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
