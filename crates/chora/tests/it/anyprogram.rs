@@ -37,18 +37,18 @@ pub async fn deployment(site: &Site, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{name} is not deployed"))
 }
 
-fn manifest(site: &Site) -> chora_api::ManifestClient {
+pub fn manifest(site: &Site) -> chora_api::ManifestClient {
     chora_api::ManifestClient::new([format!("http://127.0.0.1:{}", site.port("manifest"))]).unwrap()
 }
 
 /// Follows the Manifest with blocking reads until `pred` holds for the `up`
-/// instances of `name`; returns them and how long it took.
+/// instances of `name`; returns them and how long it took. A Manifest that does
+/// not answer (restarting) is asked again.
 pub async fn until_up(
-    site: &Site,
+    client: &chora_api::ManifestClient,
     name: &str,
     pred: impl Fn(&[chora_api::manifest::Instance]) -> bool,
 ) -> (Vec<chora_api::manifest::Instance>, Duration) {
-    let client = manifest(site);
     let filter = ListFilter {
         name: Some(name.into()),
         status: Some(Status::Up),
@@ -57,18 +57,25 @@ pub async fn until_up(
     let t = Instant::now();
     let mut index = None;
     loop {
-        let (list, i) = client
+        match client
             .watch(&filter, index.map(|i| (i, Duration::from_secs(5))))
             .await
-            .unwrap();
-        if pred(&list) {
-            return (list, t.elapsed());
+        {
+            Ok((list, i)) => {
+                if pred(&list) {
+                    return (list, t.elapsed());
+                }
+                index = Some(i);
+            }
+            Err(_) => {
+                index = None;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{name}: condition not reached in 30 s; up instances: {list:?}"
+            t.elapsed() < Duration::from_secs(60),
+            "{name}: condition not reached in 60 s"
         );
-        index = Some(i);
     }
 }
 
@@ -103,7 +110,7 @@ async fn a_plain_program_is_registered_on_its_behalf_routed_and_followed() {
     assert!(out.contains("web"), "{out}");
 
     // Registered on its behalf, under its own URL.
-    let (up, _) = until_up(&site, "web", |l| !l.is_empty()).await;
+    let (up, _) = until_up(&manifest(&site), "web", |l| !l.is_empty()).await;
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(up[0].interfaces["REST"], format!("http://127.0.0.1:{port}"));
 
@@ -120,12 +127,15 @@ async fn a_plain_program_is_registered_on_its_behalf_routed_and_followed() {
     let pid = row["pid"].as_u64().expect("a pid") as i32;
     let old_id = up[0].id.clone();
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let (_, gone_in) = until_up(&site, "web", |l| l.iter().all(|i| i.id != old_id)).await;
+    let (_, gone_in) = until_up(&manifest(&site), "web", |l| {
+        l.iter().all(|i| i.id != old_id)
+    })
+    .await;
     assert!(
         gone_in < Duration::from_secs(1),
         "left discovery only after {gone_in:?}"
     );
-    let (back, _) = until_up(&site, "web", |l| !l.is_empty()).await;
+    let (back, _) = until_up(&manifest(&site), "web", |l| !l.is_empty()).await;
     assert_ne!(back[0].id, old_id, "a new instance after the restart");
     let row = deployment(&site, "web").await;
     assert_eq!(row["restarts"], 1, "{row}");
@@ -194,20 +204,20 @@ async fn a_phase_2_program_is_registered_by_the_bootstrap_while_it_runs() {
     tokio::task::spawn_blocking(move || s.ok(&["bootstrap"]))
         .await
         .unwrap();
-    let (up, _) = until_up(&site, "files", |l| l.len() == 1).await;
+    let (up, _) = until_up(&manifest(&site), "files", |l| l.len() == 1).await;
     assert_eq!(up[0].interfaces["REST"], format!("http://127.0.0.1:{port}"));
     // The program dies: the bootstrap is not running, yet it leaves discovery
     // (its registrar saw it go) and the next bootstrap brings both back.
     let pid = site.state()["services"]["files"]["pid"].as_u64().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let (_, gone_in) = until_up(&site, "files", |l| l.is_empty()).await;
+    let (_, gone_in) = until_up(&manifest(&site), "files", |l| l.is_empty()).await;
     assert!(gone_in < Duration::from_secs(2), "left after {gone_in:?}");
     let s = site.clone();
     let out = tokio::task::spawn_blocking(move || s.ok(&["bootstrap"]))
         .await
         .unwrap();
     assert!(out.contains("files was not running: restarted"), "{out}");
-    until_up(&site, "files", |l| l.len() == 1).await;
+    until_up(&manifest(&site), "files", |l| l.len() == 1).await;
     // Reset stops the program and its registrar: nothing of this home is left.
     let s = site.clone();
     tokio::task::spawn_blocking(move || s.ok(&["bootstrap", "reset", "--force"]))

@@ -7,8 +7,20 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The eight services of the templates, in the order of their default ports.
+pub const SERVICES: [&str; 8] = [
+    "manifest",
+    "orchestrator",
+    "gateway",
+    "analyzer",
+    "executor",
+    "storage",
+    "monitor",
+    "logger",
+];
+
 /// The default ports of the dev template, in order.
-const DEFAULT_PORTS: [u16; 8] = [8500, 8600, 8700, 8800, 8900, 9000, 9100, 9200];
+pub const DEFAULT_PORTS: [u16; 8] = [8500, 8600, 8700, 8800, 8900, 9000, 9100, 9200];
 
 /// A project directory with its own `.chora` home and its own free ports. On
 /// drop it runs `chora bootstrap reset --force`, so no test leaves a process.
@@ -53,19 +65,7 @@ impl Site {
     }
 
     pub fn port(&self, service: &str) -> u16 {
-        let i = [
-            "manifest",
-            "orchestrator",
-            "gateway",
-            "analyzer",
-            "executor",
-            "storage",
-            "monitor",
-            "logger",
-        ]
-        .iter()
-        .position(|s| *s == service)
-        .unwrap();
+        let i = SERVICES.iter().position(|s| *s == service).unwrap();
         self.ports[i]
     }
 

@@ -4,23 +4,12 @@
 //! tag, and removes every container, network, volume and image tag it made,
 //! even when it fails.
 
-use crate::bootstrap::Site;
+use crate::anyprogram::{manifest, until_up};
+use crate::bootstrap::{DEFAULT_PORTS, SERVICES, Site};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const DEFAULT_PORTS: [u16; 8] = [8500, 8600, 8700, 8800, 8900, 9000, 9100, 9200];
-const SERVICES: [&str; 8] = [
-    "manifest",
-    "orchestrator",
-    "gateway",
-    "analyzer",
-    "executor",
-    "storage",
-    "monitor",
-    "logger",
-];
 
 pub fn docker(args: &[&str]) -> Output {
     Command::new("docker")
@@ -137,11 +126,6 @@ impl Staging {
         let c = chora_api::auth::Credentials::load(&self.home().join("credentials.json")).unwrap();
         chora_api::auth::mint_admin_token(c.jwt_secret().unwrap(), "test", Duration::from_secs(600))
     }
-
-    pub fn manifest(&self) -> chora_api::ManifestClient {
-        chora_api::ManifestClient::new([format!("http://127.0.0.1:{}", self.port("manifest"))])
-            .unwrap()
-    }
 }
 
 impl Drop for Staging {
@@ -190,39 +174,6 @@ impl Drop for Staging {
         for i in std::iter::once(&self.image).chain(&self.extra_images) {
             let _ = docker(&["rmi", "-f", i]);
         }
-    }
-}
-
-/// Follows the Manifest until `pred` holds for `name`'s up instances.
-async fn until_up(
-    m: &chora_api::ManifestClient,
-    name: &str,
-    pred: impl Fn(&[chora_api::manifest::Instance]) -> bool,
-) -> (Vec<chora_api::manifest::Instance>, Duration) {
-    let filter = chora_api::manifest::ListFilter {
-        name: Some(name.into()),
-        status: Some(chora_api::manifest::Status::Up),
-        ..Default::default()
-    };
-    let t = Instant::now();
-    let mut index = None;
-    loop {
-        let r = m
-            .watch(&filter, index.map(|i| (i, Duration::from_secs(5))))
-            .await;
-        if let Ok((list, i)) = r {
-            if pred(&list) {
-                return (list, t.elapsed());
-            }
-            index = Some(i);
-        } else {
-            index = None;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{name}: condition not reached in 60 s"
-        );
     }
 }
 
@@ -284,7 +235,7 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
     }
 
     // A killed capability container is restarted and back in discovery.
-    let m = s.manifest();
+    let m = manifest(&s);
     let (before, _) = until_up(&m, "storage", |l| l.len() == 1).await;
     let old = container_id(&s, "storage");
     assert!(docker(&["kill", &old]).status.success());
@@ -476,7 +427,7 @@ async fn a_busybox_container_that_knows_nothing_of_chora_joins_discovery_and_the
     tokio::task::spawn_blocking(move || s2.ok(&["bootstrap"]))
         .await
         .unwrap();
-    let m = s.manifest();
+    let m = manifest(&s);
     let (up, _) = until_up(&m, "web", |l| l.len() == 1).await;
     assert_eq!(up[0].interfaces["REST"], format!("http://web:{port}"));
     let gw = format!("http://127.0.0.1:{}", s.port("gateway"));
@@ -623,7 +574,7 @@ services:
     };
     assert_eq!(compose_ps(&s).lines().count(), 1);
     // Registered on its behalf while it runs.
-    let (up, _) = until_up(&s.manifest(), "cache", |l| l.len() == 1).await;
+    let (up, _) = until_up(&manifest(&s), "cache", |l| l.len() == 1).await;
     assert_eq!(up[0].interfaces["REST"], format!("http://127.0.0.1:{port}"));
     // A second run finds it running; reset brings it down (compose down).
     let s2 = s.clone();

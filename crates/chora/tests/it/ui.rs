@@ -7,20 +7,9 @@
 mod bench;
 pub mod cdp;
 
-use crate::bootstrap::Site;
+use crate::bootstrap::{SERVICES, Site};
 use cdp::{Browser, Page, chromium_available};
 use std::time::{Duration, Instant};
-
-const SERVICES: [&str; 8] = [
-    "manifest",
-    "orchestrator",
-    "gateway",
-    "analyzer",
-    "executor",
-    "storage",
-    "monitor",
-    "logger",
-];
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
