@@ -319,6 +319,26 @@ struct ServiceView {
     pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<String>,
+    /// A replica: its service and number (`manifest`, 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<u32>,
+    /// An etcd member: `leader` or `follower` (absent when it does not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+}
+
+/// Each etcd member chora runs, as etcd itself reports it.
+type Members = std::collections::BTreeMap<String, crate::ctx::EtcdMember>;
+
+async fn members(ctx: &Ctx) -> Members {
+    let mut m = Members::new();
+    for u in ctx.config.etcd_members() {
+        let s = ctx.etcd_member(&u).await;
+        m.insert(u, s);
+    }
+    m
 }
 
 /// Where each service runs (pid or container): phases 1-2 from the state file,
@@ -347,6 +367,7 @@ fn view(
     list: Option<&[Instance]>,
     filter: &[String],
     units: &Units,
+    members: &Members,
 ) -> Vec<ServiceView> {
     let now = std::time::SystemTime::now();
     ctx.config
@@ -355,15 +376,23 @@ fn view(
         .filter(|n| filter.is_empty() || filter.contains(n))
         .map(|name| {
             let spec = ctx.spec(&name);
+            let replica = spec.replica.as_ref();
+            let id = ctx.instance_id(&name);
             let inst = list.and_then(|l| {
                 l.iter()
-                    .filter(|i| i.name == name)
+                    .filter(|i| match replica {
+                        Some(r) => i.name == r.service && i.id == id,
+                        None => i.name == name,
+                    })
                     .max_by_key(|i| i.status == Status::Up)
             });
-            let status = match (list, inst) {
-                (None, _) => "unknown".to_string(),
-                (Some(_), None) => "down".to_string(),
-                (Some(_), Some(i)) => i.status.to_string(),
+            let member = members.get(&name);
+            let status = match (member, list, inst) {
+                (Some(m), _, _) if m.healthy => "up".to_string(),
+                (Some(_), _, _) => "down".to_string(),
+                (None, None, _) => "unknown".to_string(),
+                (None, Some(_), None) => "down".to_string(),
+                (None, Some(_), Some(i)) => i.status.to_string(),
             };
             let age = inst
                 .and_then(|i| chora_api::parse_rfc3339(&i.last_heartbeat))
@@ -385,6 +414,9 @@ fn view(
                 runtime: spec.runtime(ctx.config.default_runtime()).as_str(),
                 pid: units.get(&name).and_then(|u| u.0),
                 container: units.get(&name).and_then(|u| u.1.clone()),
+                service: replica.map(|r| r.service.clone()),
+                replica: replica.map(|r| r.n),
+                role: member.and_then(|m| m.leader).map(|l| if l { "leader" } else { "follower" }),
                 status,
                 name,
             }
@@ -415,7 +447,8 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
         } else {
             Units::new()
         };
-        let views = view(&ctx, list.as_deref(), &services, &units);
+        let members = members(&ctx).await;
+        let views = view(&ctx, list.as_deref(), &services, &units, &members);
         let all_up = list.is_some() && views.iter().all(|v| v.status == "up");
         let (overall, code) = match state.as_ref().map(|s| s.status) {
             Some(RunStatus::Failed) => ("failed", 3),
@@ -478,10 +511,13 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                     println!("\n{title}:");
                     for v in rows {
                         let mark = if v.status == "up" { "✓" } else { "✗" };
-                        let age = v
-                            .heartbeat_age_seconds
-                            .map(|a| format!("({}s ago)", a.round()))
-                            .unwrap_or_default();
+                        let age = match v.role {
+                            Some(role) => role.to_string(),
+                            None => v
+                                .heartbeat_age_seconds
+                                .map(|a| format!("({}s ago)", a.round()))
+                                .unwrap_or_default(),
+                        };
                         println!(
                             "  {mark} {:<14} {:<8} {:<23} {:<10} {age}",
                             v.name,
@@ -489,7 +525,7 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                                 .as_deref()
                                 .map(|v| format!("v{v}"))
                                 .unwrap_or_default(),
-                            v.url.as_deref().unwrap_or("-"),
+                            v.url.as_deref().unwrap_or(if v.role.is_some() || members.contains_key(&v.name) { "(project network)" } else { "-" }),
                             v.status.to_uppercase(),
                         );
                     }

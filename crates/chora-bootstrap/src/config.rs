@@ -83,6 +83,25 @@ pub struct ServiceSpec {
     /// Containers: the port the service listens on inside (default: `port`).
     #[serde(default)]
     pub container_port: Option<u16>,
+    /// Phases 1-2: run N copies (`<name>-1` … `<name>-N`, DESIGN.md §9-10).
+    /// Replica n publishes `port + n - 1`; `${REPLICA}` in `command`, `env`,
+    /// `volumes` and `health_endpoint` is n. Parsing expands a replicated
+    /// service into one entry per replica (see [`Replica`]).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Set by parsing on the entries it makes: which service this is a copy of.
+    #[serde(skip)]
+    pub replica: Option<Replica>,
+}
+
+/// One copy of a replicated service (or a member of the etcd cluster chora
+/// runs): the unit `<service>-<n>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub service: String,
+    pub n: u32,
+    /// Not in the Manifest at all (the etcd members the Manifest stands on).
+    pub unregistered: bool,
 }
 
 pub use chora_api::orchestrator::Register;
@@ -335,10 +354,45 @@ impl Default for Prerequisites {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The etcd cluster under the Manifest: one chora runs (`members`, DESIGN.md
+/// §10) or one that is there already (`endpoints`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Etcd {
+    /// An etcd cluster that runs already (not started by chora).
     pub endpoints: Vec<String>,
+    /// Start a cluster of this many members as containers in phase 1.
+    pub members: Option<u32>,
+    /// Their image; when it is missing and cannot be pulled, phase 0 builds
+    /// `chora-etcd:<version>` from an etcd binary on this machine.
+    pub image: String,
+    /// The etcd binary to build the image from (default: `etcd` on the PATH).
+    pub binary: Option<String>,
+    /// Raft timings for a LAN (etcd's defaults are 100 ms and 1000 ms).
+    pub heartbeat_ms: u32,
+    pub election_ms: u32,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            endpoints: Vec::new(),
+            members: None,
+            image: DEFAULT_ETCD_IMAGE.into(),
+            binary: None,
+            heartbeat_ms: 50,
+            election_ms: 500,
+        }
+    }
+}
+
+pub const DEFAULT_ETCD_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
+
+impl Etcd {
+    /// The number of members chora runs (0: none).
+    pub fn managed(&self) -> u32 {
+        self.members.unwrap_or(0)
+    }
 }
 
 /// The whole file.
@@ -372,6 +426,71 @@ pub struct Config {
     /// (default for staging and prod).
     #[serde(default)]
     pub runtime: Option<RuntimeKind>,
+}
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+/// The service name of the etcd members chora runs.
+pub const ETCD: &str = "etcd";
+
+/// Member `n` of the etcd cluster chora runs: configured through the
+/// environment (`ETCD_*`), so the same spec runs etcd's own image and one
+/// `chora image build` made from a local binary. Members find each other by
+/// container name on the project network; the client port 2379 is not
+/// published.
+fn etcd_member(e: &Etcd, units: &[String], n: u32, project: &str) -> ServiceSpec {
+    let unit = format!("{ETCD}-{n}");
+    let host = format!("{project}-{unit}");
+    let cluster: Vec<String> = units
+        .iter()
+        .map(|u| format!("{u}=http://{project}-{u}:2380"))
+        .collect();
+    let env: BTreeMap<String, String> = [
+        ("ETCD_NAME", unit.clone()),
+        ("ETCD_DATA_DIR", "/data/etcd".into()),
+        ("ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379".into()),
+        ("ETCD_ADVERTISE_CLIENT_URLS", format!("http://{host}:2379")),
+        ("ETCD_LISTEN_PEER_URLS", "http://0.0.0.0:2380".into()),
+        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", format!("http://{host}:2380")),
+        ("ETCD_INITIAL_CLUSTER", cluster.join(",")),
+        ("ETCD_INITIAL_CLUSTER_STATE", "new".into()),
+        ("ETCD_INITIAL_CLUSTER_TOKEN", format!("chora-{project}")),
+        ("ETCD_HEARTBEAT_INTERVAL", e.heartbeat_ms.to_string()),
+        ("ETCD_ELECTION_TIMEOUT", e.election_ms.to_string()),
+        ("ETCD_PRE_VOTE", "true".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    ServiceSpec {
+        phase: 1,
+        command: None,
+        image: Some("${ETCD_IMAGE}".into()),
+        docker_compose: None,
+        port: None,
+        // From the host its address on the project network (see Ctx::reach).
+        health_endpoint: Some(format!("http://{unit}:2379/health")),
+        env,
+        dependencies: Vec::new(),
+        timeout: Some(60.0),
+        deploy_via: None,
+        version: None,
+        register: Some(Register::Itself),
+        volumes: vec![spanned(format!("{unit}-data:/data"))],
+        container_port: Some(2379),
+        replicas: None,
+        replica: Some(Replica {
+            service: ETCD.into(),
+            n,
+            unregistered: true,
+        }),
+    }
 }
 
 /// The built-in names of the four validation tests.
@@ -409,8 +528,167 @@ impl Config {
                 snippet: lines.collect::<Vec<_>>().join("\n"),
             }
         })?;
+        let mut config = config;
+        let etcd_line = text
+            .lines()
+            .position(|l| l.starts_with("etcd:"))
+            .map_or(1, |i| i as u64 + 1);
+        config.expand(file, etcd_line)?;
         config.check(file)?;
         Ok(config)
+    }
+
+    /// The units of service `name`: itself, or its replicas `name-1` … `name-N`.
+    pub fn units_of(&self, name: &str) -> Vec<String> {
+        if self.services.contains_key(name) {
+            return vec![name.to_owned()];
+        }
+        self.services
+            .iter()
+            .filter(|(_, s)| s.value.replica.as_ref().is_some_and(|r| r.service == name))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Every unit that is in the Manifest (all but the etcd members).
+    pub fn registered_units(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|(_, s)| !s.value.replica.as_ref().is_some_and(|r| r.unregistered))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The etcd members chora runs (`etcd-1` …), in order.
+    pub fn etcd_members(&self) -> Vec<String> {
+        self.units_of(ETCD).into_iter().filter(|u| u != ETCD).collect()
+    }
+
+    /// Replicas become entries of their own, and a managed etcd cluster its
+    /// members; a dependency on a replicated service means on all its replicas.
+    fn expand(&mut self, file: &Path, etcd_line: u64) -> Result<(), ConfigError> {
+        let fail = |loc: serde_saphyr::Location, message: String| ConfigError {
+            file: file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message,
+            snippet: String::new(),
+        };
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let s = &self.services[&name];
+            let Some(n) = s.value.replicas else { continue };
+            let loc = s.referenced;
+            if n == 0 || n > 9 {
+                return Err(fail(
+                    loc,
+                    format!("services.{name}.replicas: {n} is not between 1 and 9"),
+                ));
+            }
+            if s.value.phase == 3 || name == "orchestrator" {
+                return Err(fail(
+                    loc,
+                    format!(
+                        "services.{name}.replicas: only phase 1-2 services other than the orchestrator run as replicas"
+                    ),
+                ));
+            }
+            if n == 1 {
+                continue;
+            }
+            let base = self.services.remove(&name).expect("listed above");
+            let mut units = Vec::new();
+            for i in 1..=n {
+                let unit = format!("{name}-{i}");
+                if self.services.contains_key(&unit) {
+                    return Err(fail(
+                        loc,
+                        format!("services.{name}.replicas: `{unit}` is also a service of its own"),
+                    ));
+                }
+                let mut spec = base.value.clone();
+                spec.replica = Some(Replica {
+                    service: name.clone(),
+                    n: i,
+                    unregistered: false,
+                });
+                spec.replicas = None;
+                let r = i.to_string();
+                let sub = |t: &String| t.replace("${REPLICA}", &r);
+                spec.command = spec.command.map(|c| c.iter().map(sub).collect());
+                spec.env = spec.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect();
+                for v in &mut spec.volumes {
+                    v.value = sub(&v.value);
+                }
+                spec.port = spec.port.map(|p| p + (i - 1) as u16);
+                spec.health_endpoint = spec.health_endpoint.as_ref().map(sub);
+                self.services.insert(
+                    unit.clone(),
+                    Spanned {
+                        value: spec,
+                        referenced: base.referenced,
+                        defined: base.defined,
+                    },
+                );
+                units.push(unit);
+            }
+            groups.insert(name, units);
+        }
+        let at_etcd = |message: String| ConfigError {
+            file: file.to_owned(),
+            line: etcd_line,
+            column: 1,
+            message,
+            snippet: String::new(),
+        };
+        if let Some(e) = self.etcd.clone().filter(|e| e.managed() > 0) {
+            let n = e.managed();
+            if !e.endpoints.is_empty() {
+                return Err(at_etcd(
+                    "etcd: give `members` (chora runs the cluster) or `endpoints` (one that runs already), not both".into(),
+                ));
+            }
+            if n > 9 {
+                return Err(at_etcd(
+                    format!("etcd.members: {n} is not between 1 and 9"),
+                ));
+            }
+            let units: Vec<String> = (1..=n).map(|i| format!("{ETCD}-{i}")).collect();
+            for (i, unit) in units.iter().enumerate() {
+                if let Some(s) = self.services.get(unit).or_else(|| self.services.get(ETCD)) {
+                    return Err(fail(
+                        s.referenced,
+                        format!("services: `{unit}` is a member of the etcd cluster chora runs (etcd.members); rename the service"),
+                    ));
+                }
+                let spec = etcd_member(&e, &units, i as u32 + 1, self.project());
+                self.services.insert(unit.clone(), spanned(spec));
+            }
+            // The Manifest stands on the cluster.
+            for m in groups.get("manifest").cloned().unwrap_or_else(|| vec!["manifest".into()]) {
+                if let Some(s) = self.services.get_mut(&m) {
+                    for u in &units {
+                        s.value.dependencies.push(spanned(u.clone()));
+                    }
+                }
+            }
+            groups.insert(ETCD.into(), units);
+        }
+        for s in self.services.values_mut() {
+            let deps = std::mem::take(&mut s.value.dependencies);
+            for d in deps {
+                match groups.get(&d.value) {
+                    Some(units) => s.value.dependencies.extend(units.iter().map(|u| Spanned {
+                        value: u.clone(),
+                        referenced: d.referenced,
+                        defined: d.defined,
+                    })),
+                    None => s.value.dependencies.push(d),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads and checks a config file.
@@ -665,7 +943,7 @@ impl Config {
             });
         }
         for required in ["manifest"] {
-            if !self.services.contains_key(required) {
+            if self.units_of(required).is_empty() {
                 return Err(ConfigError {
                     file: file.to_owned(),
                     line: 1,

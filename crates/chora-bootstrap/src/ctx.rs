@@ -4,7 +4,7 @@
 use crate::config::{Config, RuntimeKind, ServiceSpec};
 use crate::state::ServiceRecord;
 use chora_api::auth::Credentials;
-use chora_runtime::docker::DockerRuntime;
+use chora_runtime::docker::{DockerRuntime, LABEL_REPLICA, LABEL_SERVICE};
 use chora_runtime::process::{Lifetime, ProcessRuntime};
 use chora_runtime::{Found, Runtime, UnitId, UnitSpec};
 use std::collections::BTreeMap;
@@ -92,6 +92,15 @@ impl StepError {
 }
 
 /// How a check of an already started service went.
+/// One etcd member as it reports itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EtcdMember {
+    /// `/health` answered 200 (the member has a leader: the cluster has quorum).
+    pub healthy: bool,
+    /// Whether it is the leader; `None` when it did not say.
+    pub leader: Option<bool>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ensured {
     /// It was running and healthy: left alone.
@@ -112,6 +121,8 @@ pub struct Ctx {
     pub fencing: Option<u64>,
     /// The Docker runtime, connected the first time a container is needed.
     pub docker: tokio::sync::OnceCell<Arc<DockerRuntime>>,
+    /// The image the etcd members run, once known (see [`Ctx::ensure_etcd_image`]).
+    pub etcd_image: tokio::sync::OnceCell<String>,
 }
 
 pub use chora_runtime::tail;
@@ -123,16 +134,40 @@ impl Ctx {
             .expect("names come from the config")
     }
 
-    /// `${CHORA_HOME}` and `${ETCD_ENDPOINTS}` (from `etcd.endpoints`) expanded.
+    /// `${CHORA_HOME}`, `${CHORA_VERSION}`, `${ETCD_ENDPOINTS}` (the members
+    /// chora runs, by name on the project network, or `etcd.endpoints`),
+    /// `${ETCD_IMAGE}` and `${MANIFEST_URLS}` (every Manifest node, as a
+    /// container on the project network reaches it) expanded.
     pub fn expand(&self, s: &str) -> String {
-        let etcd = self
-            .config
-            .etcd
-            .as_ref()
-            .map(|e| e.endpoints.join(","))
-            .unwrap_or_default();
+        if !s.contains("${") {
+            return s.to_owned();
+        }
+        let members = self.config.etcd_members();
+        let etcd = if members.is_empty() {
+            self.config
+                .etcd
+                .as_ref()
+                .map(|e| e.endpoints.join(","))
+                .unwrap_or_default()
+        } else {
+            let project = self.config.project();
+            members
+                .iter()
+                .map(|m| format!("http://{project}-{m}:2379"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let etcd_image = self.etcd_image.get().cloned().unwrap_or_else(|| {
+            self.config
+                .etcd
+                .as_ref()
+                .map(|e| e.image.clone())
+                .unwrap_or_default()
+        });
         s.replace("${CHORA_HOME}", &self.home.root.display().to_string())
             .replace("${ETCD_ENDPOINTS}", &etcd)
+            .replace("${ETCD_IMAGE}", &etcd_image)
+            .replace("${MANIFEST_URLS}", &self.manifest_url_for(true))
             .replace("${CHORA_VERSION}", env!("CARGO_PKG_VERSION"))
     }
 
@@ -154,13 +189,26 @@ impl Ctx {
         })
     }
 
+    /// The URL of service `name` (of its first replica, if it has several).
     pub fn url_of(&self, name: &str) -> Option<String> {
-        self.config.service(name).and_then(ServiceSpec::url)
+        let unit = self.config.units_of(name).into_iter().next()?;
+        self.config.service(&unit).and_then(ServiceSpec::url)
     }
 
+    /// Every Manifest node's URL as this machine reaches it, comma-separated
+    /// (clients fail over between them).
     pub fn manifest_url(&self) -> String {
-        self.url_of("manifest")
-            .unwrap_or_else(|| "http://127.0.0.1:8500".into())
+        let urls: Vec<String> = self
+            .config
+            .units_of("manifest")
+            .iter()
+            .filter_map(|u| self.config.service(u).and_then(ServiceSpec::url))
+            .collect();
+        if urls.is_empty() {
+            "http://127.0.0.1:8500".into()
+        } else {
+            urls.join(",")
+        }
     }
 
     /// A short-lived admin JWT, when there are credentials.
@@ -211,7 +259,7 @@ impl Ctx {
             env.entry("CHORA_DATA_DIR".into())
                 .or_insert_with(|| self.home.data().display().to_string());
         }
-        if name != "manifest" {
+        if spec.replica.as_ref().map_or(name, |r| r.service.as_str()) != "manifest" {
             env.entry("MANIFEST_URL".into())
                 .or_insert_with(|| self.manifest_url_for(in_container));
         }
@@ -221,16 +269,22 @@ impl Ctx {
     /// The Manifest's URL as a service reaches it: from a container, by name on
     /// the project network when the Manifest is a container too.
     pub fn manifest_url_for(&self, in_container: bool) -> String {
-        let m = self.config.service("manifest");
-        match m {
-            Some(m)
-                if in_container
-                    && m.runtime(self.config.default_runtime()) == RuntimeKind::Docker =>
-            {
-                let port = m.container_port.or(m.port).unwrap_or(8500);
-                format!("http://manifest:{port}")
-            }
-            _ => self.manifest_url(),
+        let units = self.config.units_of("manifest");
+        let default = self.config.default_runtime();
+        let by_name: Vec<String> = units
+            .iter()
+            .filter_map(|u| {
+                let m = self.config.service(u)?;
+                (m.runtime(default) == RuntimeKind::Docker).then(|| {
+                    let port = m.container_port.or(m.port).unwrap_or(8500);
+                    format!("http://{u}:{port}")
+                })
+            })
+            .collect();
+        if in_container && !by_name.is_empty() && by_name.len() == units.len() {
+            by_name.join(",")
+        } else {
+            self.manifest_url()
         }
     }
 
@@ -317,6 +371,155 @@ impl Ctx {
             .cloned()
     }
 
+    /// The image the etcd members chora runs use: `etcd.image` when the engine
+    /// has it or can pull it, else `chora-etcd:<version>`, built once with
+    /// `chora image build` from an etcd binary on this machine (`etcd.binary`,
+    /// or `etcd` on the PATH). Returns the image and a sentence saying which.
+    pub async fn ensure_etcd_image(&self) -> Result<(String, String), StepError> {
+        let e = self.config.etcd.clone().unwrap_or_default();
+        let d = self.docker_runtime().await?;
+        let docker = d.docker();
+        let exists = |tag: String| async move {
+            chora_docker::image::image_exists(docker, &tag)
+                .await
+                .map_err(|e| StepError::new(e.to_string()))
+        };
+        let configured = e.image.clone();
+        let done = |image: String, how: String| {
+            let _ = self.etcd_image.set(image.clone());
+            Ok((image, how))
+        };
+        if exists(configured.clone()).await? {
+            return done(configured.clone(), format!("etcd image {configured} present"));
+        }
+        let binary = e.binary.clone().map(PathBuf::from).or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("etcd"))
+                    .find(|f| f.is_file())
+            })
+        });
+        let version = binary.as_deref().and_then(etcd_version);
+        // Built here earlier: no pull to try again.
+        if let Some(v) = &version {
+            let tag = format!("chora-etcd:{v}");
+            if exists(tag.clone()).await? {
+                return done(
+                    tag.clone(),
+                    format!("etcd image {tag} present (built from a local etcd; {configured} is not here)"),
+                );
+            }
+        }
+        let why = match tokio::time::timeout(
+            Duration::from_secs(120),
+            chora_docker::image::pull(docker, &configured),
+        )
+        .await
+        {
+            Ok(Ok(())) => return done(configured.clone(), format!("etcd image {configured} pulled")),
+            Ok(Err(why)) => why,
+            Err(_) => "the pull took over 120 s".into(),
+        };
+        let (Some(bin), Some(v)) = (binary.clone(), version) else {
+            return Err(StepError::new(format!(
+                "the etcd image {configured} is missing and cannot be pulled, and no etcd binary was found to build one"
+            ))
+            .cause(format!("the pull failed: {why}"))
+            .cause(match binary {
+                Some(b) => format!("{} does not answer `--version` like etcd", b.display()),
+                None => "no `etcd` on the PATH and no `etcd.binary` in the config".into(),
+            })
+            .action("Install etcd (apt-get install etcd-server) and run `chora bootstrap` again")
+            .action(format!(
+                "Or build the image yourself: chora image build --binary /path/to/etcd --tag {configured}"
+            )));
+        };
+        let tag = format!("chora-etcd:{v}");
+        let built = chora_docker::image::build(
+            docker,
+            chora_docker::image::BuildSpec {
+                binary: bin.clone(),
+                tag: tag.clone(),
+            },
+        )
+        .await
+        .map_err(|e| {
+            StepError::new(format!("cannot build the etcd image {tag} from {}: {e}", bin.display()))
+                .action(format!(
+                    "Try it alone: chora image build --binary {} --tag {tag}",
+                    bin.display()
+                ))
+        })?;
+        done(
+            tag.clone(),
+            format!(
+                "Built etcd image {tag} from {} ({:.1} MB, no registry; {configured} cannot be pulled: {why})",
+                bin.display(),
+                built.size as f64 / 1e6
+            ),
+        )
+    }
+
+    /// The health URL of a phase 1-2 unit as this machine reaches it: a
+    /// container that publishes no port (an etcd member) at its address on the
+    /// project network.
+    pub async fn health_url(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+        runtime: &dyn Runtime,
+        unit_spec: &UnitSpec,
+    ) -> String {
+        let url = runtime.reach(unit_spec, &spec.health_url().expect("checked by the config"));
+        if spec.port.is_none()
+            && runtime.kind() == RuntimeKind::Docker
+            && let Some(addr) = runtime.address(name).await
+        {
+            return url.replacen(&format!("//{name}:"), &format!("//{addr}:"), 1);
+        }
+        url
+    }
+
+    /// Etcd member `unit` (`etcd-2`): healthy, and leader or not.
+    pub async fn etcd_member(&self, unit: &str) -> EtcdMember {
+        let Some(health) = self.unit_health_url(unit).await else {
+            return EtcdMember::default();
+        };
+        let healthy = crate::health::check(&self.http, &health).await.is_ok();
+        let status = health.replace("/health", "/v3/maintenance/status");
+        let leader = async {
+            let v: serde_json::Value = self
+                .http
+                .post(&status)
+                .body("{}")
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let me = v["header"]["member_id"].as_str()?.to_owned();
+            Some(v["leader"].as_str()? == me)
+        }
+        .await;
+        EtcdMember { healthy, leader }
+    }
+
+    /// The health URL of unit `name` as this machine reaches it (phase 3
+    /// services: as configured).
+    pub async fn unit_health_url(&self, name: &str) -> Option<String> {
+        let spec = self.spec(name);
+        if spec.phase == 3 || spec.port.is_some() {
+            return spec.health_url();
+        }
+        let runtime = self.runtime_for(spec).await.ok()?;
+        Some(
+            self.health_url(name, spec, &*runtime, &self.unit_spec(name, spec))
+                .await,
+        )
+    }
+
     /// True when a service runs the image of this chora (`chora:<version>`),
     /// named or as a built-in capability in a container.
     pub fn needs_chora_image(&self) -> bool {
@@ -349,6 +552,11 @@ impl Ctx {
         let mut env = self.env_for(name, spec);
         env.entry("CHORA_INSTANCE_ID".into())
             .or_insert_with(|| self.instance_id(name));
+        let mut labels = BTreeMap::new();
+        if let Some(r) = &spec.replica {
+            labels.insert(LABEL_SERVICE.to_owned(), r.service.clone());
+            labels.insert(LABEL_REPLICA.to_owned(), r.n.to_string());
+        }
         UnitSpec {
             name: name.to_owned(),
             argv: self.argv(spec).unwrap_or_default(),
@@ -365,7 +573,7 @@ impl Ctx {
                     v
                 })
                 .collect(),
-            labels: Default::default(),
+            labels,
         }
     }
 
@@ -414,6 +622,9 @@ impl Ctx {
     /// container), waits until it is healthy, and returns how to find it again.
     pub async fn start_local(&self, name: &str) -> Result<ServiceRecord, StepError> {
         let spec = self.spec(name);
+        if spec.image.as_deref() == Some("${ETCD_IMAGE}") && self.etcd_image.get().is_none() {
+            self.ensure_etcd_image().await?;
+        }
         let runtime = self.runtime_for(spec).await?;
         let mut unit_spec = self.unit_spec(name, spec);
         if runtime.kind() == RuntimeKind::Docker
@@ -443,10 +654,7 @@ impl Ctx {
                 self.config_path.display()
             ))
         })?;
-        let url = runtime.reach(
-            &unit_spec,
-            &spec.health_url().expect("checked by the config"),
-        );
+        let url = self.health_url(name, spec, &*runtime, &unit_spec).await;
         let waited = tokio::select! {
             r = crate::health::wait(
                 &self.http,
@@ -577,10 +785,9 @@ impl Ctx {
         let spec = self.spec(name);
         if let Some(mut found) = self.find_local(name, record).await {
             let runtime = self.runtime_for(spec).await?;
-            let url = runtime.reach(
-                &self.unit_spec(name, spec),
-                &spec.health_url().expect("checked by the config"),
-            );
+            let url = self
+                .health_url(name, spec, &*runtime, &self.unit_spec(name, spec))
+                .await;
             let quick = crate::config::Retry {
                 required_consecutive: 1,
                 ..self.config.retry.clone()
@@ -788,6 +995,22 @@ impl Ctx {
             Err(e) => Err(StepError::new(chora_api::root_cause(&e))),
         }
     }
+}
+
+/// `3.4.23` from `etcd --version` ("etcd Version: 3.4.23").
+fn etcd_version(binary: &Path) -> Option<String> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))?
+        .trim();
+    (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+        .then(|| v.to_owned())
 }
 
 pub fn indent(s: &str) -> String {

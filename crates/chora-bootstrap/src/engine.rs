@@ -168,6 +168,7 @@ pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, 
         cwd: std::env::current_dir().map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?,
         fencing: None,
         docker: Default::default(),
+        etcd_image: Default::default(),
     })
 }
 
@@ -407,6 +408,17 @@ impl Run {
                     }
                 }
             }
+            // The etcd cluster's image: present, pulled, or built from a local etcd.
+            if !ctx.config.etcd_members().is_empty() {
+                let t = Instant::now();
+                match ctx.ensure_etcd_image().await {
+                    Ok((_, how)) => self.out.ok(&how, Some(t.elapsed())),
+                    Err(e) => {
+                        self.out.fail("etcd image", Some(t.elapsed()), &e.message);
+                        return Err(e);
+                    }
+                }
+            }
         } else {
             self.out.ok(
                 &format!(
@@ -546,10 +558,22 @@ impl Run {
         let total = ctx.config.phase_services(n).len();
         let mut done = 0;
         for wave in ctx.config.waves(n) {
+            // Replicas of one service always start together: an etcd member
+            // is healthy only once a quorum of its peers runs.
             let groups: Vec<Vec<String>> = if self.parallel {
                 vec![wave.clone()]
             } else {
-                wave.iter().map(|w| vec![w.clone()]).collect()
+                let mut groups: Vec<Vec<String>> = Vec::new();
+                let mut last: Option<&str> = None;
+                for w in &wave {
+                    let of = ctx.spec(w).replica.as_ref().map(|r| r.service.as_str());
+                    match groups.last_mut() {
+                        Some(g) if of.is_some() && of == last => g.push(w.clone()),
+                        _ => groups.push(vec![w.clone()]),
+                    }
+                    last = of;
+                }
+                groups
             };
             for group in groups {
                 let mut set = tokio::task::JoinSet::new();
@@ -592,8 +616,14 @@ impl Run {
     async fn local_phase(&mut self, n: u8) -> Result<(), StepError> {
         self.start_waves(n).await?;
         let ctx = self.ctx.clone();
-        // The services of this phase must have registered themselves.
-        let names = ctx.config.phase_services(n);
+        // The services of this phase must have registered themselves (all
+        // but the etcd members, which the Manifest stands on).
+        let names: Vec<String> = ctx
+            .config
+            .phase_services(n)
+            .into_iter()
+            .filter(|u| !ctx.spec(u).replica.as_ref().is_some_and(|r| r.unregistered))
+            .collect();
         let t = Instant::now();
         self.out.begin("Checking registration in the Manifest");
         let limit = Duration::from_secs_f64(ctx.config.timeouts.health_check.min(30.0));
@@ -736,6 +766,7 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         cwd: c.cwd.clone(),
         fencing: c.fencing,
         docker: c.docker.clone(),
+        etcd_image: c.etcd_image.clone(),
     }
 }
 

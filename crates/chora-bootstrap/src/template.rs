@@ -134,13 +134,13 @@ validation:
       timeout: 30
 "#;
 
-/// The `prod` environment: the Manifest on an etcd cluster (`etcd.endpoints`),
-/// the bootstrap lock in etcd too. The services still run as local processes of
-/// this binary (the Docker runtime is not built yet).
-pub fn prod() -> String {
+/// The services as local processes (the `dev` template) with the Manifest on
+/// an etcd cluster that runs already (`etcd.endpoints`), where the bootstrap
+/// lock lives too: several hosts' bootstraps against one cluster.
+pub fn processes_on_etcd() -> String {
     DEV.replace(
         "written from the built-in `dev` template",
-        "written from the built-in `prod` template",
+        "the `dev` template on an etcd cluster of yours",
     )
     .replace("environment: dev", "environment: prod")
     .replace(
@@ -152,6 +152,55 @@ pub fn prod() -> String {
         "--ttl, \"15\", --heartbeat-interval, \"2\"",
     ) + "\n# The etcd cluster the Manifest keeps its instances in, and where the bootstrap\n# lock lives.\netcd:\n  endpoints: [http://127.0.0.1:2379]\n"
 }
+
+/// The `prod` environment (DESIGN.md §10): every service a container on the
+/// project network; phase 1 an etcd cluster of `etcd.members` containers
+/// (`chora-etcd-1` …, no published port) and `replicas` Manifest nodes on it
+/// (`chora-manifest-1` … on 127.0.0.1:8500-8502); every client of the
+/// Manifest is given all its nodes.
+pub fn prod() -> String {
+    let services = &STAGING[STAGING.find("\n  orchestrator:").expect("staging has an orchestrator")..];
+    format!(
+        "{PROD_HEAD}{}{}",
+        services.replace("\"http://manifest:8500\"", "\"${MANIFEST_URLS}\""),
+        tail_of(DEV)
+    )
+}
+
+const PROD_HEAD: &str = r#"# chora bootstrap configuration (written from the built-in `prod` template).
+# `chora bootstrap config validate` checks it; unknown keys are errors.
+version: "1.0"
+environment: prod
+project: chora
+runtime: docker
+
+# The etcd cluster under the Manifest: chora runs `members` containers on the
+# project network (chora-etcd-1 ...). `image` is used when present or pullable;
+# otherwise phase 0 builds chora-etcd:<version> from the etcd on this machine.
+# Raft timings for a LAN (etcd's defaults, 100 ms / 1000 ms, do not reliably
+# keep a partition's write gap under 2 s).
+etcd:
+  members: 3
+  image: "quay.io/coreos/etcd:v3.5.17"
+  heartbeat_ms: 50
+  election_ms: 500
+
+services:
+  manifest:
+    phase: 1
+    register: self
+    replicas: 3
+    image: "chora:${CHORA_VERSION}"
+    command: [manifest, serve, --listen, "0.0.0.0:8500",
+              --storage, "etcd:${ETCD_ENDPOINTS}",
+              --ttl, "15", --heartbeat-interval, "2", --register-self]
+    port: 8500
+    container_port: 8500
+    env:
+      CHORA_CREDENTIALS_JSON: "${CHORA_CREDENTIALS_JSON}"
+    timeout: 60
+    dependencies: []
+"#;
 
 /// The `staging` environment: every service a container of the `chora` image
 /// (built by phase 0 when missing) on the project network, the Manifest on
@@ -285,15 +334,55 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn the_prod_template_uses_etcd() {
-        let c = Config::parse(&prod(), Path::new("t.yml")).unwrap();
+    fn processes_on_etcd_use_the_given_endpoints() {
+        let c = Config::parse(&processes_on_etcd(), Path::new("t.yml")).unwrap();
         assert_eq!(c.environment, crate::config::Environment::Prod);
         assert_eq!(c.etcd.clone().unwrap().endpoints, ["http://127.0.0.1:2379"]);
+        assert!(c.etcd_members().is_empty());
         let cmd = c.service("manifest").unwrap().command.clone().unwrap();
         assert!(
             cmd.contains(&"etcd:${ETCD_ENDPOINTS}".to_string()),
             "{cmd:?}"
         );
+    }
+
+    #[test]
+    fn the_prod_template_is_thirteen_containers_on_an_etcd_cluster() {
+        let c = Config::parse(&prod(), Path::new("t.yml")).unwrap();
+        assert_eq!(c.environment, Environment::Prod);
+        assert_eq!(c.services.len(), 13, "{:?}", c.services.keys());
+        assert_eq!(c.etcd_members(), ["etcd-1", "etcd-2", "etcd-3"]);
+        assert_eq!(c.units_of("manifest"), ["manifest-1", "manifest-2", "manifest-3"]);
+        let ports: Vec<_> = c.units_of("manifest").iter().map(|u| c.service(u).unwrap().port).collect();
+        assert_eq!(ports, [Some(8500), Some(8501), Some(8502)]);
+        // The Manifest nodes wait for the whole cluster; phase 2 for every node.
+        let m2 = c.service("manifest-2").unwrap();
+        let deps: Vec<&str> = m2.deps().collect();
+        assert_eq!(deps, ["etcd-1", "etcd-2", "etcd-3"]);
+        let g: Vec<&str> = c.service("gateway").unwrap().deps().collect();
+        assert_eq!(g, ["manifest-1", "manifest-2", "manifest-3"]);
+        assert_eq!(c.waves(1), [vec!["etcd-1", "etcd-2", "etcd-3"], vec!["manifest-1", "manifest-2", "manifest-3"]]);
+        for (name, s) in &c.services {
+            assert_eq!(s.value.runtime(c.default_runtime()), crate::config::RuntimeKind::Docker, "{name}");
+        }
+        let e1 = c.service("etcd-1").unwrap();
+        assert!(e1.port.is_none(), "etcd publishes no port");
+        assert_eq!(e1.env["ETCD_INITIAL_CLUSTER"], "etcd-1=http://chora-etcd-1:2380,etcd-2=http://chora-etcd-2:2380,etcd-3=http://chora-etcd-3:2380");
+        assert_eq!(e1.env["ETCD_HEARTBEAT_INTERVAL"], "50");
+        assert_eq!(c.registered_units().len(), 10);
+        let gw = c.service("gateway").unwrap().command.clone().unwrap();
+        assert!(gw.contains(&"${MANIFEST_URLS}".to_string()), "{gw:?}");
+    }
+
+    #[test]
+    fn replicas_and_members_are_checked() {
+        let bad = prod().replace("replicas: 3", "replicas: 0");
+        let e = Config::parse(&bad, Path::new("t.yml")).unwrap_err();
+        assert!(e.message.contains("replicas"), "{e}");
+        let both = prod().replace("  members: 3", "  members: 3\n  endpoints: [http://x:2379]");
+        let e = Config::parse(&both, Path::new("t.yml")).unwrap_err();
+        assert!(e.message.contains("not both"), "{e}");
+        assert_eq!(e.line, prod().lines().position(|l| l == "etcd:").unwrap() as u64 + 1);
     }
 
     #[test]

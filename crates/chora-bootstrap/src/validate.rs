@@ -61,9 +61,15 @@ pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Re
             Ok((list, i)) => {
                 index = Some(i);
                 let up: BTreeSet<&str> = list.iter().map(|x| x.name.as_str()).collect();
+                let ids: BTreeSet<&str> = list.iter().map(|x| x.id.as_str()).collect();
                 names
                     .iter()
-                    .filter(|n| !up.contains(n.as_str()))
+                    .filter(|n| match ctx.config.service(n).and_then(|s| s.replica.as_ref()) {
+                        // A replica registers under its service's name with the
+                        // instance id of its unit.
+                        Some(_) => !ids.contains(ctx.instance_id(n).as_str()),
+                        None => !up.contains(n.as_str()),
+                    })
                     .cloned()
                     .collect()
             }
@@ -202,7 +208,7 @@ fn label_of(name: &str) -> String {
 async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, String> {
     match name {
         "service_discovery" => {
-            let names: Vec<String> = ctx.config.services.keys().cloned().collect();
+            let names = ctx.config.registered_units();
             wait_registered(ctx, &names, limit)
                 .await
                 .map_err(|m| format!("not registered and up: {m}"))?;
@@ -304,19 +310,28 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             }
             // Agree with discovery: a service missing from the Manifest is not
             // healthy, whatever its own health endpoint says.
-            let missing: Vec<&str> = ctx
+            let missing: Vec<String> = ctx
                 .config
-                .services
-                .keys()
-                .filter(|n| !list.iter().any(|i| &i.name == *n && i.status == Status::Up))
-                .map(String::as_str)
+                .registered_units()
+                .into_iter()
+                .filter(|n| {
+                    let id = ctx.instance_id(n);
+                    let replica = ctx.spec(n).replica.as_ref();
+                    !list.iter().any(|i| {
+                        i.status == Status::Up
+                            && match replica {
+                                Some(r) => i.name == r.service && i.id == id,
+                                None => &i.name == n,
+                            }
+                    })
+                })
                 .collect();
             if !missing.is_empty() {
                 return Err(format!("not in the Manifest: {}", missing.join(", ")));
             }
             let mut bad = Vec::new();
-            for (name, s) in &ctx.config.services {
-                if let Some(url) = s.value.health_url()
+            for name in ctx.config.services.keys() {
+                if let Some(url) = ctx.unit_health_url(name).await
                     && let Err(e) = crate::health::check(&ctx.http, &url).await
                 {
                     bad.push(format!("{name} ({e})"));

@@ -131,6 +131,26 @@ pub async fn ensure_chora_image(docker: &Docker) -> Result<Option<Built>, ImageE
     ensure_image(docker, BuildSpec::chora()?).await
 }
 
+/// Pulls `image` (`NAME[:TAG]`) from its registry; the engine's reason when it
+/// cannot (no registry reachable, unknown image).
+pub async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
+    let (repo, tag) = match image.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (image, "latest"),
+    };
+    let opts = CreateImageOptionsBuilder::default()
+        .from_image(repo)
+        .tag(tag)
+        .build();
+    let mut stream = docker.create_image(Some(opts), None, None);
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            return Err(DockerError::from_bollard(e).to_string());
+        }
+    }
+    Ok(())
+}
+
 /// Builds `spec` only when the engine has no image called `spec.tag`.
 pub async fn ensure_image(docker: &Docker, spec: BuildSpec) -> Result<Option<Built>, ImageError> {
     if image_exists(docker, &spec.tag).await? {

@@ -81,19 +81,26 @@ pub(crate) fn sweep_tick(l: &Liveness) -> Duration {
     (l.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-/// Registers the registry as service `manifest`, durably, under an id derived
-/// from its address (so a restart replaces its own record), and heartbeats it
-/// from inside.
+/// Registers the registry as service `manifest`, durably, and heartbeats it
+/// from inside. Its id is `CHORA_INSTANCE_ID` when its starter gave one (each
+/// node of a cluster its own), else derived from its address; either way a
+/// restart replaces its own record. Its REST interface is
+/// `CHORA_ADVERTISE_URL` when given (a container, by name on the project
+/// network), as for every other chora service.
 async fn register_self(
     store: &Arc<dyn store::Store>,
     addr: std::net::SocketAddr,
 ) -> Result<(String, tokio::task::JoinHandle<()>), ServeError> {
     let addr = chora_service::register::reachable(addr);
-    let id = format!("manifest-{:08x}", u32::from(addr.port()));
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let id = env("CHORA_INSTANCE_ID")
+        .filter(|i| chora_api::manifest::is_valid_id(i))
+        .unwrap_or_else(|| format!("manifest-{:08x}", u32::from(addr.port())));
+    let url = env("CHORA_ADVERTISE_URL").unwrap_or_else(|| format!("http://{addr}"));
     let reg = chora_api::manifest::Registration {
         name: "manifest".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        interfaces: [("REST".to_string(), format!("http://{addr}"))].into(),
+        interfaces: [("REST".to_string(), url)].into(),
         metadata: Some(chora_api::manifest::Metadata {
             description: Some("The Manifest: chora's service registry".into()),
             tags: vec!["core".into()],

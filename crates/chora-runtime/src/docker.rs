@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const LABEL_HOME: &str = "io.chora.home";
@@ -45,6 +46,10 @@ pub struct DockerRuntime {
     /// project network, for consumers that are containers too (default: when
     /// this process is one), rather than by their published port.
     pub advertise_by_name: bool,
+    /// Held while the project network is looked up and made: the engine
+    /// does not refuse a second network of the same name, so concurrent
+    /// starts must not both make one.
+    network: Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// A Docker error as a person reads it.
@@ -99,6 +104,7 @@ impl DockerRuntime {
             follow_logs: false,
             in_container,
             advertise_by_name: in_container,
+            network: Arc::default(),
         }
     }
 
@@ -110,12 +116,18 @@ impl DockerRuntime {
         format!("{}-{name}", self.project)
     }
 
-    fn home_filter(&self, service: Option<&str>) -> HashMap<String, Vec<String>> {
-        let mut labels = vec![format!("{LABEL_HOME}={}", self.home)];
-        if let Some(s) = service {
-            labels.push(format!("{LABEL_SERVICE}={s}"));
+    fn home_filter(&self, unit: Option<&str>) -> HashMap<String, Vec<String>> {
+        let labels = vec![format!("{LABEL_HOME}={}", self.home)];
+        let mut f: HashMap<String, Vec<String>> = [("label".to_string(), labels)].into();
+        if let Some(u) = unit {
+            // The unit's container by its exact name (`<project>-<unit>`): a
+            // replica's service label is its service's, not the unit's.
+            f.insert(
+                "name".into(),
+                vec![format!("^/{}$", regex_quote(&self.container_name(u)))],
+            );
         }
-        [("label".to_string(), labels)].into()
+        f
     }
 
     fn labels(&self, spec: &UnitSpec) -> HashMap<String, String> {
@@ -133,8 +145,15 @@ impl DockerRuntime {
 
     /// The project network, made (labelled with this home) when missing.
     pub async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        let mut made = self.network.lock().await;
+        if *made {
+            return Ok(());
+        }
         match self.docker.inspect_network(&self.project, None).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                *made = true;
+                return Ok(());
+            }
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(docker_err(e)),
         }
@@ -151,8 +170,11 @@ impl DockerRuntime {
             ..Default::default()
         };
         match self.docker.create_network(req).await {
-            Ok(_) => Ok(()),
-            // Made by a concurrent start meanwhile.
+            Ok(_) => {
+                *made = true;
+                Ok(())
+            }
+            // Made by another process meanwhile.
             Err(e) if is_status(&e, 409) => Ok(()),
             Err(e) => Err(docker_err(e)),
         }
@@ -191,8 +213,10 @@ impl DockerRuntime {
             .await
             .map_err(docker_err)?;
         for n in nets {
-            let Some(name) = n.name else { continue };
-            match self.docker.remove_network(&name).await {
+            let (Some(name), Some(id)) = (n.name, n.id) else {
+                continue;
+            };
+            match self.docker.remove_network(&id).await {
                 Ok(()) => removed.push(format!("network {name}")),
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) => return Err(docker_err(e)),
@@ -290,7 +314,7 @@ impl DockerRuntime {
                     [(
                         self.project.clone(),
                         EndpointSettings {
-                            aliases: Some(vec![spec.name.clone()]),
+                            aliases: Some(aliases(spec)),
                             ..Default::default()
                         },
                     )]
@@ -498,6 +522,25 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    fn address<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            if self.in_container {
+                return Some(name.to_owned());
+            }
+            let c = self
+                .docker
+                .inspect_container(&self.container_name(name), None)
+                .await
+                .ok()?;
+            c.network_settings?
+                .networks?
+                .get(&self.project)?
+                .ip_address
+                .clone()
+                .filter(|ip| !ip.is_empty())
+        })
+    }
+
     fn reach(&self, spec: &UnitSpec, url: &str) -> String {
         match (self.in_container, spec.port, spec.inner_port()) {
             (true, Some(p), Some(inner)) => url
@@ -506,6 +549,30 @@ impl Runtime for DockerRuntime {
             _ => url.to_owned(),
         }
     }
+}
+
+/// The names a container answers to on the project network: its unit name,
+/// and for a replica also its service's name.
+fn aliases(spec: &UnitSpec) -> Vec<String> {
+    let mut a = vec![spec.name.clone()];
+    if let Some(s) = spec.labels.get(LABEL_SERVICE)
+        && *s != spec.name
+    {
+        a.push(s.clone());
+    }
+    a
+}
+
+/// `s` with the characters a Go regular expression treats specially escaped.
+fn regex_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One container, known by id.

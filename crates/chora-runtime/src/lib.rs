@@ -227,6 +227,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String>;
     /// The base URL other services reach `spec` at (`http://HOST:PORT`).
     fn advertise(&self, spec: &UnitSpec) -> Option<String>;
+    /// Where this machine reaches unit `name` when it publishes no port: its
+    /// address on the project network (a container), `None` when it has none.
+    fn address<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<String>> {
+        let _ = name;
+        Box::pin(async { None })
+    }
     /// `url` (written as seen from this machine: `127.0.0.1:<port>`) as this
     /// runtime's caller reaches it.
     fn reach(&self, spec: &UnitSpec, url: &str) -> String {
