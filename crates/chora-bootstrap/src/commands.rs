@@ -416,7 +416,9 @@ fn view(
                 container: units.get(&name).and_then(|u| u.1.clone()),
                 service: replica.map(|r| r.service.clone()),
                 replica: replica.map(|r| r.n),
-                role: member.and_then(|m| m.leader).map(|l| if l { "leader" } else { "follower" }),
+                role: member
+                    .and_then(|m| m.leader)
+                    .map(|l| if l { "leader" } else { "follower" }),
                 status,
                 name,
             }
@@ -525,7 +527,13 @@ pub async fn status(format: &str, watch: bool, services: Vec<String>) -> Result<
                                 .as_deref()
                                 .map(|v| format!("v{v}"))
                                 .unwrap_or_default(),
-                            v.url.as_deref().unwrap_or(if v.role.is_some() || members.contains_key(&v.name) { "(project network)" } else { "-" }),
+                            v.url.as_deref().unwrap_or(
+                                if v.role.is_some() || members.contains_key(&v.name) {
+                                    "(project network)"
+                                } else {
+                                    "-"
+                                }
+                            ),
                             v.status.to_uppercase(),
                         );
                     }

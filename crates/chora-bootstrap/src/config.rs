@@ -457,7 +457,10 @@ fn etcd_member(e: &Etcd, units: &[String], n: u32, project: &str) -> ServiceSpec
         ("ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379".into()),
         ("ETCD_ADVERTISE_CLIENT_URLS", format!("http://{host}:2379")),
         ("ETCD_LISTEN_PEER_URLS", "http://0.0.0.0:2380".into()),
-        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", format!("http://{host}:2380")),
+        (
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+            format!("http://{host}:2380"),
+        ),
         ("ETCD_INITIAL_CLUSTER", cluster.join(",")),
         ("ETCD_INITIAL_CLUSTER_STATE", "new".into()),
         ("ETCD_INITIAL_CLUSTER_TOKEN", format!("chora-{project}")),
@@ -561,7 +564,10 @@ impl Config {
 
     /// The etcd members chora runs (`etcd-1` …), in order.
     pub fn etcd_members(&self) -> Vec<String> {
-        self.units_of(ETCD).into_iter().filter(|u| u != ETCD).collect()
+        self.units_of(ETCD)
+            .into_iter()
+            .filter(|u| u != ETCD)
+            .collect()
     }
 
     /// Replicas become entries of their own, and a managed etcd cluster its
@@ -650,23 +656,27 @@ impl Config {
                 ));
             }
             if n > 9 {
-                return Err(at_etcd(
-                    format!("etcd.members: {n} is not between 1 and 9"),
-                ));
+                return Err(at_etcd(format!("etcd.members: {n} is not between 1 and 9")));
             }
             let units: Vec<String> = (1..=n).map(|i| format!("{ETCD}-{i}")).collect();
             for (i, unit) in units.iter().enumerate() {
                 if let Some(s) = self.services.get(unit).or_else(|| self.services.get(ETCD)) {
                     return Err(fail(
                         s.referenced,
-                        format!("services: `{unit}` is a member of the etcd cluster chora runs (etcd.members); rename the service"),
+                        format!(
+                            "services: `{unit}` is a member of the etcd cluster chora runs (etcd.members); rename the service"
+                        ),
                     ));
                 }
                 let spec = etcd_member(&e, &units, i as u32 + 1, self.project());
                 self.services.insert(unit.clone(), spanned(spec));
             }
             // The Manifest stands on the cluster.
-            for m in groups.get("manifest").cloned().unwrap_or_else(|| vec!["manifest".into()]) {
+            for m in groups
+                .get("manifest")
+                .cloned()
+                .unwrap_or_else(|| vec!["manifest".into()])
+            {
                 if let Some(s) = self.services.get_mut(&m) {
                     for u in &units {
                         s.value.dependencies.push(spanned(u.clone()));

@@ -390,7 +390,10 @@ impl Ctx {
             Ok((image, how))
         };
         if exists(configured.clone()).await? {
-            return done(configured.clone(), format!("etcd image {configured} present"));
+            return done(
+                configured.clone(),
+                format!("etcd image {configured} present"),
+            );
         }
         let binary = e.binary.clone().map(PathBuf::from).or_else(|| {
             std::env::var_os("PATH").and_then(|p| {
@@ -406,7 +409,9 @@ impl Ctx {
             if exists(tag.clone()).await? {
                 return done(
                     tag.clone(),
-                    format!("etcd image {tag} present (built from a local etcd; {configured} is not here)"),
+                    format!(
+                        "etcd image {tag} present (built from a local etcd; {configured} is not here)"
+                    ),
                 );
             }
         }
@@ -416,7 +421,12 @@ impl Ctx {
         )
         .await
         {
-            Ok(Ok(())) => return done(configured.clone(), format!("etcd image {configured} pulled")),
+            Ok(Ok(())) => {
+                return done(
+                    configured.clone(),
+                    format!("etcd image {configured} pulled"),
+                );
+            }
             Ok(Err(why)) => why,
             Err(_) => "the pull took over 120 s".into(),
         };
@@ -444,11 +454,14 @@ impl Ctx {
         )
         .await
         .map_err(|e| {
-            StepError::new(format!("cannot build the etcd image {tag} from {}: {e}", bin.display()))
-                .action(format!(
-                    "Try it alone: chora image build --binary {} --tag {tag}",
-                    bin.display()
-                ))
+            StepError::new(format!(
+                "cannot build the etcd image {tag} from {}: {e}",
+                bin.display()
+            ))
+            .action(format!(
+                "Try it alone: chora image build --binary {} --tag {tag}",
+                bin.display()
+            ))
         })?;
         done(
             tag.clone(),
@@ -470,7 +483,10 @@ impl Ctx {
         runtime: &dyn Runtime,
         unit_spec: &UnitSpec,
     ) -> String {
-        let url = runtime.reach(unit_spec, &spec.health_url().expect("checked by the config"));
+        let url = runtime.reach(
+            unit_spec,
+            &spec.health_url().expect("checked by the config"),
+        );
         if spec.port.is_none()
             && runtime.kind() == RuntimeKind::Docker
             && let Some(addr) = runtime.address(name).await
@@ -1009,8 +1025,10 @@ fn etcd_version(binary: &Path) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("etcd Version:"))?
         .trim();
-    (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
-        .then(|| v.to_owned())
+    (!v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+    .then(|| v.to_owned())
 }
 
 pub fn indent(s: &str) -> String {

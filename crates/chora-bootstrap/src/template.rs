@@ -159,7 +159,9 @@ pub fn processes_on_etcd() -> String {
 /// (`chora-manifest-1` … on 127.0.0.1:8500-8502); every client of the
 /// Manifest is given all its nodes.
 pub fn prod() -> String {
-    let services = &STAGING[STAGING.find("\n  orchestrator:").expect("staging has an orchestrator")..];
+    let services = &STAGING[STAGING
+        .find("\n  orchestrator:")
+        .expect("staging has an orchestrator")..];
     format!(
         "{PROD_HEAD}{}{}",
         services.replace("\"http://manifest:8500\"", "\"${MANIFEST_URLS}\""),
@@ -352,8 +354,15 @@ mod tests {
         assert_eq!(c.environment, Environment::Prod);
         assert_eq!(c.services.len(), 13, "{:?}", c.services.keys());
         assert_eq!(c.etcd_members(), ["etcd-1", "etcd-2", "etcd-3"]);
-        assert_eq!(c.units_of("manifest"), ["manifest-1", "manifest-2", "manifest-3"]);
-        let ports: Vec<_> = c.units_of("manifest").iter().map(|u| c.service(u).unwrap().port).collect();
+        assert_eq!(
+            c.units_of("manifest"),
+            ["manifest-1", "manifest-2", "manifest-3"]
+        );
+        let ports: Vec<_> = c
+            .units_of("manifest")
+            .iter()
+            .map(|u| c.service(u).unwrap().port)
+            .collect();
         assert_eq!(ports, [Some(8500), Some(8501), Some(8502)]);
         // The Manifest nodes wait for the whole cluster; phase 2 for every node.
         let m2 = c.service("manifest-2").unwrap();
@@ -361,13 +370,26 @@ mod tests {
         assert_eq!(deps, ["etcd-1", "etcd-2", "etcd-3"]);
         let g: Vec<&str> = c.service("gateway").unwrap().deps().collect();
         assert_eq!(g, ["manifest-1", "manifest-2", "manifest-3"]);
-        assert_eq!(c.waves(1), [vec!["etcd-1", "etcd-2", "etcd-3"], vec!["manifest-1", "manifest-2", "manifest-3"]]);
+        assert_eq!(
+            c.waves(1),
+            [
+                vec!["etcd-1", "etcd-2", "etcd-3"],
+                vec!["manifest-1", "manifest-2", "manifest-3"]
+            ]
+        );
         for (name, s) in &c.services {
-            assert_eq!(s.value.runtime(c.default_runtime()), crate::config::RuntimeKind::Docker, "{name}");
+            assert_eq!(
+                s.value.runtime(c.default_runtime()),
+                crate::config::RuntimeKind::Docker,
+                "{name}"
+            );
         }
         let e1 = c.service("etcd-1").unwrap();
         assert!(e1.port.is_none(), "etcd publishes no port");
-        assert_eq!(e1.env["ETCD_INITIAL_CLUSTER"], "etcd-1=http://chora-etcd-1:2380,etcd-2=http://chora-etcd-2:2380,etcd-3=http://chora-etcd-3:2380");
+        assert_eq!(
+            e1.env["ETCD_INITIAL_CLUSTER"],
+            "etcd-1=http://chora-etcd-1:2380,etcd-2=http://chora-etcd-2:2380,etcd-3=http://chora-etcd-3:2380"
+        );
         assert_eq!(e1.env["ETCD_HEARTBEAT_INTERVAL"], "50");
         assert_eq!(c.registered_units().len(), 10);
         let gw = c.service("gateway").unwrap().command.clone().unwrap();
@@ -382,7 +404,10 @@ mod tests {
         let both = prod().replace("  members: 3", "  members: 3\n  endpoints: [http://x:2379]");
         let e = Config::parse(&both, Path::new("t.yml")).unwrap_err();
         assert!(e.message.contains("not both"), "{e}");
-        assert_eq!(e.line, prod().lines().position(|l| l == "etcd:").unwrap() as u64 + 1);
+        assert_eq!(
+            e.line,
+            prod().lines().position(|l| l == "etcd:").unwrap() as u64 + 1
+        );
     }
 
     #[test]

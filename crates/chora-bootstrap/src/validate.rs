@@ -64,12 +64,14 @@ pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Re
                 let ids: BTreeSet<&str> = list.iter().map(|x| x.id.as_str()).collect();
                 names
                     .iter()
-                    .filter(|n| match ctx.config.service(n).and_then(|s| s.replica.as_ref()) {
-                        // A replica registers under its service's name with the
-                        // instance id of its unit.
-                        Some(_) => !ids.contains(ctx.instance_id(n).as_str()),
-                        None => !up.contains(n.as_str()),
-                    })
+                    .filter(
+                        |n| match ctx.config.service(n).and_then(|s| s.replica.as_ref()) {
+                            // A replica registers under its service's name with the
+                            // instance id of its unit.
+                            Some(_) => !ids.contains(ctx.instance_id(n).as_str()),
+                            None => !up.contains(n.as_str()),
+                        },
+                    )
                     .cloned()
                     .collect()
             }

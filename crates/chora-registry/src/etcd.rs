@@ -186,9 +186,14 @@ impl EtcdStore {
             .map(|e| e.trim_start_matches("http://").to_owned())
             .collect();
         let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+            // A member that vanished (killed, cut off) answers nothing, not
+            // even a reset: each call gives up after a second and is retried
+            // on another member, and a dead connection is found by its pings
+            // within a second. A write takes milliseconds; an election (500 ms
+            // in the prod template) fits in a try or two.
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(1))
+            .with_keep_alive(Duration::from_millis(500), Duration::from_millis(500));
         let client = Client::connect(eps, Some(opts))
             .await
             .map_err(|e| fail(e.to_string()))?;

@@ -15,6 +15,7 @@ mod manifest_cli;
 mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
+mod prod;
 mod staging;
 mod ui;
 

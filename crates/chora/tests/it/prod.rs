@@ -1,0 +1,454 @@
+//! `chora bootstrap --environment prod` against the real Docker engine
+//! (DESIGN.md §10): an etcd cluster of three containers and three Manifest
+//! nodes on it, then real faults of real containers and of the network while a
+//! writer registers instances through the Manifest nodes and a reader goes
+//! through the gateway, recording every acknowledged write.
+
+use crate::staging::{Staging, docker};
+use chora_api::manifest::{ListFilter, Registration};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Three consecutive free loopback ports (replica n of the Manifest publishes
+/// `port + n - 1`), held together while they are found.
+fn three_free_ports() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = first.local_addr().unwrap().port();
+        if p > 65000 {
+            continue;
+        }
+        let rest: Vec<_> = (1..3)
+            .filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).ok())
+            .collect();
+        if rest.len() == 2 {
+            return p;
+        }
+    }
+}
+
+/// A prod project: a [`Staging`] fixture (own project name, ports, chora image,
+/// cleanup of everything labelled with its home) with the prod template.
+struct Prod {
+    s: Staging,
+    manifest_port: u16,
+}
+
+impl std::ops::Deref for Prod {
+    type Target = Staging;
+    fn deref(&self) -> &Staging {
+        &self.s
+    }
+}
+
+impl Prod {
+    fn new() -> Prod {
+        let mut s = Staging::new();
+        let manifest_port = three_free_ports();
+        // The etcd image the fallback builds; removed afterwards only if this
+        // test made it.
+        let etcd = etcd_tag();
+        let had = docker(&["image", "inspect", &etcd]).status.success();
+        if !had {
+            s.extra_images.push(etcd);
+        }
+        let mut t = chora_bootstrap::template::prod()
+            .replace("project: chora", &format!("project: {}", s.project))
+            .replace("chora:${CHORA_VERSION}", &s.image)
+            .replace("\n    port: 8500", &format!("\n    port: {manifest_port}"));
+        for (d, p) in crate::bootstrap::DEFAULT_PORTS.iter().zip(&s.ports).skip(1) {
+            t = t.replace(&d.to_string(), &p.to_string());
+        }
+        s.write_config(&t);
+        Prod { s, manifest_port }
+    }
+
+    fn manifest_urls(&self) -> Vec<String> {
+        (0..3)
+            .map(|i| format!("http://127.0.0.1:{}", self.manifest_port + i))
+            .collect()
+    }
+
+    fn status(&self) -> Value {
+        let (_, out, _) = self.run(&["bootstrap", "status", "--format", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON ({e}): {out}"))
+    }
+
+    /// The container of unit `name` (`etcd-2`, `manifest-1`).
+    fn container(&self, name: &str) -> String {
+        format!("{}-{name}", self.project)
+    }
+
+    /// The etcd member that is the leader now, by `status`.
+    fn leader(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.status();
+            let leaders: Vec<String> = st["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["role"] == "leader")
+                .map(|s| s["name"].as_str().unwrap().to_owned())
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0].clone();
+            }
+            assert!(Instant::now() < deadline, "no single leader: {st}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn etcd_tag() -> String {
+    let out = std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .expect("etcd is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .unwrap()
+        .trim();
+    format!("chora-etcd:{v}")
+}
+
+/// What a writer and a reader saw around one fault.
+#[derive(Default)]
+struct Record {
+    /// (when, id) of every acknowledged registration.
+    acked: Vec<(Instant, String)>,
+    /// Ids whose registration answered an error.
+    failed: Vec<String>,
+    /// When a gateway request failed.
+    gateway_errors: Vec<Instant>,
+    gateway_ok: usize,
+    /// Write latencies.
+    latencies: Vec<Duration>,
+}
+
+impl Record {
+    /// The longest time without an acknowledged write, and when it began.
+    fn longest_gap(&self, start: Instant, end: Instant) -> (Duration, Instant, Instant) {
+        let mut times: Vec<Instant> = vec![start];
+        times.extend(self.acked.iter().map(|(t, _)| *t));
+        times.push(end);
+        times
+            .windows(2)
+            .map(|w| (w[1] - w[0], w[0], w[1]))
+            .max_by_key(|g| g.0)
+            .unwrap()
+    }
+
+    fn p99(&self) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get(l.len() * 99 / 100).copied().unwrap_or_default()
+    }
+}
+
+/// Runs a writer (registrations through every Manifest node, one each 20 ms)
+/// and a reader (the gateway, one each 20 ms) for `before`, applies `fault`,
+/// runs on for `after`, and returns what they saw.
+async fn around(
+    p: &Prod,
+    tag: &str,
+    before: Duration,
+    after: Duration,
+    fault: impl FnOnce(),
+) -> (Record, Instant, Instant) {
+    let client = chora_api::ManifestClient::new(p.manifest_urls())
+        .unwrap()
+        .with_token(p.admin_token())
+        .with_timeout(Duration::from_secs(5));
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let rec = rec.clone();
+        let stop = stop.clone();
+        let tag = tag.to_owned();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = format!("{tag}-{i:05}");
+                let reg = Registration {
+                    name: "faultw".into(),
+                    version: "1".into(),
+                    interfaces: [("REST".to_string(), "http://127.0.0.1:9".to_string())].into(),
+                    metadata: None,
+                    id: Some(id.clone()),
+                };
+                let t = Instant::now();
+                let r = client.register(&reg).await;
+                {
+                    let mut g = rec.lock().unwrap();
+                    g.latencies.push(t.elapsed());
+                    match r {
+                        Ok(_) => g.acked.push((Instant::now(), id)),
+                        Err(_) => g.failed.push(id),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let reader = {
+        let rec = rec.clone();
+        let stop = stop.clone();
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/analyzer/health",
+            p.port("gateway")
+        );
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                {
+                    let mut g = rec.lock().unwrap();
+                    if ok {
+                        g.gateway_ok += 1;
+                    } else {
+                        g.gateway_errors.push(Instant::now());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    tokio::time::sleep(before).await;
+    let at = Instant::now();
+    tokio::task::block_in_place(fault);
+    tokio::time::sleep(after).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    reader.await.unwrap();
+    let end = Instant::now();
+    let rec = Arc::try_unwrap(rec).ok().unwrap().into_inner().unwrap();
+    let _ = start;
+    (rec, at, end)
+}
+
+/// Checks one fault's record: the write gap, nothing acknowledged lost, no
+/// phantom, gateway errors only inside the gap. Prints its timeline.
+async fn judge(p: &Prod, name: &str, rec: &Record, at: Instant, end: Instant, bar: Duration) {
+    let (gap, from, to) = rec.longest_gap(at - Duration::from_secs(1), end);
+    let first_ok_after = rec
+        .acked
+        .iter()
+        .map(|(t, _)| *t)
+        .find(|t| *t > at)
+        .map(|t| t - at);
+    println!(
+        "FAULT {name}: longest write gap {gap:?} ({:?} after the fault), first success {first_ok_after:?} after it, write p99 {:?}, {} acked, {} failed, gateway {} ok / {} errors",
+        from.saturating_duration_since(at),
+        rec.p99(),
+        rec.acked.len(),
+        rec.failed.len(),
+        rec.gateway_ok,
+        rec.gateway_errors.len(),
+    );
+    assert!(gap < bar, "{name}: a write gap of {gap:?}");
+    // Every acknowledged registration is there; no failed one is.
+    let client = chora_api::ManifestClient::new(p.manifest_urls()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (missing, phantoms) = loop {
+        let ids: BTreeSet<String> = client
+            .list(&ListFilter {
+                name: Some("faultw".into()),
+                ..Default::default()
+            })
+            .await
+            .map(|l| l.into_iter().map(|i| i.id).collect())
+            .unwrap_or_default();
+        let missing: Vec<&String> = rec
+            .acked
+            .iter()
+            .map(|(_, id)| id)
+            .filter(|id| !ids.contains(*id))
+            .collect();
+        let phantoms: Vec<&String> = rec.failed.iter().filter(|id| ids.contains(*id)).collect();
+        if (missing.is_empty() && phantoms.is_empty()) || Instant::now() > deadline {
+            break (
+                missing.into_iter().cloned().collect::<Vec<_>>(),
+                phantoms.into_iter().cloned().collect::<Vec<_>>(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "{name}: acknowledged but missing: {missing:?}"
+    );
+    assert!(
+        phantoms.is_empty(),
+        "{name}: answered an error but registered: {phantoms:?}"
+    );
+    let outside: Vec<_> = rec
+        .gateway_errors
+        .iter()
+        .filter(|t| !(**t >= from && **t <= to))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{name}: {} gateway errors outside the write gap",
+        outside.len()
+    );
+    let _ = (from, to);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prod_from_nothing_then_etcd_and_manifest_faults() {
+    if !chora_testkit::docker_available("prod_faults")
+        || !chora_testkit::etcd_available("prod_faults")
+    {
+        return;
+    }
+    let p = Arc::new(tokio::task::spawn_blocking(Prod::new).await.unwrap());
+    let p2 = p.clone();
+    let out = tokio::task::spawn_blocking(move || p2.ok(&["bootstrap", "--environment", "prod"]))
+        .await
+        .unwrap();
+    assert!(out.contains("etcd image"), "{out}");
+    assert!(out.contains("✓ Health dashboard"), "{out}");
+
+    // Exactly 13 containers, labelled as DESIGN §10 says.
+    let c = p.containers();
+    let counts: Vec<(String, usize)> = c.iter().map(|(k, v)| (k.clone(), v.len())).collect();
+    assert_eq!(c.get("etcd").map(Vec::len), Some(3), "{counts:?}");
+    assert_eq!(c.get("manifest").map(Vec::len), Some(3), "{counts:?}");
+    assert_eq!(c.values().map(Vec::len).sum::<usize>(), 13, "{counts:?}");
+    let replica = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"io.chora.replica\"}} {{index .Config.Labels \"io.chora.service\"}}",
+        &p.container("manifest-2"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&replica.stdout).trim(),
+        "2 manifest"
+    );
+    // etcd publishes no port.
+    let ports = docker(&["port", &p.container("etcd-1")]);
+    assert!(String::from_utf8_lossy(&ports.stdout).trim().is_empty());
+
+    // status: each member (one leader) and each node.
+    let st = p.status();
+    assert_eq!(st["overall_status"], "healthy", "{st}");
+    let rows = st["services"].as_array().unwrap();
+    let roles: Vec<&str> = rows.iter().filter_map(|s| s["role"].as_str()).collect();
+    assert_eq!(roles.len(), 3, "{st}");
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{st}");
+    let nodes: Vec<&Value> = rows.iter().filter(|s| s["service"] == "manifest").collect();
+    assert_eq!(nodes.len(), 3, "{st}");
+    assert!(nodes.iter().all(|n| n["status"] == "up"), "{st}");
+
+    let bar = Duration::from_secs(2);
+
+    // 1. The etcd leader is killed.
+    let leader = p.leader();
+    let victim = p.container(&leader);
+    let (rec, at, end) = around(
+        &p,
+        "kill-leader",
+        Duration::from_secs(1),
+        Duration::from_secs(4),
+        || {
+            assert!(docker(&["kill", &victim]).status.success());
+        },
+    )
+    .await;
+    judge(&p, "docker kill of the etcd leader", &rec, at, end, bar).await;
+    // A re-run repairs it: the member comes back on its data.
+    let p2 = p.clone();
+    let out = tokio::task::spawn_blocking(move || p2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    assert!(
+        out.contains(&format!("{leader} was not running: restarted")),
+        "{out}"
+    );
+
+    // 2. One member is cut off the network (the leader: the worst case), then
+    // let back.
+    let leader = p.leader();
+    let victim = p.container(&leader);
+    let net = p.project.clone();
+    let (rec, at, end) = around(
+        &p,
+        "partition",
+        Duration::from_secs(1),
+        Duration::from_secs(4),
+        || {
+            assert!(
+                docker(&["network", "disconnect", &net, &victim])
+                    .status
+                    .success()
+            );
+        },
+    )
+    .await;
+    judge(
+        &p,
+        "docker network disconnect of the etcd leader",
+        &rec,
+        at,
+        end,
+        bar,
+    )
+    .await;
+    assert!(
+        docker(&["network", "connect", &net, &victim])
+            .status
+            .success()
+    );
+
+    // 3. A Manifest node is paused (it accepts connections and never answers).
+    let node = p.container("manifest-1");
+    let (rec, at, end) = around(
+        &p,
+        "pause",
+        Duration::from_secs(1),
+        Duration::from_secs(4),
+        || {
+            assert!(docker(&["pause", &node]).status.success());
+        },
+    )
+    .await;
+    let unpaused = docker(&["unpause", &node]);
+    judge(&p, "docker pause of a Manifest node", &rec, at, end, bar).await;
+    assert!(unpaused.status.success());
+
+    // 4. A Manifest node is killed.
+    let node = p.container("manifest-2");
+    let (rec, at, end) = around(
+        &p,
+        "kill-node",
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+        || {
+            assert!(docker(&["kill", &node]).status.success());
+        },
+    )
+    .await;
+    judge(&p, "docker kill of a Manifest node", &rec, at, end, bar).await;
+    let p2 = p.clone();
+    let out = tokio::task::spawn_blocking(move || p2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    assert!(
+        out.contains("manifest-2 was not running: restarted"),
+        "{out}"
+    );
+}
