@@ -451,4 +451,151 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
         out.contains("manifest-2 was not running: restarted"),
         "{out}"
     );
+
+    // 5. The whole etcd cluster stops for 10 s, then starts again. Writes are
+    // 503s naming the cause, reads serve the last known catalog and say so,
+    // and everything recovers by itself: no chora container is restarted.
+    let members: Vec<String> = (1..=3).map(|i| p.container(&format!("etcd-{i}"))).collect();
+    let started = |c: &str| {
+        String::from_utf8_lossy(&docker(&["inspect", "--format", "{{.State.StartedAt}}", c]).stdout)
+            .trim()
+            .to_owned()
+    };
+    let chora_containers: Vec<String> = [
+        "manifest-1",
+        "manifest-2",
+        "manifest-3",
+        "gateway",
+        "orchestrator",
+    ]
+    .iter()
+    .map(|u| p.container(u))
+    .collect();
+    let before: Vec<String> = chora_containers.iter().map(|c| started(c)).collect();
+    let node = p.manifest_urls()[0].clone();
+    let token = p.admin_token();
+    let during = Arc::new(Mutex::new(None));
+    let d2 = during.clone();
+    let (rec, at, _) = around(&p, "outage", Duration::from_secs(1), Duration::from_secs(8), || {
+        let mut stop = vec!["stop", "-t", "0"];
+        stop.extend(members.iter().map(String::as_str));
+        assert!(docker(&stop).status.success());
+        let t = Instant::now();
+        let seen = tokio::runtime::Handle::current().block_on(async {
+            let http = reqwest::Client::new();
+            // Once the node has noticed, a write is a 503 with a JSON error
+            // and a read says it is stale.
+            loop {
+                let w = http
+                    .post(format!("{node}/v1/services"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"name": "faultw", "version": "1", "interfaces": {}, "id": "faultw-outage"}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = w.status().as_u16();
+                let body: Value = w.json().await.unwrap_or(Value::Null);
+                let r = http
+                    .get(format!("{node}/v1/services?name=faultw"))
+                    .send()
+                    .await
+                    .unwrap();
+                let stale = r
+                    .headers()
+                    .get("x-chora-stale")
+                    .map(|h| h.to_str().unwrap().to_owned());
+                if (status == 503 && stale.is_some()) || t.elapsed() > Duration::from_secs(8) {
+                    break ((status, body), (r.status().as_u16(), stale));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        *d2.lock().unwrap() = Some(seen);
+        // The outage itself lasts 10 s: this sleep is the fault, not a wait.
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(t.elapsed()));
+        let mut start = vec!["start"];
+        start.extend(members.iter().map(String::as_str));
+        assert!(docker(&start).status.success());
+    })
+    .await;
+    let ((wstatus, wbody), (rstatus, stale)) = during.lock().unwrap().take().unwrap();
+    assert_eq!(wstatus, 503, "{wbody}");
+    assert!(wbody["error"].is_string(), "{wbody}");
+    assert!(
+        wbody["message"].as_str().unwrap_or("").contains("etcd"),
+        "{wbody}"
+    );
+    assert_eq!(rstatus, 200);
+    assert!(
+        stale.is_some(),
+        "reads during the outage say they are stale"
+    );
+    let back = at + Duration::from_secs(10);
+    let first_ok = rec.acked.iter().map(|(t, _)| *t).find(|t| *t > back);
+    println!(
+        "FAULT whole etcd cluster stopped 10 s: first acknowledged write {:?} after it started again, {} acked, {} failed, gateway {} ok / {} errors",
+        first_ok.map(|t| t - back),
+        rec.acked.len(),
+        rec.failed.len(),
+        rec.gateway_ok,
+        rec.gateway_errors.len()
+    );
+    assert!(first_ok.is_some(), "writes never came back");
+    assert!(
+        rec.gateway_errors.is_empty(),
+        "the gateway kept routing from its table"
+    );
+    let after: Vec<String> = chora_containers.iter().map(|c| started(c)).collect();
+    assert_eq!(before, after, "no chora container was restarted");
+    let outage = Record {
+        acked: rec.acked,
+        failed: rec.failed,
+        ..Default::default()
+    };
+    judge(
+        &p,
+        "whole etcd cluster stopped",
+        &outage,
+        at,
+        at,
+        Duration::from_secs(3600),
+    )
+    .await;
+
+    // rollback --to-phase 1 keeps the cluster and the nodes; a run brings the
+    // rest back; reset removes every container (volumes stay).
+    let p2 = p.clone();
+    tokio::task::spawn_blocking(move || {
+        p2.ok(&["bootstrap", "rollback", "--to-phase", "1", "--force"])
+    })
+    .await
+    .unwrap();
+    let c = p.containers();
+    let left: BTreeSet<&str> = c.keys().map(String::as_str).collect();
+    assert_eq!(left, BTreeSet::from(["etcd", "manifest"]), "{c:?}");
+    assert_eq!(c.values().map(Vec::len).sum::<usize>(), 6, "{c:?}");
+    let p2 = p.clone();
+    tokio::task::spawn_blocking(move || p2.ok(&["bootstrap"]))
+        .await
+        .unwrap();
+    assert_eq!(p.containers().values().map(Vec::len).sum::<usize>(), 13);
+    let p2 = p.clone();
+    tokio::task::spawn_blocking(move || p2.ok(&["bootstrap", "reset", "--force"]))
+        .await
+        .unwrap();
+    assert!(p.containers().is_empty(), "{:?}", p.containers());
+    assert!(p.networks().is_empty());
+    let vols = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={}-etcd-", p.project),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&vols.stdout).lines().count(),
+        3,
+        "etcd volumes are kept"
+    );
 }
