@@ -240,18 +240,47 @@ async fn around(
     (rec, at, end)
 }
 
+/// One fault's timeline, as the benchmark reports it.
+pub struct Timeline {
+    pub fault: String,
+    pub gap: Duration,
+    pub first_ok: Option<Duration>,
+    pub p99: Duration,
+    pub acked: usize,
+    pub failed: usize,
+    pub gateway_errors: usize,
+}
+
+/// How long the writer and reader run around each fault.
+#[derive(Clone, Copy)]
+struct Window {
+    before: Duration,
+    after: Duration,
+    /// Benchmark: acknowledged instances older than the TTL (15 s, no
+    /// heartbeats) have expired by design and are not looked for.
+    bench: bool,
+}
+
 /// Checks one fault's record: the write gap, nothing acknowledged lost, no
 /// phantom, gateway errors only inside the gap. Prints its timeline.
-async fn judge(p: &Prod, name: &str, rec: &Record, at: Instant, end: Instant, bar: Duration) {
-    let (gap, from, to) = rec.longest_gap(at - Duration::from_secs(1), end);
-    let first_ok_after = rec
+async fn judge(
+    p: &Prod,
+    name: &str,
+    rec: &Record,
+    at: Instant,
+    end: Instant,
+    bar: Duration,
+    w: Window,
+) -> Timeline {
+    let (gap, from, to) = rec.longest_gap(at - w.before.min(Duration::from_secs(1)), end);
+    let first_ok = rec
         .acked
         .iter()
         .map(|(t, _)| *t)
         .find(|t| *t > at)
         .map(|t| t - at);
     println!(
-        "FAULT {name}: longest write gap {gap:?} ({:?} after the fault), first success {first_ok_after:?} after it, write p99 {:?}, {} acked, {} failed, gateway {} ok / {} errors",
+        "FAULT {name}: longest write gap {gap:?} ({:?} after the fault), first success {first_ok:?} after it, write p99 {:?}, {} acked, {} failed, gateway {} ok / {} errors",
         from.saturating_duration_since(at),
         rec.p99(),
         rec.acked.len(),
@@ -260,9 +289,16 @@ async fn judge(p: &Prod, name: &str, rec: &Record, at: Instant, end: Instant, ba
         rec.gateway_errors.len(),
     );
     assert!(gap < bar, "{name}: a write gap of {gap:?}");
-    // Every acknowledged registration is there; no failed one is.
+    // Every acknowledged registration is there (once every node's watch has
+    // delivered it); no failed one is.
     let client = chora_api::ManifestClient::new(p.manifest_urls()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let expected: Vec<&String> = rec
+        .acked
+        .iter()
+        .filter(|(t, _)| !w.bench || t.elapsed() < Duration::from_secs(12))
+        .map(|(_, id)| id)
+        .collect();
     let (missing, phantoms) = loop {
         let ids: BTreeSet<String> = client
             .list(&ListFilter {
@@ -272,18 +308,19 @@ async fn judge(p: &Prod, name: &str, rec: &Record, at: Instant, end: Instant, ba
             .await
             .map(|l| l.into_iter().map(|i| i.id).collect())
             .unwrap_or_default();
-        let missing: Vec<&String> = rec
-            .acked
+        let missing: Vec<String> = expected
             .iter()
-            .map(|(_, id)| id)
-            .filter(|id| !ids.contains(*id))
+            .filter(|id| !ids.contains(**id))
+            .map(|id| (*id).clone())
             .collect();
-        let phantoms: Vec<&String> = rec.failed.iter().filter(|id| ids.contains(*id)).collect();
-        if (missing.is_empty() && phantoms.is_empty()) || Instant::now() > deadline {
-            break (
-                missing.into_iter().cloned().collect::<Vec<_>>(),
-                phantoms.into_iter().cloned().collect::<Vec<_>>(),
-            );
+        let phantoms: Vec<String> = rec
+            .failed
+            .iter()
+            .filter(|id| ids.contains(*id))
+            .cloned()
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break (missing, phantoms);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -295,17 +332,21 @@ async fn judge(p: &Prod, name: &str, rec: &Record, at: Instant, end: Instant, ba
         phantoms.is_empty(),
         "{name}: answered an error but registered: {phantoms:?}"
     );
-    let outside: Vec<_> = rec
+    let outside = rec
         .gateway_errors
         .iter()
         .filter(|t| !(**t >= from && **t <= to))
-        .collect();
-    assert!(
-        outside.is_empty(),
-        "{name}: {} gateway errors outside the write gap",
-        outside.len()
-    );
-    let _ = (from, to);
+        .count();
+    assert_eq!(outside, 0, "{name}: gateway errors outside the write gap");
+    Timeline {
+        fault: name.to_owned(),
+        gap,
+        first_ok,
+        p99: rec.p99(),
+        acked: rec.acked.len(),
+        failed: rec.failed.len(),
+        gateway_errors: rec.gateway_errors.len(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -315,6 +356,60 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
     {
         return;
     }
+    let p = bootstrapped().await;
+    faults(
+        &p,
+        Window {
+            before: Duration::from_secs(1),
+            after: Duration::from_secs(4),
+            bench: false,
+        },
+    )
+    .await;
+    rollback_and_reset(&p).await;
+}
+
+/// The failover timeline of each fault with a writer and a reader running
+/// `WINDOW` seconds (default 30) before and after it: bench/prod-faults.sh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: bench/prod-faults.sh runs it"]
+async fn bench_failover_timelines() {
+    let secs: u64 = std::env::var("WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(30);
+    let p = bootstrapped().await;
+    let rows = faults(
+        &p,
+        Window {
+            before: Duration::from_secs(secs),
+            after: Duration::from_secs(secs),
+            bench: true,
+        },
+    )
+    .await;
+    println!(
+        "BENCH | fault | longest write gap | first success after the fault | write p99 (window) | writes acked | writes failed | gateway errors |"
+    );
+    println!("BENCH | --- | --- | --- | --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "BENCH | {} | {:.2} s | {} | {:.1} ms | {} | {} | {} |",
+            r.fault,
+            r.gap.as_secs_f64(),
+            r.first_ok
+                .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into()),
+            r.p99.as_secs_f64() * 1e3,
+            r.acked,
+            r.failed,
+            r.gateway_errors
+        );
+    }
+}
+
+/// A prod project bootstrapped from nothing, checked as DESIGN §10 says.
+async fn bootstrapped() -> Arc<Prod> {
     let p = Arc::new(tokio::task::spawn_blocking(Prod::new).await.unwrap());
     let p2 = p.clone();
     let out = tokio::task::spawn_blocking(move || p2.ok(&["bootstrap", "--environment", "prod"]))
@@ -353,23 +448,22 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
     let nodes: Vec<&Value> = rows.iter().filter(|s| s["service"] == "manifest").collect();
     assert_eq!(nodes.len(), 3, "{st}");
     assert!(nodes.iter().all(|n| n["status"] == "up"), "{st}");
+    p
+}
 
+/// The five faults in turn (each repaired before the next); their timelines.
+async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
     let bar = Duration::from_secs(2);
+    let mut rows = Vec::new();
 
     // 1. The etcd leader is killed.
     let leader = p.leader();
     let victim = p.container(&leader);
-    let (rec, at, end) = around(
-        &p,
-        "kill-leader",
-        Duration::from_secs(1),
-        Duration::from_secs(4),
-        || {
-            assert!(docker(&["kill", &victim]).status.success());
-        },
-    )
+    let (rec, at, end) = around(p, "kill-leader", w.before, w.after, || {
+        assert!(docker(&["kill", &victim]).status.success());
+    })
     .await;
-    judge(&p, "docker kill of the etcd leader", &rec, at, end, bar).await;
+    rows.push(judge(p, "docker kill of the etcd leader", &rec, at, end, bar, w).await);
     // A re-run repairs it: the member comes back on its data.
     let p2 = p.clone();
     let out = tokio::task::spawn_blocking(move || p2.ok(&["bootstrap"]))
@@ -385,29 +479,26 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
     let leader = p.leader();
     let victim = p.container(&leader);
     let net = p.project.clone();
-    let (rec, at, end) = around(
-        &p,
-        "partition",
-        Duration::from_secs(1),
-        Duration::from_secs(4),
-        || {
-            assert!(
-                docker(&["network", "disconnect", &net, &victim])
-                    .status
-                    .success()
-            );
-        },
-    )
+    let (rec, at, end) = around(p, "partition", w.before, w.after, || {
+        assert!(
+            docker(&["network", "disconnect", &net, &victim])
+                .status
+                .success()
+        );
+    })
     .await;
-    judge(
-        &p,
-        "docker network disconnect of the etcd leader",
-        &rec,
-        at,
-        end,
-        bar,
-    )
-    .await;
+    rows.push(
+        judge(
+            p,
+            "docker network disconnect of the etcd leader",
+            &rec,
+            at,
+            end,
+            bar,
+            w,
+        )
+        .await,
+    );
     assert!(
         docker(&["network", "connect", &net, &victim])
             .status
@@ -416,33 +507,21 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
 
     // 3. A Manifest node is paused (it accepts connections and never answers).
     let node = p.container("manifest-1");
-    let (rec, at, end) = around(
-        &p,
-        "pause",
-        Duration::from_secs(1),
-        Duration::from_secs(4),
-        || {
-            assert!(docker(&["pause", &node]).status.success());
-        },
-    )
+    let (rec, at, end) = around(p, "pause", w.before, w.after, || {
+        assert!(docker(&["pause", &node]).status.success());
+    })
     .await;
     let unpaused = docker(&["unpause", &node]);
-    judge(&p, "docker pause of a Manifest node", &rec, at, end, bar).await;
+    rows.push(judge(p, "docker pause of a Manifest node", &rec, at, end, bar, w).await);
     assert!(unpaused.status.success());
 
     // 4. A Manifest node is killed.
     let node = p.container("manifest-2");
-    let (rec, at, end) = around(
-        &p,
-        "kill-node",
-        Duration::from_secs(1),
-        Duration::from_secs(3),
-        || {
-            assert!(docker(&["kill", &node]).status.success());
-        },
-    )
+    let (rec, at, end) = around(p, "kill-node", w.before, w.after, || {
+        assert!(docker(&["kill", &node]).status.success());
+    })
     .await;
-    judge(&p, "docker kill of a Manifest node", &rec, at, end, bar).await;
+    rows.push(judge(p, "docker kill of a Manifest node", &rec, at, end, bar, w).await);
     let p2 = p.clone();
     let out = tokio::task::spawn_blocking(move || p2.ok(&["bootstrap"]))
         .await
@@ -476,7 +555,7 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
     let token = p.admin_token();
     let during = Arc::new(Mutex::new(None));
     let d2 = during.clone();
-    let (rec, at, _) = around(&p, "outage", Duration::from_secs(1), Duration::from_secs(8), || {
+    let (rec, at, end) = around(p, "outage", w.before, w.after.max(Duration::from_secs(8)), || {
         let mut stop = vec!["stop", "-t", "0"];
         stop.extend(members.iter().map(String::as_str));
         assert!(docker(&stop).status.success());
@@ -548,21 +627,23 @@ async fn prod_from_nothing_then_etcd_and_manifest_faults() {
     );
     let after: Vec<String> = chora_containers.iter().map(|c| started(c)).collect();
     assert_eq!(before, after, "no chora container was restarted");
-    let outage = Record {
-        acked: rec.acked,
-        failed: rec.failed,
-        ..Default::default()
-    };
-    judge(
-        &p,
-        "whole etcd cluster stopped",
-        &outage,
-        at,
-        at,
-        Duration::from_secs(3600),
-    )
-    .await;
+    rows.push(
+        judge(
+            p,
+            "whole etcd cluster stopped 10 s",
+            &rec,
+            at,
+            end,
+            Duration::from_secs(3600),
+            w,
+        )
+        .await,
+    );
 
+    rows
+}
+
+async fn rollback_and_reset(p: &Arc<Prod>) {
     // rollback --to-phase 1 keeps the cluster and the nodes; a run brings the
     // rest back; reset removes every container (volumes stay).
     let p2 = p.clone();
