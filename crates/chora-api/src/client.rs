@@ -1,4 +1,19 @@
 //! The typed async client of the Manifest, with fail-over between several URLs.
+//!
+//! With several URLs, a request goes first to the URL that answered last, and
+//! on to the next one when a URL cannot be reached, answers 503, or does not
+//! answer within the per-attempt timeout ([`ManifestClient::with_attempt_timeout`],
+//! 1.5 s by default): a node that accepts connections but never answers (a
+//! paused container, whose kernel still completes the TCP handshake) costs one
+//! short attempt, not the whole timeout. The last URL tried gets what is left of
+//! the request's timeout. Blocking reads (`?index=&wait=`) are not cut short:
+//! each attempt has the wait plus the timeout.
+//!
+//! Every request is safe to send twice: heartbeats and deregistrations are
+//! idempotent, and so is a registration that names its id. A registration
+//! without one is given an id here (`<name>-<8 hex>`, the form the Manifest
+//! would pick) whenever there is another URL to retry on, so that a retry after
+//! a timeout cannot create a second instance.
 
 use crate::manifest::{
     Health, Heartbeat, INDEX_HEADER, Instance, ListFilter, Registered, Registration, Service,
@@ -9,7 +24,10 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The default per-attempt timeout of a request that has another URL to try.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What can go wrong talking to the Manifest.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +71,14 @@ pub struct ManifestClient {
     preferred: Arc<AtomicUsize>,
     token: Option<Arc<str>>,
     timeout: Duration,
+    /// How long one attempt may take when another URL is left to try.
+    attempt_timeout: Duration,
 }
 
 impl ManifestClient {
-    /// A client for one or more Manifest base URLs (`http://127.0.0.1:8500`). With
-    /// several, a request that cannot connect (or meets a 503) tries the next one.
+    /// A client for one or more Manifest base URLs (`http://127.0.0.1:8500`); each
+    /// argument may itself be a comma-separated list. With several, a request
+    /// that cannot connect, meets a 503 or gets no answer in time tries the next.
     pub fn new<I, S>(urls: I) -> Result<Self, ClientError>
     where
         I: IntoIterator<Item = S>,
@@ -93,6 +114,7 @@ impl ManifestClient {
             preferred: Arc::new(AtomicUsize::new(0)),
             token: None,
             timeout: Duration::from_secs(10),
+            attempt_timeout: ATTEMPT_TIMEOUT,
         })
     }
 
@@ -108,26 +130,55 @@ impl ManifestClient {
         self
     }
 
+    /// How long one attempt of a request that is not a blocking read may take
+    /// while another URL is left to try (capped by the request timeout; the
+    /// last URL gets the rest of the request timeout). With one URL it is unused.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
     pub fn urls(&self) -> &[String] {
         &self.urls
     }
 
+    /// The timeout of attempt `k` (of `n`), `elapsed` into the request.
+    fn attempt_timeout(
+        &self,
+        k: usize,
+        n: usize,
+        wait: Option<Duration>,
+        elapsed: Duration,
+    ) -> Duration {
+        let short = self.attempt_timeout.min(self.timeout);
+        match wait {
+            Some(wait) => self.timeout + wait,
+            None if n == 1 => self.timeout,
+            None if k + 1 == n => self.timeout.saturating_sub(elapsed).max(short),
+            None => short,
+        }
+    }
+
     /// Sends one request, failing over to the next URL when a URL cannot be
-    /// reached or answers 503. Returns the response of the first URL that answered.
+    /// reached, does not answer in time or answers 503 (see the module doc).
+    /// `wait` is a blocking read's wait. Returns the response of the first URL
+    /// that answered.
     async fn send(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, String)],
         body: Option<&dyn erased::Body>,
-        timeout: Duration,
+        wait: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
         let n = self.urls.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
-        let mut last_reason = String::new();
+        let started = Instant::now();
+        let mut reasons = Vec::new();
         let mut last_503 = None;
         for k in 0..n {
             let i = (first + k) % n;
+            let timeout = self.attempt_timeout(k, n, wait, started.elapsed());
             let url = format!("{}{}", self.urls[i], path);
             let mut req = self.http.request(method.clone(), &url).timeout(timeout);
             if !query.is_empty() {
@@ -149,14 +200,20 @@ impl ManifestClient {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) => last_reason = root_cause(&e),
+                Err(e) if e.is_timeout() => reasons.push(format!(
+                    "{} did not answer within {} ms",
+                    self.urls[i],
+                    timeout.as_millis()
+                )),
+                Err(e) if n > 1 => reasons.push(format!("{}: {}", self.urls[i], root_cause(&e))),
+                Err(e) => reasons.push(root_cause(&e)),
             }
         }
         match last_503 {
             Some(resp) => Ok(resp),
             None => Err(ClientError::Unreachable {
                 urls: self.urls.join(", "),
-                reason: last_reason,
+                reason: reasons.join("; "),
             }),
         }
     }
@@ -197,10 +254,21 @@ impl ManifestClient {
         })
     }
 
-    /// Registers (or re-registers, with `reg.id` set) an instance.
+    /// Registers (or re-registers, with `reg.id` set) an instance. Without an id
+    /// and with several URLs, the id is chosen here (see the module doc).
     pub async fn register(&self, reg: &Registration) -> Result<Registered, ClientError> {
+        let chosen;
+        let reg = if reg.id.is_none() && self.urls.len() > 1 {
+            chosen = Registration {
+                id: Some(format!("{}-{}", reg.name, crate::random_hex(4))),
+                ..reg.clone()
+            };
+            &chosen
+        } else {
+            reg
+        };
         let resp = self
-            .send(Method::POST, "/v1/services", &[], Some(reg), self.timeout)
+            .send(Method::POST, "/v1/services", &[], Some(reg), None)
             .await?;
         if resp.status().is_success() {
             Self::json(resp).await
@@ -225,7 +293,7 @@ impl ManifestClient {
                 &path,
                 &[],
                 body.as_ref().map(|b| b as &dyn erased::Body),
-                self.timeout,
+                None,
             )
             .await?;
         if resp.status().is_success() {
@@ -238,9 +306,7 @@ impl ManifestClient {
     /// Removes an instance. Succeeds when it was already gone.
     pub async fn deregister(&self, name: &str, id: &str) -> Result<(), ClientError> {
         let path = format!("/v1/services/{name}/{id}");
-        let resp = self
-            .send(Method::DELETE, &path, &[], None, self.timeout)
-            .await?;
+        let resp = self.send(Method::DELETE, &path, &[], None, None).await?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -256,7 +322,7 @@ impl ManifestClient {
                 &format!("/v1/services/{name}"),
                 &[],
                 None,
-                self.timeout,
+                None,
             )
             .await?;
         if resp.status().is_success() {
@@ -289,14 +355,12 @@ impl ManifestClient {
         if let Some(n) = &filter.name {
             q.push(("name", n.clone()));
         }
-        let mut timeout = self.timeout;
         if let Some((index, wait)) = block {
             q.push(("index", index.to_string()));
             q.push(("wait", format!("{}ms", wait.as_millis())));
-            timeout += wait;
         }
         let resp = self
-            .send(Method::GET, "/v1/services", &q, None, timeout)
+            .send(Method::GET, "/v1/services", &q, None, block.map(|b| b.1))
             .await?;
         if !resp.status().is_success() {
             return Err(Self::error_of(resp).await);
@@ -313,7 +377,7 @@ impl ManifestClient {
     /// `GET /v1/health`. A 503 answer is returned as `Ok` with status `unhealthy`.
     pub async fn health(&self) -> Result<Health, ClientError> {
         let resp = self
-            .send(Method::GET, "/v1/health", &[], None, self.timeout)
+            .send(Method::GET, "/v1/health", &[], None, None)
             .await?;
         if resp.status().is_success() || resp.status() == StatusCode::SERVICE_UNAVAILABLE {
             Self::json(resp).await
@@ -332,5 +396,154 @@ mod erased {
         fn to_json(&self) -> Vec<u8> {
             serde_json::to_vec(self).expect("wire types serialize")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Json;
+    use axum::extract::{Query, State};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A port whose kernel completes TCP handshakes but whose owner never
+    /// accepts nor answers: what a paused process or container looks like.
+    fn silent() -> (std::net::TcpListener, String) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        (l, url)
+    }
+
+    /// A stand-in Manifest that records the registrations it gets and answers
+    /// a blocking read after its wait.
+    async fn answering() -> (String, Arc<Mutex<Vec<Registration>>>) {
+        type Seen = Arc<Mutex<Vec<Registration>>>;
+        async fn register(
+            State(seen): State<Seen>,
+            Json(reg): Json<Registration>,
+        ) -> Json<Registered> {
+            seen.lock().unwrap().push(reg.clone());
+            Json(Registered {
+                id: reg.id.unwrap_or_else(|| format!("{}-server01", reg.name)),
+                name: reg.name,
+                version: reg.version,
+                status: Status::Up,
+                registered_at: "2026-01-01T00:00:00Z".into(),
+                heartbeat_interval: 10.0,
+                heartbeat_timeout: 30.0,
+            })
+        }
+        async fn list(Query(q): Query<HashMap<String, String>>) -> Json<Vec<Instance>> {
+            if let Some(wait) = q.get("wait") {
+                let ms: u64 = wait.trim_end_matches("ms").parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Json(Vec::new())
+        }
+        let seen = Seen::default();
+        let app = axum::Router::new()
+            .route("/v1/services", axum::routing::post(register).get(list))
+            .with_state(seen.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (url, seen)
+    }
+
+    fn reg() -> Registration {
+        Registration {
+            name: "svc".into(),
+            version: "1".into(),
+            interfaces: Default::default(),
+            metadata: None,
+            id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_url_that_never_answers_costs_one_short_attempt_and_the_id_is_chosen_first() {
+        let (_held, mute) = silent();
+        let (good, seen) = answering().await;
+        let client = ManifestClient::new([mute, good])
+            .unwrap()
+            .with_attempt_timeout(Duration::from_millis(300));
+        let t = Instant::now();
+        let out = client.register(&reg()).await.unwrap();
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // The id was chosen before the first attempt, in the Manifest's form,
+        // so the retry on the second URL carried the same one.
+        let sent = seen.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let id = sent[0].id.clone().expect("the client chose an id");
+        assert_eq!(out.id, id);
+        let hex = id.strip_prefix("svc-").unwrap();
+        assert!(
+            hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        // The URL that answered is tried first from now on.
+        assert_eq!(client.preferred.load(Ordering::Relaxed), 1);
+        client.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(client.preferred.load(Ordering::Relaxed), 1);
+        // Two registrations without an id are two instances.
+        client.register(&reg()).await.unwrap();
+        let sent = seen.lock().unwrap().clone();
+        assert_ne!(sent[0].id, sent[1].id);
+    }
+
+    #[tokio::test]
+    async fn with_one_url_the_manifest_picks_the_id() {
+        let (good, seen) = answering().await;
+        let out = ManifestClient::new([good])
+            .unwrap()
+            .register(&reg())
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap()[0].id, None);
+        assert_eq!(out.id, "svc-server01");
+    }
+
+    #[tokio::test]
+    async fn a_blocking_read_keeps_its_wait() {
+        let (good, _) = answering().await;
+        let (_held, mute) = silent();
+        let client = ManifestClient::new([good, mute])
+            .unwrap()
+            .with_timeout(Duration::from_secs(2))
+            .with_attempt_timeout(Duration::from_millis(100));
+        let t = Instant::now();
+        let block = Some((7, Duration::from_millis(500)));
+        client.watch(&ListFilter::default(), block).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(500));
+        assert_eq!(client.preferred.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn when_no_url_answers_the_request_keeps_to_its_timeout_and_says_why() {
+        let (_a, a) = silent();
+        let (_b, b) = silent();
+        let client = ManifestClient::new([format!("{a},{b}")])
+            .unwrap()
+            .with_timeout(Duration::from_millis(800))
+            .with_attempt_timeout(Duration::from_millis(200));
+        let t = Instant::now();
+        let e = client.heartbeat("svc", "svc-1", None).await.unwrap_err();
+        let took = t.elapsed();
+        // 200 ms on the first URL, the remaining 600 ms on the last.
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert!(e.is_unreachable(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("{a} did not answer within 200 ms")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{b} did not answer within")),
+            "{text}"
+        );
     }
 }
