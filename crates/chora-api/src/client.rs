@@ -7,7 +7,9 @@
 //! paused container, whose kernel still completes the TCP handshake) costs one
 //! short attempt, not the whole timeout. The last URL tried gets what is left of
 //! the request's timeout. Blocking reads (`?index=&wait=`) are not cut short:
-//! each attempt has the wait plus the timeout.
+//! each attempt has the wait plus the timeout (a server cannot be told from a
+//! paused one before its wait is over, so a follower parked on a node that
+//! pauses moves on only then).
 //!
 //! Every request is safe to send twice: heartbeats and deregistrations are
 //! idempotent, and so is a registration that names its id. A registration

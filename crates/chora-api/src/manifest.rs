@@ -191,6 +191,10 @@ impl ListFilter {
 /// The header that carries the registry's change index on every GET.
 pub const INDEX_HEADER: &str = "x-chora-index";
 
+/// The header a Manifest node adds to its reads while they may be out of date
+/// (its etcd cluster is unreachable): `since <RFC 3339>: <reason>`.
+pub const STALE_HEADER: &str = "x-chora-stale";
+
 #[cfg(test)]
 mod tests {
     use super::*;

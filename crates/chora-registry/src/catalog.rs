@@ -60,6 +60,20 @@ impl Record {
     pub fn registered_at(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(self.registered_at_ms)
     }
+
+    /// The instance this record is, with the given liveness.
+    pub fn into_instance(self, status: Status, last_heartbeat: SystemTime) -> Instance {
+        Instance {
+            status,
+            last_heartbeat: chora_api::rfc3339(last_heartbeat),
+            registered_at: chora_api::rfc3339(self.registered_at()),
+            name: self.name,
+            id: self.id,
+            version: self.version,
+            interfaces: self.interfaces,
+            metadata: self.metadata,
+        }
+    }
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -411,16 +425,7 @@ impl Catalog {
             ..record
         };
         st.insert(&record.name, Entry::new(&record, status, now));
-        let inst = Instance {
-            status,
-            last_heartbeat: chora_api::rfc3339(now.0),
-            registered_at: chora_api::rfc3339(record.registered_at()),
-            name: record.name,
-            id: record.id,
-            version: record.version,
-            interfaces: record.interfaces,
-            metadata: record.metadata,
-        };
+        let inst = record.into_instance(status, now.0);
         self.bump(&mut st);
         inst
     }

@@ -48,18 +48,56 @@
 //!   So is one whose alive lease has run out (a new one is granted and written).
 //! - **etcd unreachable.** Renewals fail, nothing is refreshed, so within a
 //!   window every heartbeat takes the slow path and answers 503 as before.
+//!
+//! # Writes whose outcome is unknown (DESIGN §10)
+//!
+//! A write is answered with an error only when it is known not to have
+//! happened. An etcd call that fails after its retries (a timeout during an
+//! election, a member lost mid-request) may still have been applied, so:
+//!
+//! - **Registration.** Every registration writes under at least one lease
+//!   granted for it alone: a fresh alive lease (and a fresh instance lease unless
+//!   the instance is known and alive). When the write fails, the node reads the
+//!   instance key back for up to [`SETTLE`]: if it holds this write (its alive
+//!   lease is the fresh one) the registration is answered as a success. If not,
+//!   the node revokes the fresh leases, which *fences* the write: etcd refuses a
+//!   put on a revoked lease, so the lost write can never be applied later (had
+//!   it been applied between the read and the revocation, the revocation deletes
+//!   what it wrote). Only then is it answered 503. So a registration answered
+//!   with an error does not exist afterwards, with one exception: when etcd
+//!   stays unreachable for the whole [`SETTLE`], neither the read nor the
+//!   revocation gets through, and the node answers 503 without knowing. If that
+//!   write was applied, nobody renews its fresh lease, so the instance turns
+//!   `unhealthy` after twice the heartbeat interval and is gone after the TTL
+//!   (unless its owner, retrying with the same id, registers it for real). A
+//!   write that failed before anything was sent (a lease grant or renewal) is
+//!   known not to have happened and answers 503 at once.
+//! - **Deregistration** is idempotent: the node sends the delete again until
+//!   etcd confirms it, for up to [`SETTLE`]. Past that it answers 503 and the
+//!   delete may still be applied later, which is what its caller wanted anyway.
+//! - A write etcd confirmed is answered as a success even when this node's
+//!   watch does not deliver it in time (it is durable); the node then reads
+//!   everything again.
+//!
+//! # When the whole cluster is gone
+//!
+//! While the watch is broken, reads keep serving this node's catalog and
+//! [`Store::stale`] says since when and why (the HTTP layer turns that into the
+//! `X-Chora-Stale` header); writes answer 503 `storage_unavailable`, `etcd at
+//! <endpoints> unreachable: <reason>`. The watch task keeps trying (backing off
+//! to one try a second); once etcd answers it reads everything again, watches
+//! anew, and the node is current again with no restart.
 
 use crate::catalog::{Catalog, Liveness, Record};
-use crate::store::{BoxFuture, Store, StoreError};
+use crate::store::{BoxFuture, Stale, Store, StoreError};
 use chora_api::manifest::{Instance, Status};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const PREFIX: &str = "/chora/";
 /// How long a write waits for this node's catalog to apply it.
@@ -67,6 +105,8 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// How long a write this node made may take to come back through its watch
 /// before the watch is presumed stuck and restarted.
 const WATCH_SUSPECT: Duration = Duration::from_secs(2);
+/// How long a node tries to learn the outcome of a write etcd did not confirm.
+pub const SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach etcd at {endpoints}: {message}")]
@@ -116,8 +156,10 @@ pub struct EtcdStore {
     live: RwLock<Live>,
     ttl: i64,
     alive_ttl: i64,
-    /// False while the watch is broken (etcd unreachable).
-    connected: AtomicBool,
+    /// The endpoints, as error messages name them.
+    endpoints: String,
+    /// `Some` while the watch is broken (etcd unreachable).
+    lost: Mutex<Option<Stale>>,
     /// Tells the watch task to read everything again and watch anew.
     rewatch: Arc<tokio::sync::Notify>,
     task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -142,14 +184,27 @@ fn parse_key(key: &str) -> Option<(&str, String, String)> {
     Some((it.next()?, it.next()?.to_owned(), it.next()?.to_owned()))
 }
 
-fn unavailable(e: etcd_client::Error) -> StoreError {
-    StoreError::Unavailable(format!("etcd: {e}"))
+/// What a person needs to know of an etcd error: for a gRPC status its message
+/// (and the innermost cause), not the whole status with its metadata.
+fn reason(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let cause = std::error::Error::source(s).map(chora_api::root_cause);
+            match (s.message(), cause) {
+                ("", Some(c)) => c,
+                ("", None) => format!("{:?}", s.code()),
+                (m, Some(c)) if !m.contains(&c) => format!("{m}: {c}"),
+                (m, _) => m.to_owned(),
+            }
+        }
+        e => e.to_string(),
+    }
 }
 
 /// Runs an etcd call again (up to three times) when it fails: the client
 /// balances over the endpoints, and the next try goes to another member when one
 /// is down. Every call made through here is safe to repeat.
-async fn retry<T, F, Fut>(mut f: F) -> Result<T, StoreError>
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -164,7 +219,43 @@ where
             }
         }
     }
-    Err(unavailable(last.expect("at least one attempt")))
+    Err(last.expect("at least one attempt"))
+}
+
+/// Runs a call that is safe to repeat until etcd answers it, for up to
+/// [`SETTLE`], backing off from 50 ms to 500 ms between tries.
+async fn settle<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match tokio::time::timeout_at(deadline, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
+            Ok(Err(_)) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(_) => {
+                return Err(etcd_client::Error::Internal(format!(
+                    "no answer within {SETTLE:?}"
+                )));
+            }
+        }
+    }
+}
+
+/// What a node learnt of a registration etcd did not confirm.
+enum Outcome {
+    /// It was applied, at this revision.
+    Happened(u64),
+    /// It was not, and never will be (its fresh leases are revoked).
+    Fenced,
+    /// etcd did not answer long enough to tell.
+    Unknown,
 }
 
 fn ceil_secs(d: Duration) -> i64 {
@@ -203,7 +294,8 @@ impl EtcdStore {
             live: RwLock::default(),
             ttl: ceil_secs(liveness.ttl),
             alive_ttl: ceil_secs(liveness.heartbeat_interval * 2),
-            connected: AtomicBool::new(false),
+            endpoints: endpoints.join(","),
+            lost: Mutex::default(),
             rewatch: Arc::default(),
             task: Mutex::default(),
             fresh: Mutex::default(),
@@ -259,8 +351,46 @@ impl EtcdStore {
         self.client.clone()
     }
 
+    /// The error a write answers when etcd did not take it.
+    fn unavailable(&self, e: &etcd_client::Error) -> StoreError {
+        StoreError::Unavailable(format!(
+            "etcd at {} unreachable: {}",
+            self.endpoints,
+            reason(e)
+        ))
+    }
+
+    fn link(&self) -> std::sync::MutexGuard<'_, Option<Stale>> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The watch broke, or could not be set up again: reads are stale (see
+    /// [`Store::stale`]) since the first of these, for the latest reason.
+    fn lost_etcd(&self, why: &str) {
+        let reason = format!("etcd at {} unreachable: {why}", self.endpoints);
+        let mut lost = self.link();
+        match &mut *lost {
+            Some(stale) => stale.reason = reason,
+            None => {
+                tracing::warn!(%reason, "lost etcd; serving the last known catalog");
+                *lost = Some(Stale {
+                    since: SystemTime::now(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// The watch follows etcd again.
+    fn reached_etcd(&self) {
+        if let Some(was) = self.link().take() {
+            let down = was.since.elapsed().unwrap_or_default();
+            tracing::info!(after = ?down, "etcd is back; the catalog is current again");
+        }
+    }
+
     /// Loads everything under the prefix; returns the revision it was read at.
-    async fn resync(&self) -> Result<i64, StoreError> {
+    async fn resync(&self) -> Result<i64, etcd_client::Error> {
         let resp = retry(|| {
             let mut c = self.client();
             async move { c.get(PREFIX, Some(GetOptions::new().with_prefix())).await }
@@ -291,7 +421,8 @@ impl EtcdStore {
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
         // Leases may have run out while the watch was away: ask etcd again.
         self.fresh().clear();
-        self.connected.store(true, Ordering::Relaxed);
+        // Current as of `rev`; the watch goes on from there.
+        self.reached_etcd();
         Ok(rev)
     }
 
@@ -356,7 +487,8 @@ impl EtcdStore {
                 }
             }
         })
-        .await;
+        .await
+        .map_err(|e| self.unavailable(&e));
         match alive {
             Ok(true) => {
                 let mut fresh = self.fresh();
@@ -379,9 +511,11 @@ impl EtcdStore {
         })
         .await
         .map(|r| r.id())
+        .map_err(|e| self.unavailable(&e))
     }
 
-    async fn put_both(&self, env: &Envelope) -> Result<u64, StoreError> {
+    /// Writes both keys of an instance. An error leaves the outcome unknown.
+    async fn put_both(&self, env: &Envelope) -> Result<u64, etcd_client::Error> {
         let r = &env.record;
         let value = serde_json::to_vec(env).expect("envelopes serialize");
         let txn = Txn::new().and_then(vec![
@@ -426,6 +560,50 @@ impl EtcdStore {
         }
     }
 
+    /// Learns the outcome of a registration etcd did not confirm: reads the
+    /// instance back; when it does not hold this write, revokes the write's
+    /// fresh leases so that it can never be applied. Keeps trying for
+    /// [`SETTLE`] while etcd does not answer.
+    async fn settle_put(&self, env: &Envelope, fresh: &[i64]) -> Outcome {
+        let key = svc_key(&env.record.name, &env.record.id);
+        let read = || {
+            let mut c = self.client();
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        };
+        let Ok(resp) = settle(read).await else {
+            return Outcome::Unknown;
+        };
+        let ours = resp.kvs().first().and_then(|kv| {
+            let stored = serde_json::from_slice::<Envelope>(kv.value()).ok()?;
+            (stored.alive_lease == env.alive_lease).then_some(kv.mod_revision() as u64)
+        });
+        if let Some(rev) = ours {
+            tracing::info!(instance = %env.record.id, "the registration did happen");
+            return Outcome::Happened(rev);
+        }
+        for &lease in fresh {
+            let revoke = || {
+                let mut c = self.client();
+                async move {
+                    match c.lease_revoke(lease).await {
+                        // Already gone: it can hold nothing either.
+                        Err(etcd_client::Error::GRpcStatus(s))
+                            if s.message().contains("lease not found") =>
+                        {
+                            Ok(())
+                        }
+                        r => r.map(|_| ()),
+                    }
+                }
+            };
+            if settle(revoke).await.is_err() {
+                return Outcome::Unknown;
+            }
+        }
+        Outcome::Fenced
+    }
+
     fn envelope(&self, name: &str, id: &str) -> Option<Envelope> {
         self.live
             .read()
@@ -455,7 +633,8 @@ impl Drop for EtcdStore {
 
 /// Follows the prefix: watch from the revision after the last full read; on any
 /// error or compaction, or when told to (`rewatch`), read everything again and
-/// watch from there.
+/// watch from there. While the watch is broken the node is stale
+/// ([`EtcdStore::lost_etcd`]) until a watch is established again.
 async fn follow(
     store: std::sync::Weak<EtcdStore>,
     rewatch: Arc<tokio::sync::Notify>,
@@ -478,23 +657,21 @@ async fn follow(
         let mut stream = match watched {
             Ok(w) => w,
             Err(e) => {
-                if s.connected.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "lost etcd; serving the last known catalog");
-                }
+                s.lost_etcd(&reason(&e));
                 drop(s);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
                 if let Some(s) = store.upgrade()
                     && let Ok(r) = s.resync().await
                 {
-                    tracing::info!(revision = r, "etcd is back; catalog reloaded");
+                    tracing::info!(revision = r, "catalog reloaded from etcd");
                     rev = r;
                     delay = Duration::from_millis(50);
                 }
                 continue;
             }
         };
-        s.connected.store(true, Ordering::Relaxed);
+        s.reached_etcd();
         drop(s);
         loop {
             let msg = tokio::select! {
@@ -510,9 +687,12 @@ async fn follow(
                         s.catalog.publish(h.revision() as u64);
                     }
                 }
-                Some(Ok(None) | Err(_)) => {
-                    s.connected.store(false, Ordering::Relaxed);
-                    tracing::warn!("the etcd watch ended; reconnecting");
+                Some(Ok(None)) => {
+                    s.lost_etcd("the watch ended");
+                    break;
+                }
+                Some(Err(e)) => {
+                    s.lost_etcd(&reason(&e));
                     break;
                 }
                 // Cancelled or compacted away, or told to (`rewatch`): read
@@ -574,41 +754,59 @@ impl Store for EtcdStore {
     fn register(&self, mut record: Record) -> BoxFuture<'_, Result<(Instance, bool), StoreError>> {
         Box::pin(async move {
             let known = self.envelope(&record.name, &record.id);
-            let (lease, alive_lease, created) = match &known {
-                Some(env) if self.keep_alive(env.lease).await? => {
-                    record.registered_at_ms = env.record.registered_at_ms;
-                    let alive = match self.keep_alive(env.alive_lease).await? {
-                        false => self.grant(self.alive_ttl).await?,
-                        true => env.alive_lease,
-                    };
-                    (env.lease, alive, false)
+            // The alive lease is always granted for this write: it fences the
+            // write should its outcome be unknown (see the module doc).
+            // Both at once: one round trip to etcd, not two.
+            let instance_lease = async {
+                match &known {
+                    Some(env) if self.keep_alive(env.lease).await? => Ok((env.lease, false)),
+                    _ => Ok::<_, StoreError>((self.grant(self.ttl).await?, true)),
                 }
-                _ => (
-                    self.grant(self.ttl).await?,
-                    self.grant(self.alive_ttl).await?,
-                    true,
-                ),
             };
+            let (instance_lease, alive_lease) =
+                tokio::join!(instance_lease, self.grant(self.alive_ttl));
+            let ((lease, created), alive_lease) = (instance_lease?, alive_lease?);
+            if let (Some(env), false) = (&known, created) {
+                record.registered_at_ms = env.record.registered_at_ms;
+            }
             let env = Envelope {
                 record: record.clone(),
                 lease,
                 alive_lease,
                 reported: Status::Up,
             };
-            let rev = self.put_both(&env).await?;
+            let rev = match self.put_both(&env).await {
+                Ok(rev) => rev,
+                Err(e) => {
+                    tracing::warn!(
+                        instance = %record.id,
+                        error = %reason(&e),
+                        "etcd did not confirm a registration; finding out whether it happened"
+                    );
+                    let fresh: &[i64] = if created {
+                        &[lease, alive_lease]
+                    } else {
+                        &[alive_lease]
+                    };
+                    match self.settle_put(&env, fresh).await {
+                        Outcome::Happened(rev) => rev,
+                        Outcome::Fenced => return Err(self.unavailable(&e)),
+                        Outcome::Unknown => {
+                            tracing::warn!(
+                                instance = %record.id,
+                                "the outcome of a registration is unknown; if it happened, its leases expire it"
+                            );
+                            return Err(self.unavailable(&e));
+                        }
+                    }
+                }
+            };
+            if let Some(old) = known {
+                // Replaced by the fresh one; it expires with nothing on it.
+                self.forget(&[old.alive_lease]);
+            }
             self.applied(rev).await;
-            let inst = self
-                .catalog
-                .service(&record.name)
-                .ok()
-                .and_then(|r| serde_json::from_slice::<chora_api::manifest::Service>(&r.body).ok())
-                .and_then(|s| s.instances.into_iter().find(|i| i.id == record.id))
-                .ok_or_else(|| {
-                    StoreError::Unavailable(
-                        "the registration did not reach this node's catalog".into(),
-                    )
-                })?;
-            Ok((inst, created))
+            Ok((record.into_instance(Status::Up, SystemTime::now()), created))
         })
     }
 
@@ -646,7 +844,10 @@ impl Store for EtcdStore {
                 rewrite = true;
             }
             if rewrite {
-                let rev = self.put_both(&env).await?;
+                let rev = self
+                    .put_both(&env)
+                    .await
+                    .map_err(|e| self.unavailable(&e))?;
                 self.applied(rev).await;
             }
             Ok(())
@@ -668,12 +869,17 @@ impl Store for EtcdStore {
                 // No heartbeat answered from memory once the delete is sent.
                 self.forget(&[env.lease, env.alive_lease]);
             }
-            let resp = retry(|| {
+            let send = || {
                 let mut c = self.client();
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
-            })
-            .await?;
+            };
+            let resp = match retry(send).await {
+                Ok(resp) => resp,
+                // The delete is idempotent: sending it again until etcd
+                // confirms it is how to find out (see the module doc).
+                Err(e) => settle(send).await.map_err(|_| self.unavailable(&e))?,
+            };
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0) as u64;
             if let Some(env) = known {
                 let mut c = self.client();
@@ -699,6 +905,144 @@ impl Store for EtcdStore {
             })
             .await
             .map(|_| ())
+            .map_err(|e| self.unavailable(&e))
         })
+    }
+
+    fn stale(&self) -> Option<Stale> {
+        self.link().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chora_api::manifest::Registration;
+
+    fn record(id: &str) -> Record {
+        let reg = Registration {
+            name: "svc".into(),
+            version: "1".into(),
+            interfaces: Default::default(),
+            metadata: None,
+            id: None,
+        };
+        Record::new(reg, id.into(), SystemTime::now())
+    }
+
+    async fn fresh(store: &EtcdStore, id: &str) -> Envelope {
+        Envelope {
+            record: record(id),
+            lease: store.grant(store.ttl).await.unwrap(),
+            alive_lease: store.grant(store.alive_ttl).await.unwrap(),
+            reported: Status::Up,
+        }
+    }
+
+    async fn stored(store: &EtcdStore, id: &str) -> Option<Envelope> {
+        let resp = store.client().get(svc_key("svc", id), None).await.unwrap();
+        let kv = resp.kvs().first()?;
+        Some(serde_json::from_slice(kv.value()).unwrap())
+    }
+
+    /// Waits (up to 10 s) until the store's staleness is as `want` says.
+    async fn until_stale(store: &EtcdStore, want: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.stale().is_some() != want {
+            assert!(Instant::now() < deadline, "stale never turned {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_etcd_did_not_confirm_is_found_out_or_fenced_and_an_outage_makes_reads_stale() {
+        if !chora_testkit::etcd_available("a_write_etcd_did_not_confirm") {
+            return;
+        }
+        let mut cluster = chora_testkit::EtcdCluster::start(1);
+        let liveness = Liveness {
+            heartbeat_interval: Duration::from_secs(1),
+            ttl: Duration::from_secs(3),
+        };
+        let store = EtcdStore::open(&cluster.urls(), liveness).await.unwrap();
+        assert_eq!(store.stale(), None);
+
+        // Applied, its answer lost: found out, at the revision it was written.
+        let a = fresh(&store, "a").await;
+        let rev = store.put_both(&a).await.unwrap();
+        match store.settle_put(&a, &[a.lease, a.alive_lease]).await {
+            Outcome::Happened(r) => assert_eq!(r, rev),
+            _ => panic!("a write that happened was not found"),
+        }
+
+        // Not applied: fenced. The same write arriving late is refused, so an
+        // error answer stays true.
+        let b = fresh(&store, "b").await;
+        assert!(matches!(
+            store.settle_put(&b, &[b.lease, b.alive_lease]).await,
+            Outcome::Fenced
+        ));
+        let late = store.put_both(&b).await.unwrap_err();
+        assert!(reason(&late).contains("lease not found"), "{late}");
+        assert!(stored(&store, "b").await.is_none());
+
+        // A re-registration of a live instance that did not happen: only its
+        // own fresh alive lease is fenced; the instance stays as it was.
+        let a2 = Envelope {
+            alive_lease: store.grant(store.alive_ttl).await.unwrap(),
+            ..a.clone()
+        };
+        assert!(matches!(
+            store.settle_put(&a2, &[a2.alive_lease]).await,
+            Outcome::Fenced
+        ));
+        assert!(store.put_both(&a2).await.is_err());
+        assert_eq!(
+            stored(&store, "a").await.unwrap().alive_lease,
+            a.alive_lease
+        );
+
+        // etcd gone for the whole settle window: the outcome is unknown, and
+        // the node says so after trying for SETTLE, not longer.
+        let c = fresh(&store, "c").await;
+        cluster.members[0].kill();
+        let t = Instant::now();
+        assert!(matches!(
+            store.settle_put(&c, &[c.lease, c.alive_lease]).await,
+            Outcome::Unknown
+        ));
+        let took = t.elapsed();
+        assert!(took >= SETTLE - Duration::from_millis(500), "{took:?}");
+        assert!(took < SETTLE + Duration::from_secs(2), "{took:?}");
+
+        // Writes answer an error that names etcd and why; reads are stale.
+        let t = Instant::now();
+        let e = store.register(record("d")).await.unwrap_err();
+        let url = cluster.members[0].url();
+        assert!(
+            e.to_string()
+                .contains(&format!("etcd at {url} unreachable: ")),
+            "{e}"
+        );
+        println!(
+            "a registration during the outage: {e} (in {:?})",
+            t.elapsed()
+        );
+        until_stale(&store, true).await;
+        let stale = store.stale().unwrap();
+        assert!(
+            stale
+                .reason
+                .starts_with(&format!("etcd at {url} unreachable"))
+        );
+
+        // etcd returns: the node follows it again by itself.
+        cluster.members[0].start(false);
+        until_stale(&store, false).await;
+        let (inst, created) = store.register(record("e")).await.unwrap();
+        assert!(created);
+        assert!(store.catalog().contains("svc", &inst.id));
+        // The fenced write never appeared.
+        assert!(stored(&store, "b").await.is_none());
     }
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use chora_api::auth::{AuthError, Principal, Verifier};
 use chora_api::manifest::{
-    Health, Heartbeat, INDEX_HEADER, ListFilter, Registered, Registration, Status, is_valid_id,
-    is_valid_name,
+    Health, Heartbeat, INDEX_HEADER, ListFilter, Registered, Registration, STALE_HEADER, Status,
+    is_valid_id, is_valid_name,
 };
 use chora_service::body::{MAX_BODY, is_blank};
 use chora_service::{ApiError, HttpMetrics};
@@ -176,6 +176,27 @@ fn with_index(index: u64, resp: impl IntoResponse) -> Response {
     resp
 }
 
+/// Adds `X-Chora-Stale: since <RFC 3339>: <reason>` to a read while the
+/// backend has lost touch with its storage (see [`Store::stale`]).
+fn with_staleness(st: &AppState, mut resp: Response) -> Response {
+    if let Some(stale) = st.store.stale() {
+        let text = format!(
+            "since {}: {}",
+            chora_api::rfc3339(stale.since),
+            stale.reason
+        );
+        // A header value is visible ASCII; anything else becomes `?`.
+        let text: String = text
+            .chars()
+            .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().insert(STALE_HEADER, v);
+        }
+    }
+    resp
+}
+
 fn json_bytes(status: StatusCode, read: Read) -> Response {
     with_index(
         read.index,
@@ -261,10 +282,8 @@ async fn block(st: &AppState, block: Option<(u64, Duration)>) {
 async fn list(State(st): State<Shared>, q: QueryPairs) -> Result<Response, ApiError> {
     let p = parse_params(&query_pairs(q)?, true)?;
     block(&st, p.block).await;
-    Ok(json_bytes(
-        StatusCode::OK,
-        st.store.catalog().list(&p.filter),
-    ))
+    let read = st.store.catalog().list(&p.filter);
+    Ok(with_staleness(&st, json_bytes(StatusCode::OK, read)))
 }
 
 async fn get_service(
@@ -275,13 +294,26 @@ async fn get_service(
     check_name(&name)?;
     let p = parse_params(&query_pairs(q)?, false)?;
     block(&st, p.block).await;
-    match st.store.catalog().service(&name) {
-        Ok(read) => Ok(json_bytes(StatusCode::OK, read)),
-        Err(index) => Ok(with_index(
+    let resp = match st.store.catalog().service(&name) {
+        Ok(read) => json_bytes(StatusCode::OK, read),
+        Err(index) => with_index(
             index,
             ApiError::not_found(format!("no service named `{name}` is registered")),
-        )),
-    }
+        ),
+    };
+    Ok(with_staleness(&st, resp))
+}
+
+/// Runs a write to its end in a task of its own, so that a client that gives up
+/// (its timeout, then a retry on another node) does not cut short the
+/// backend's finding out what became of it.
+async fn to_the_end<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(write)
+        .await
+        .map_err(|e| ApiError::internal(format!("the write failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 async fn register(
@@ -317,7 +349,8 @@ async fn register(
         .clone()
         .unwrap_or_else(|| format!("{}-{}", reg.name, chora_api::random_hex(4)));
     let record = Record::new(reg, id, SystemTime::now());
-    let (inst, created) = st.store.register(record).await?;
+    let store = st.store.clone();
+    let (inst, created) = to_the_end(async move { store.register(record).await }).await?;
     let l = st.store.catalog().liveness();
     let out = Registered {
         id: inst.id,
@@ -365,7 +398,8 @@ async fn deregister(
     check_name(&name)?;
     check_id(&id)?;
     authorize(&who, &name)?;
-    st.store.deregister(&name, &id).await?;
+    let store = st.store.clone();
+    to_the_end(async move { store.deregister(&name, &id).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

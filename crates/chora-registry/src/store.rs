@@ -6,6 +6,7 @@ use crate::catalog::{Catalog, Record};
 use chora_api::manifest::{Instance, Status};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -17,6 +18,15 @@ pub enum StoreError {
     /// The storage cannot be reached or refused the write; nothing was changed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why reads may be behind the storage (see [`Store::stale`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// When this node lost touch with its storage.
+    pub since: SystemTime,
+    /// What went wrong, for a person (`etcd at … unreachable: …`).
+    pub reason: String,
 }
 
 /// A registry backend.
@@ -47,6 +57,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the storage answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// `Some` while this node has lost touch with its storage and its catalog
+    /// may miss changes made through other nodes; reads still serve that
+    /// catalog and say so (`X-Chora-Stale`). A backend that is the only writer
+    /// of its catalog (SQLite) is never stale.
+    fn stale(&self) -> Option<Stale> {
+        None
+    }
 }
 
 impl From<StoreError> for chora_service::ApiError {

@@ -78,6 +78,17 @@ impl Server {
         child.wait().expect("wait for child")
     }
 
+    /// SIGSTOP: the process stops while its kernel still accepts connections
+    /// for it (what `docker pause` does to a container). It runs again
+    /// (SIGCONT) when the guard is dropped, also when the test panics.
+    pub fn pause(&self) -> Paused<'_> {
+        let pid = self.pid() as i32;
+        assert!(pid > 0, "{} is not running", self.label);
+        // SAFETY: kill(2) on a pid we started and have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Paused { pid, _server: self }
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill9(&mut self) {
         self.signal_and_wait(libc::SIGKILL);
@@ -86,6 +97,28 @@ impl Server {
     /// SIGTERM, and the exit status of the graceful shutdown.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal_and_wait(libc::SIGTERM)
+    }
+}
+
+/// A process stopped by [`Server::pause`]; dropping this resumes it. It
+/// borrows the `Server`, so the process cannot be reaped (nor its pid reused)
+/// while it is paused.
+#[must_use = "the process resumes when this is dropped"]
+pub struct Paused<'a> {
+    pid: i32,
+    _server: &'a Server,
+}
+
+impl Paused<'_> {
+    /// Resumes the process now.
+    pub fn resume(self) {}
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid we started and, the `Server` being
+        // borrowed, have not reaped.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
     }
 }
 

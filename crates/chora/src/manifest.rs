@@ -17,7 +17,7 @@ pub struct ManifestArgs {
 
 #[derive(Debug, Clone, Args)]
 struct ClientArgs {
-    /// Manifest URL(s), comma-separated; tried in order
+    /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(
         long,
         env = "MANIFEST_URL",

@@ -30,7 +30,7 @@ enum Runtime {
 struct OrchestratorServe {
     #[arg(long, default_value = "127.0.0.1:8600")]
     listen: String,
-    /// Manifest URL(s), comma-separated
+    /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(long, env = "MANIFEST_URL", default_value = "http://127.0.0.1:8500")]
     manifest_url: String,
     #[arg(long, value_enum, default_value_t = Runtime::Process)]
@@ -119,7 +119,7 @@ enum GatewayCommand {
 struct GatewayServe {
     #[arg(long, default_value = "127.0.0.1:8700")]
     listen: String,
-    /// Manifest URL(s), comma-separated
+    /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(long, env = "MANIFEST_URL", default_value = "http://127.0.0.1:8500")]
     manifest_url: String,
     /// Seconds an upstream may take to answer before the gateway answers 504
@@ -170,7 +170,7 @@ struct CapabilityServe {
     name: chora_capabilities::Capability,
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
-    /// Manifest URL(s), comma-separated
+    /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(long, env = "MANIFEST_URL", default_value = "http://127.0.0.1:8500")]
     manifest_url: String,
     /// Where storage and logger keep their files
@@ -222,7 +222,7 @@ pub struct KeepRegisteredArgs {
     /// http(s)://… or tcp://HOST:PORT
     #[arg(long)]
     health: String,
-    /// Manifest URL(s), comma-separated
+    /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(long, env = "MANIFEST_URL")]
     manifest_url: String,
     /// The process to follow: PID:START_TIME

@@ -490,6 +490,26 @@ async fn the_gateway_answers_404_for_unknown_services_and_keeps_routing_while_th
     assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
 
     e.manifest.server.kill9();
+    // Once the gateway knows the registry is gone, it routes from its last table.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = status_json(
+            e.http
+                .get(format!("{}/health", e.gateway.url()))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if h["registry"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("unreachable"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never noticed: {h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..20 {
         let (s, body) = e.analyze(&format!("still here {i}")).await;
         assert_eq!(s, 200, "request {i} during the outage: {body}");

@@ -111,3 +111,29 @@ fn every_manifest_command_has_help_with_an_example() {
         assert!(out.contains("Example:"), "{cmd}: {out}");
     }
 }
+
+#[test]
+fn every_client_of_the_manifest_takes_every_node_url_and_fails_over() {
+    let dir = chora_testkit::temp_dir();
+    for cmd in [
+        &["gateway", "serve", "--help"][..],
+        &["orchestrator", "serve", "--help"],
+        &["capability", "serve", "--help"],
+        &["keep-registered", "--help"],
+        &["manifest", "list", "--help"],
+    ] {
+        let (code, out, _) = run_chora(dir.path(), cmd, &[]);
+        assert_eq!(code, 0, "{cmd:?}");
+        assert!(
+            out.contains("Every Manifest node's URL, comma-separated"),
+            "{cmd:?}: {out}"
+        );
+    }
+    // A node that is down is skipped.
+    let r = Registry::start(&["--no-auth"]);
+    let down = format!("http://127.0.0.1:{}", chora_testkit::free_port());
+    let urls = format!("{down},{}", r.server.url());
+    let (code, out, err) = run_chora(r.dir.path(), &["manifest", "list", "--url", &urls], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "No instances registered.");
+}

@@ -1,9 +1,10 @@
 //! The Manifest on etcd: stateless nodes, and what happens when etcd members,
 //! Manifest nodes or the whole cluster go away.
 
-use crate::{Backend, Registry};
+use crate::{Backend, Registry, index_of};
 use chora_api::ManifestClient;
-use chora_api::manifest::{ListFilter, Registration};
+use chora_api::manifest::{ListFilter, Registration, STALE_HEADER};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 fn reg(name: &str, id: &str) -> Registration {
@@ -112,36 +113,89 @@ async fn a_three_member_cluster_survives_member_loss_node_loss_and_a_full_outage
         .expect("fails over to the other node");
     acked.push("after-node-loss".into());
 
+    // Until then the node's reads are current: no staleness header.
+    let http = reqwest::Client::new();
+    let read = |path: &str| http.get(format!("{}{path}", c.server.url())).send();
+    let stale = |r: &reqwest::Response| {
+        r.headers()
+            .get(STALE_HEADER)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(stale(&read("/v1/services").await.unwrap()), None);
+
     // The whole cluster stops: health says 503 and writes fail fast with JSON.
     for m in 1..3 {
         cluster.lock().unwrap().members[m].kill();
     }
-    let http = reqwest::Client::new();
     let t = Instant::now();
-    let h = http
-        .get(format!("{}/v1/health", c.server.url()))
-        .send()
-        .await
-        .unwrap();
+    let h = read("/v1/health").await.unwrap();
     assert_eq!(h.status(), 503);
     let t = t.elapsed();
+    let t_write = Instant::now();
     let w = http
         .post(format!("{}/v1/services", c.server.url()))
         .json(&serde_json::json!({"name": "x", "version": "1", "interfaces": {}}))
         .send()
         .await
         .unwrap();
-    assert!(w.status().is_server_error(), "{}", w.status());
+    assert_eq!(w.status(), 503);
     let body: serde_json::Value = w.json().await.unwrap();
-    assert!(body["error"].is_string(), "{body}");
-    println!("health answered 503 in {t:?} during the outage");
-    // Reads still answer from the last known catalog.
-    let list = http
-        .get(format!("{}/v1/services", c.server.url()))
+    let t_write = t_write.elapsed();
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+    let message = body["message"].as_str().unwrap();
+    let endpoints = cluster.lock().unwrap().urls().join(",");
+    assert!(
+        message.contains(&format!("etcd at {endpoints} unreachable: ")),
+        "{message}"
+    );
+    // A deregistration is answered 503 too, once the node has tried for a while.
+    let t_delete = Instant::now();
+    let d = http
+        .delete(format!("{}/v1/services/svc/svc-0", c.server.url()))
         .send()
         .await
         .unwrap();
+    assert_eq!(d.status(), 503);
+    let t_delete = t_delete.elapsed();
+    println!(
+        "during the outage: health answered 503 in {t:?}, a registration in {t_write:?}, a deregistration in {t_delete:?}"
+    );
+    // Reads still answer from the last known catalog, and say since when and why
+    // it may be out of date (once the node has seen its watch break).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = read("/v1/services").await.unwrap();
+        if stale(&list).is_some() {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {STALE_HEADER} during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(list.status(), 200);
+    let why = stale(&list).unwrap();
+    println!("{STALE_HEADER}: {why}");
+    assert!(why.starts_with("since 20"), "{why}");
+    assert!(
+        why.contains(&format!("etcd at {endpoints} unreachable")),
+        "{why}"
+    );
+    let index = index_of(&list);
+    let listed: Vec<chora_api::manifest::Instance> = list.json().await.unwrap();
+    let ids: BTreeSet<&str> = listed.iter().map(|i| i.id.as_str()).collect();
+    assert!(acked.iter().all(|a| ids.contains(a.as_str())), "{ids:?}");
+    // The same outage (since the same time), whatever the latest reason.
+    let since = |h: Option<String>| h.and_then(|h| h.split(": ").next().map(str::to_owned));
+    let one = read("/v1/services/svc").await.unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(since(stale(&one)), since(Some(why.clone())));
+    let blocking = read(&format!("/v1/services?index={index}&wait=200ms"))
+        .await
+        .unwrap();
+    assert_eq!(blocking.status(), 200);
+    assert_eq!(since(stale(&blocking)), since(Some(why.clone())));
 
     // The cluster comes back: the node recovers by itself, nothing acknowledged lost.
     restart_all(&mut cluster.lock().unwrap());
@@ -179,6 +233,95 @@ async fn a_three_member_cluster_survives_member_loss_node_loss_and_a_full_outage
         .register(&reg("svc", "after-recovery"))
         .await
         .expect("writes work again");
+    // Its own write came back through the watch: reads are current again.
+    let r = read("/v1/services/svc").await.unwrap();
+    assert_eq!(stale(&r), None, "still stale after recovery");
+    let r = read("/v1/services").await.unwrap();
+    assert_eq!(stale(&r), None, "still stale after recovery");
+    // The registration refused during the outage did not happen later.
+    assert!(single.get("x").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn a_paused_node_costs_a_client_that_knows_every_node_one_short_attempt() {
+    if !chora_testkit::etcd_available("a_paused_node") {
+        return;
+    }
+    let b = Backend::on(chora_testkit::EtcdCluster::start(3));
+    let args = ["--no-auth", "--ttl", "30", "--heartbeat-interval", "5"];
+    let a = Registry::start_on(b.clone(), chora_testkit::temp_dir(), "127.0.0.1:0", &args);
+    let c = Registry::start_on(b, chora_testkit::temp_dir(), "127.0.0.1:0", &args);
+    // The default per-attempt timeout; the paused node comes first.
+    let client = ManifestClient::new([a.server.url(), c.server.url()]).unwrap();
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let no_id = Registration {
+        id: None,
+        ..reg("svc", "")
+    };
+
+    // Registrations without an id go on while node A is paused (SIGSTOP: its
+    // kernel still accepts connections, nothing answers).
+    let mut paused = None;
+    let mut longest = Duration::ZERO;
+    let mut slowest = Duration::ZERO;
+    let mut last_ok = Instant::now();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        if paused.is_none() && start.elapsed() > Duration::from_secs(1) {
+            paused = Some(a.server.pause());
+        }
+        let t = Instant::now();
+        let out = client.register(&no_id).await;
+        slowest = slowest.max(t.elapsed());
+        let out = out.expect("every registration is acknowledged");
+        assert!(acked.insert(out.id), "an id came back twice");
+        longest = longest.max(last_ok.elapsed());
+        last_ok = Instant::now();
+    }
+    println!(
+        "{} registrations; longest gap between acknowledgements while a node was paused: {longest:?} (slowest call {slowest:?})",
+        acked.len()
+    );
+    assert!(longest < Duration::from_secs(2), "gap {longest:?}");
+
+    // Node A runs again. Whatever it had queued while paused (the request the
+    // client gave up on) carried an id the client chose, acknowledged by C
+    // since: it can add no instance.
+    paused.expect("paused during the loop").resume();
+    let on_a = ManifestClient::new([a.server.url()]).unwrap();
+    on_a.health().await.expect("node A answers again");
+    let on_c = ManifestClient::new([c.server.url()]).unwrap();
+    let svc = ListFilter {
+        name: Some("svc".into()),
+        ..Default::default()
+    };
+    let (_, index) = on_c.watch(&svc, None).await.unwrap();
+    // Any change A makes now wakes this read (or it returns after 2 s).
+    let (listed, _) = on_c
+        .watch(&svc, Some((index, Duration::from_secs(2))))
+        .await
+        .unwrap();
+    let on_c: BTreeSet<String> = listed.into_iter().map(|i| i.id).collect();
+    assert_eq!(on_c, acked, "registrations on node C");
+    // Node A's watch catches up with what C wrote meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed: BTreeSet<String> = on_a
+            .list(&svc)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        if listed == acked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && listed.is_subset(&acked),
+            "node A after it resumed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts every member again on its data directory.
