@@ -3,7 +3,7 @@
 //! With several URLs, a request goes first to the URL that answered last, and
 //! on to the next one when a URL cannot be reached, answers 503, or does not
 //! answer within the per-attempt timeout ([`ManifestClient::with_attempt_timeout`],
-//! 1.5 s by default): a node that accepts connections but never answers (a
+//! 1 s by default): a node that accepts connections but never answers (a
 //! paused container, whose kernel still completes the TCP handshake) costs one
 //! short attempt, not the whole timeout. The last URL tried gets what is left of
 //! the request's timeout. Blocking reads (`?index=&wait=`) are not cut short:
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The default per-attempt timeout of a request that has another URL to try.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// What can go wrong talking to the Manifest.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,20 @@ pub enum ClientError {
 
 impl ClientError {
     /// True when nothing answered (the registry is down or unreachable).
+    /// True when the write may have happened although it answered an error:
+    /// the Manifest could not learn its outcome (`write_outcome_unknown`), or
+    /// no node answered in time. Repeating it (the same id) is safe.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::Api { code, .. } => code == "write_outcome_unknown",
+            // Unless every node refused the connection outright.
+            ClientError::Unreachable { reason, .. } => {
+                !reason.split("; ").all(|r| r.contains("refused"))
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. })
     }
@@ -178,6 +192,7 @@ impl ManifestClient {
         let started = Instant::now();
         let mut reasons = Vec::new();
         let mut last_503 = None;
+        let mut uncertain: Option<String> = None;
         for k in 0..n {
             let i = (first + k) % n;
             let timeout = self.attempt_timeout(k, n, wait, started.elapsed());
@@ -198,26 +213,57 @@ impl ManifestClient {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && k + 1 < n => {
                     last_503 = Some(resp);
                 }
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    return self.unavailable(resp, uncertain).await;
+                }
                 Ok(resp) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) if e.is_timeout() => reasons.push(format!(
-                    "{} did not answer within {} ms",
-                    self.urls[i],
-                    timeout.as_millis()
-                )),
+                Err(e) if e.is_timeout() => {
+                    let why = format!(
+                        "{} did not answer within {} ms",
+                        self.urls[i],
+                        timeout.as_millis()
+                    );
+                    // A write sent to a node that did not answer may have
+                    // happened there, whatever the other nodes say after.
+                    if method != Method::GET {
+                        uncertain.get_or_insert_with(|| why.clone());
+                    }
+                    reasons.push(why);
+                }
                 Err(e) if n > 1 => reasons.push(format!("{}: {}", self.urls[i], root_cause(&e))),
                 Err(e) => reasons.push(root_cause(&e)),
             }
         }
         match last_503 {
-            Some(resp) => Ok(resp),
+            Some(resp) => self.unavailable(resp, uncertain).await,
             None => Err(ClientError::Unreachable {
                 urls: self.urls.join(", "),
                 reason: reasons.join("; "),
             }),
         }
+    }
+
+    /// A 503 to return: as it is, unless an earlier attempt of the same write
+    /// went unanswered, which leaves its outcome open (`write_outcome_unknown`).
+    async fn unavailable(
+        &self,
+        resp: reqwest::Response,
+        uncertain: Option<String>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let Some(why) = uncertain else {
+            return Ok(resp);
+        };
+        let then = Self::error_of(resp).await;
+        Err(ClientError::Api {
+            status: 503,
+            code: "write_outcome_unknown".into(),
+            message: format!(
+                "the write may or may not have happened (repeat it with the same id): {why}; then {then}"
+            ),
+        })
     }
 
     async fn error_of(resp: reqwest::Response) -> ClientError {

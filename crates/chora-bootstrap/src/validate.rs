@@ -302,13 +302,20 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .list(&ListFilter::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let sick: Vec<&str> = list
-                .iter()
-                .filter(|i| i.status != Status::Up)
-                .map(|i| i.name.as_str())
-                .collect();
+            // Each unhealthy service once, with how many of its instances are.
+            let mut sick: std::collections::BTreeMap<&str, usize> = Default::default();
+            for i in list.iter().filter(|i| i.status != Status::Up) {
+                *sick.entry(i.name.as_str()).or_default() += 1;
+            }
             if !sick.is_empty() {
-                return Err(format!("unhealthy: {}", sick.join(", ")));
+                let names: Vec<String> = sick
+                    .iter()
+                    .map(|(n, k)| match k {
+                        1 => n.to_string(),
+                        k => format!("{n} ({k} instances)"),
+                    })
+                    .collect();
+                return Err(format!("unhealthy: {}", names.join(", ")));
             }
             // Agree with discovery: a service missing from the Manifest is not
             // healthy, whatever its own health endpoint says.

@@ -796,7 +796,11 @@ impl Store for EtcdStore {
                                 instance = %record.id,
                                 "the outcome of a registration is unknown; if it happened, its leases expire it"
                             );
-                            return Err(self.unavailable(&e));
+                            return Err(StoreError::Unknown(format!(
+                                "etcd at {} unreachable: {}",
+                                self.endpoints,
+                                reason(&e)
+                            )));
                         }
                     }
                 }

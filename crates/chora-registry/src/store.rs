@@ -18,6 +18,12 @@ pub enum StoreError {
     /// The storage cannot be reached or refused the write; nothing was changed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The storage could not be reached to learn whether a write happened: it
+    /// may have. Repeating it (the same id) is safe.
+    #[error(
+        "storage unavailable, the write may or may not have happened (repeat it with the same id): {0}"
+    )]
+    Unknown(String),
 }
 
 /// Why reads may be behind the storage (see [`Store::stale`]).
@@ -73,6 +79,9 @@ impl From<StoreError> for chora_service::ApiError {
             StoreError::NotFound { .. } => chora_service::ApiError::not_found(e.to_string()),
             StoreError::Unavailable(_) => {
                 chora_service::ApiError::unavailable("storage_unavailable", e.to_string())
+            }
+            StoreError::Unknown(_) => {
+                chora_service::ApiError::unavailable("write_outcome_unknown", e.to_string())
             }
         }
     }

@@ -81,6 +81,19 @@ impl Prod {
         format!("{}-{name}", self.project)
     }
 
+    /// Waits until `status` says everything is healthy again (after a repair).
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status();
+            if st["overall_status"] == "healthy" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never healthy again: {st}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The etcd member that is the leader now, by `status`.
     fn leader(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -121,8 +134,11 @@ fn etcd_tag() -> String {
 struct Record {
     /// (when, id) of every acknowledged registration.
     acked: Vec<(Instant, String)>,
-    /// Ids whose registration answered an error.
+    /// Ids whose registration answered an error that says it did not happen.
     failed: Vec<String>,
+    /// Registrations whose outcome the answer left open (a timeout, or
+    /// `write_outcome_unknown`).
+    unknown: usize,
     /// When a gateway request failed.
     gateway_errors: Vec<Instant>,
     gateway_ok: usize,
@@ -189,6 +205,8 @@ async fn around(
                     g.latencies.push(t.elapsed());
                     match r {
                         Ok(_) => g.acked.push((Instant::now(), id)),
+                        // It may have happened: neither acknowledged nor failed.
+                        Err(e) if e.outcome_unknown() => g.unknown += 1,
                         Err(_) => g.failed.push(id),
                     }
                 }
@@ -248,6 +266,7 @@ pub struct Timeline {
     pub p99: Duration,
     pub acked: usize,
     pub failed: usize,
+    pub unknown: usize,
     pub gateway_errors: usize,
 }
 
@@ -280,11 +299,12 @@ async fn judge(
         .find(|t| *t > at)
         .map(|t| t - at);
     println!(
-        "FAULT {name}: longest write gap {gap:?} ({:?} after the fault), first success {first_ok:?} after it, write p99 {:?}, {} acked, {} failed, gateway {} ok / {} errors",
+        "FAULT {name}: longest write gap {gap:?} ({:?} after the fault), first success {first_ok:?} after it, write p99 {:?}, {} acked, {} failed, {} unknown, gateway {} ok / {} errors",
         from.saturating_duration_since(at),
         rec.p99(),
         rec.acked.len(),
         rec.failed.len(),
+        rec.unknown,
         rec.gateway_ok,
         rec.gateway_errors.len(),
     );
@@ -345,6 +365,7 @@ async fn judge(
         p99: rec.p99(),
         acked: rec.acked.len(),
         failed: rec.failed.len(),
+        unknown: rec.unknown,
         gateway_errors: rec.gateway_errors.len(),
     }
 }
@@ -394,7 +415,7 @@ async fn bench_failover_timelines() {
     println!("BENCH | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!(
-            "BENCH | {} | {:.2} s | {} | {:.1} ms | {} | {} | {} |",
+            "BENCH | {} | {:.2} s | {} | {:.1} ms | {} | {} | {} | {} |",
             r.fault,
             r.gap.as_secs_f64(),
             r.first_ok
@@ -403,6 +424,7 @@ async fn bench_failover_timelines() {
             r.p99.as_secs_f64() * 1e3,
             r.acked,
             r.failed,
+            r.unknown,
             r.gateway_errors
         );
     }
@@ -504,6 +526,7 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
             .status
             .success()
     );
+    tokio::task::block_in_place(|| p.settle());
 
     // 3. A Manifest node is paused (it accepts connections and never answers).
     let node = p.container("manifest-1");
@@ -514,6 +537,7 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
     let unpaused = docker(&["unpause", &node]);
     rows.push(judge(p, "docker pause of a Manifest node", &rec, at, end, bar, w).await);
     assert!(unpaused.status.success());
+    tokio::task::block_in_place(|| p.settle());
 
     // 4. A Manifest node is killed.
     let node = p.container("manifest-2");
@@ -644,6 +668,21 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
 }
 
 async fn rollback_and_reset(p: &Arc<Prod>) {
+    // The writer's instances (no heartbeats: unhealthy by now) go first, or
+    // validation would rightly call the system unhealthy.
+    let client = chora_api::ManifestClient::new(p.manifest_urls())
+        .unwrap()
+        .with_token(p.admin_token());
+    let left = client
+        .list(&ListFilter {
+            name: Some("faultw".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in left {
+        client.deregister(&i.name, &i.id).await.unwrap();
+    }
     // rollback --to-phase 1 keeps the cluster and the nodes; a run brings the
     // rest back; reset removes every container (volumes stay).
     let p2 = p.clone();
