@@ -31,6 +31,7 @@
 #   ../../shared/peers from this script), CHORA_BIN (skip the build), MAX_OTHER (0.10),
 #   SKIP_PEERS=1 (chora only), SKIP_ETCD=1 (no chora-etcd rows), OUT (dir for raw output; default /tmp/chora-bench-<date>),
 #   QUIET_WAIT (120: seconds to wait for an idle machine before each run),
+#   SKIP_ETCD3=1 (no chora-etcd3 rows: the same tests against a 3-member etcd cluster),
 #   ONLY=heartbeat (issue 15: only the heartbeat c32 rows of chora-etcd and of etcd's own
 #   lease keep-alive, each on a fresh etcd, in the same run; no sqlite, memory or seed-registry rows).
 set -Eeuo pipefail
@@ -45,6 +46,7 @@ MAX_OTHER="${MAX_OTHER:-0.10}"
 OUT="${OUT:-/tmp/chora-bench-$(date +%F)}"
 SKIP_PEERS="${SKIP_PEERS:-0}"
 SKIP_ETCD="${SKIP_ETCD:-0}"
+SKIP_ETCD3="${SKIP_ETCD3:-0}"
 QUIET_WAIT="${QUIET_WAIT:-120}"
 ONLY="${ONLY:-}"
 case "$ONLY" in ""|heartbeat) ;; *) echo "bench/registry.sh: ONLY must be empty or heartbeat" >&2; exit 1 ;; esac
@@ -285,6 +287,47 @@ if [ "$SKIP_ETCD" != 1 ]; then
     SEED=p1
   fi
   stop_pid "$ETCD_PID"; ETCD_PID=""
+
+  # The same against a 3-member cluster (issue 15: what the prod template runs),
+  # local processes on free loopback ports with the prod template's LAN timings.
+  if [ "$SKIP_ETCD3" != 1 ]; then
+    ETCD3_PIDS=""; cluster=""; urls=""
+    declare -a C3 P3
+    for i in 1 2 3; do C3[$i]=$(free_port); P3[$i]=$(free_port); cluster+="m$i=http://127.0.0.1:${P3[$i]},"; urls+="http://127.0.0.1:${C3[$i]},"; done
+    cluster=${cluster%,}; urls=${urls%,}
+    rm -rf "$WORK"/etcd3-*
+    for i in 1 2 3; do
+      etcd --name "m$i" --data-dir "$WORK/etcd3-$i" \
+        --listen-client-urls "http://127.0.0.1:${C3[$i]}" --advertise-client-urls "http://127.0.0.1:${C3[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${P3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${P3[$i]}" \
+        --initial-cluster "$cluster" --initial-cluster-state new --heartbeat-interval 50 --election-timeout 500 --pre-vote \
+        > "$WORK/etcd3-$i.out" 2>> "$WORK/etcd3-$i.err" &
+      ETCD3_PIDS+="$! "
+    done
+    for _ in $(seq 1 200); do
+      curl -sf "http://127.0.0.1:${C3[1]}/health" >/dev/null 2>&1 && break
+      sleep 0.05
+    done
+    STORAGE="etcd:$urls"
+    log ""
+    log "## chora manifest serve --no-auth --storage $STORAGE ($(etcd --version | head -1), three members, heartbeat 50 ms, election 500 ms; server CPU = chora + the three etcds)"
+    PEER=chora-etcd3 EXTRA_PIDS=$ETCD3_PIDS
+    start_chora bench-etcd3
+    E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
+    [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
+    run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
+    [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
+    stop_pid "$E_PID"; EXTRA_PIDS=""
+    if [ -n "$ONLY" ]; then
+      log ""
+      log "## etcd's own lease keep-alive on the same three members (JSON gateway of member 1, as measure.sh)"
+      first=${ETCD3_PIDS%% *}
+      PEER=etcd3 SEED=p2 EXTRA_PIDS=${ETCD3_PIDS#* }
+      run_test "$first" "${C3[1]}" heartbeat 32 p2_keepalive.lua "$WORK/${PEER}_ids.txt"
+      SEED=p1 EXTRA_PIDS=""
+    fi
+    for p in $ETCD3_PIDS; do stop_pid "$p"; done
+  fi
   PEER=chora STORAGE=sqlite
 fi
 

@@ -94,6 +94,7 @@ use chora_api::manifest::{Instance, Status};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -728,19 +729,24 @@ async fn renew_pending(store: std::sync::Weak<EtcdStore>, tick: Duration) {
         if due.is_empty() {
             continue;
         }
-        let mut set = tokio::task::JoinSet::new();
-        for lease in due {
-            let s = s.clone();
-            set.spawn(async move {
-                // A failure leaves the lease un-renewed: it ages out of the
-                // window and the next heartbeat asks etcd itself.
-                let _ = s.keep_alive(lease).await;
-            });
-        }
-        drop(s);
-        while set.join_next().await.is_some() {}
+        // A bounded number in flight, not one task per lease: a tick that
+        // renews thousands of leases at once competes with the heartbeats
+        // for the CPU (a p99 of 30-225 ms) and holds a gRPC stream per lease
+        // (RSS 18 → 75 MB). A failure leaves the lease un-renewed: it ages out
+        // of the window and the next heartbeat asks etcd itself.
+        futures_util::stream::iter(due)
+            .for_each_concurrent(RENEWALS_IN_FLIGHT, |lease| {
+                let s = s.clone();
+                async move {
+                    let _ = s.keep_alive(lease).await;
+                }
+            })
+            .await;
     }
 }
+
+/// How many lease renewals one node has in flight at once.
+const RENEWALS_IN_FLIGHT: usize = 32;
 
 impl Store for EtcdStore {
     fn kind(&self) -> &'static str {
