@@ -7,9 +7,10 @@
 //! paused container, whose kernel still completes the TCP handshake) costs one
 //! short attempt, not the whole timeout. The last URL tried gets what is left of
 //! the request's timeout. Blocking reads (`?index=&wait=`) are not cut short:
-//! each attempt has the wait plus the timeout (a server cannot be told from a
-//! paused one before its wait is over, so a follower parked on a node that
-//! pauses moves on only then).
+//! each attempt has the wait plus the per-attempt timeout (with one URL, plus
+//! the request's timeout), since a server cannot be told from a paused one
+//! before its wait is over; a follower parked on a node that pauses moves on
+//! then (the gateway waits 5 s at a time when it has several nodes).
 //!
 //! Every request is safe to send twice: heartbeats and deregistrations are
 //! idempotent, and so is a registration that names its id. A registration
@@ -168,6 +169,9 @@ impl ManifestClient {
     ) -> Duration {
         let short = self.attempt_timeout.min(self.timeout);
         match wait {
+            // A node answers a blocking read when its wait is over: one that
+            // has not a moment later is paused or gone.
+            Some(wait) if n > 1 => wait + short,
             Some(wait) => self.timeout + wait,
             None if n == 1 => self.timeout,
             None if k + 1 == n => self.timeout.saturating_sub(elapsed).max(short),
@@ -567,6 +571,24 @@ mod tests {
         client.watch(&ListFilter::default(), block).await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(500));
         assert_eq!(client.preferred.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_blocking_read_parked_on_a_silent_node_moves_on_after_its_wait() {
+        let (good, _) = answering().await;
+        let (_held, mute) = silent();
+        let client = ManifestClient::new([mute, good])
+            .unwrap()
+            .with_timeout(Duration::from_secs(10))
+            .with_attempt_timeout(Duration::from_millis(100));
+        let t = Instant::now();
+        let block = Some((7, Duration::from_millis(300)));
+        client.watch(&ListFilter::default(), block).await.unwrap();
+        let took = t.elapsed();
+        // 300 + 100 ms on the silent node, then the good one's 300 ms wait.
+        assert!(took >= Duration::from_millis(700), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(client.preferred.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

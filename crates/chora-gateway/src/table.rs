@@ -120,8 +120,15 @@ impl Shared {
 pub async fn follow(client: ManifestClient, shared: Arc<Shared>) {
     let mut index: Option<u64> = None;
     let mut delay = Duration::from_millis(50);
+    // With several nodes, a read parked on one that pauses (it never answers)
+    // is given up soon after its wait: a short wait keeps the table current.
+    let wait = if client.urls().len() > 1 {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(60)
+    };
     loop {
-        let block = index.map(|i| (i, Duration::from_secs(60)));
+        let block = index.map(|i| (i, wait));
         match client.watch(&ListFilter::default(), block).await {
             Ok((list, new_index)) => {
                 let old = shared.get();
