@@ -84,8 +84,9 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub container_port: Option<u16>,
     /// Phases 1-2: run N copies (`<name>-1` … `<name>-N`, DESIGN.md §9-10).
-    /// Replica n publishes `port + n - 1`; `${REPLICA}` in `command`, `env`,
-    /// `volumes` and `health_endpoint` is n. Parsing expands a replicated
+    /// Replica n publishes `port + n - 1`; in `command`, `env`, `volumes` and
+    /// `health_endpoint`, `${REPLICA}` is n and `${PORT}` that port (what a
+    /// local process must listen on). Parsing expands a replicated
     /// service into one entry per replica (see [`Replica`]).
     #[serde(default)]
     pub replicas: Option<u32>,
@@ -620,14 +621,15 @@ impl Config {
                     unregistered: false,
                 });
                 spec.replicas = None;
+                spec.port = spec.port.map(|p| p + (i - 1) as u16);
                 let r = i.to_string();
-                let sub = |t: &String| t.replace("${REPLICA}", &r);
+                let port = spec.port.map(|p| p.to_string()).unwrap_or_default();
+                let sub = |t: &String| t.replace("${REPLICA}", &r).replace("${PORT}", &port);
                 spec.command = spec.command.map(|c| c.iter().map(sub).collect());
                 spec.env = spec.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect();
                 for v in &mut spec.volumes {
                     v.value = sub(&v.value);
                 }
-                spec.port = spec.port.map(|p| p + (i - 1) as u16);
                 spec.health_endpoint = spec.health_endpoint.as_ref().map(sub);
                 self.services.insert(
                     unit.clone(),

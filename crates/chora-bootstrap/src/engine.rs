@@ -204,7 +204,7 @@ pub fn dry_run(ctx: &Ctx, out: &mut Reporter) {
                 let spec = ctx.spec(name);
                 let how = match (ctx.argv(spec), &spec.image) {
                     (Some(argv), _) => argv.join(" "),
-                    (None, Some(img)) => format!("image {img}"),
+                    (None, Some(img)) => format!("image {}", ctx.expand(img)),
                     (None, None) => format!(
                         "{} capability serve --name {name} --listen 127.0.0.1:{}",
                         ctx.self_exe.display(),

@@ -397,6 +397,31 @@ mod tests {
     }
 
     #[test]
+    fn process_replicas_listen_on_their_own_ports() {
+        let dev = DEV
+            .replace(
+                "    command: [chora, manifest, serve, --listen, \"127.0.0.1:8500\",",
+                "    replicas: 2\n    command: [chora, manifest, serve, --listen, \"127.0.0.1:${PORT}\",",
+            )
+            .replacen(
+                "health_endpoint: http://127.0.0.1:8500/health",
+                "health_endpoint: http://127.0.0.1:${PORT}/health",
+                1,
+            );
+        let c = Config::parse(&dev, Path::new("t.yml")).unwrap();
+        let m2 = c.service("manifest-2").unwrap();
+        assert_eq!(m2.port, Some(8501));
+        assert!(
+            m2.command
+                .as_ref()
+                .unwrap()
+                .contains(&"127.0.0.1:8501".to_string())
+        );
+        assert_eq!(m2.health_url().unwrap(), "http://127.0.0.1:8501/health");
+        assert_eq!(c.units_of("manifest"), ["manifest-1", "manifest-2"]);
+    }
+
+    #[test]
     fn replicas_and_members_are_checked() {
         let bad = prod().replace("replicas: 3", "replicas: 0");
         let e = Config::parse(&bad, Path::new("t.yml")).unwrap_err();

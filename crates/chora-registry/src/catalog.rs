@@ -464,6 +464,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records when a heartbeat arrived, and nothing else (a backend whose
+    /// storage decides liveness, etcd, keeps `last_heartbeat` true on the node
+    /// that took the heartbeat). No change index move: nobody waits for it.
+    pub fn touch(&self, name: &str, id: &str) {
+        let now = SystemTime::now();
+        let mut st = self.write();
+        if let Some(e) = st.entry_mut(name, id) {
+            e.last_heartbeat = now;
+            e.rerender();
+        }
+    }
+
     /// Marks instances `unhealthy` whose heartbeats are overdue. Returns the
     /// instances past their TTL, which the backend then removes durably.
     pub fn sweep(&self) -> Vec<(String, String)> {

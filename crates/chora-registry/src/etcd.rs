@@ -834,6 +834,7 @@ impl Store for EtcdStore {
             let mut env = self.envelope(name, id).ok_or_else(not_found)?;
             let changes = status.is_some_and(|s| s != env.reported);
             if !changes && self.beat_from_memory(&env) {
+                self.catalog.touch(name, id);
                 return Ok(());
             }
             // Both renewals at once: one round trip to etcd, not two.
@@ -860,6 +861,7 @@ impl Store for EtcdStore {
                     .map_err(|e| self.unavailable(&e))?;
                 self.applied(rev).await;
             }
+            self.catalog.touch(name, id);
             Ok(())
         })
     }

@@ -108,7 +108,7 @@ async fn register_self(
         }),
         id: Some(id.clone()),
     };
-    let record = catalog::Record::new(reg, id.clone(), std::time::SystemTime::now());
+    let record = catalog::Record::new(reg.clone(), id.clone(), std::time::SystemTime::now());
     store
         .register(record)
         .await
@@ -121,7 +121,18 @@ async fn register_self(
         loop {
             tick.tick().await;
             let Some(s) = weak.upgrade() else { return };
-            let _ = s.heartbeat("manifest", &id2, None).await;
+            // Expired meanwhile (this node was paused, or cut off from its
+            // storage, for longer than the TTL): register again, as a Keeper
+            // does for every other service.
+            if let Err(store::StoreError::NotFound { .. }) =
+                s.heartbeat("manifest", &id2, None).await
+            {
+                let record =
+                    catalog::Record::new(reg.clone(), id2.clone(), std::time::SystemTime::now());
+                if s.register(record).await.is_ok() {
+                    tracing::info!(id = %id2, "the Manifest's own registration had expired; registered again");
+                }
+            }
         }
     });
     Ok((id, beat))

@@ -233,11 +233,22 @@ async fn a_three_member_cluster_survives_member_loss_node_loss_and_a_full_outage
         .register(&reg("svc", "after-recovery"))
         .await
         .expect("writes work again");
-    // Its own write came back through the watch: reads are current again.
-    let r = read("/v1/services/svc").await.unwrap();
-    assert_eq!(stale(&r), None, "still stale after recovery");
-    let r = read("/v1/services").await.unwrap();
-    assert_eq!(stale(&r), None, "still stale after recovery");
+    // A write etcd confirmed is answered even before this node's watch is
+    // back; once the watch has caught up, reads are current again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let one = read("/v1/services/svc").await.unwrap();
+        let all = read("/v1/services").await.unwrap();
+        if stale(&one).is_none() && stale(&all).is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still stale 5 s after recovery: {:?}",
+            stale(&all)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The registration refused during the outage did not happen later.
     assert!(single.get("x").await.unwrap_err().is_not_found());
 }
@@ -330,4 +341,70 @@ fn restart_all(cluster: &mut chora_testkit::EtcdCluster) {
         m.kill();
     }
     cluster.start_all(false);
+}
+
+/// A node paused for longer than the TTL (its own registration expired in
+/// etcd meanwhile) registers itself again once it runs, as a Keeper would.
+#[tokio::test]
+async fn a_node_whose_own_registration_expired_registers_itself_again() {
+    if !chora_testkit::etcd_available("own_registration_expired") {
+        return;
+    }
+    let b = Backend::on(chora_testkit::EtcdCluster::start(1));
+    let args = [
+        "--no-auth",
+        "--ttl",
+        "1",
+        "--heartbeat-interval",
+        "0.5",
+        "--register-self",
+    ];
+    let paused = Registry::start_on(b.clone(), chora_testkit::temp_dir(), "127.0.0.1:0", &args);
+    let other = Registry::start_on(b, chora_testkit::temp_dir(), "127.0.0.1:0", &args);
+    let client = ManifestClient::new([other.server.url()]).unwrap();
+    let own = |list: &[chora_api::manifest::Instance]| {
+        list.iter()
+            .filter(|i| i.name == "manifest" && i.interfaces["REST"] == paused.server.url())
+            .count()
+    };
+    let (list, _) = crate::anyprogram::until_up(&client, "manifest", |l| own(l) == 1).await;
+    assert_eq!(own(&list), 1);
+    {
+        let _stopped = paused.server.pause();
+        // Gone from the other node's view: its lease ran out in etcd.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while own(&client.list(&ListFilter::default()).await.unwrap()) > 0 {
+            assert!(Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (_, took) = crate::anyprogram::until_up(&client, "manifest", |l| own(l) == 1).await;
+    println!("registered itself again {took:?} after it ran again");
+}
+
+/// On etcd a heartbeat is a lease renewal, not a write; the node that took it
+/// still shows when it came (status's "(Ns ago)" column).
+#[tokio::test]
+async fn the_node_that_takes_a_heartbeat_shows_when_it_came() {
+    if !chora_testkit::etcd_available("heartbeat_time") {
+        return;
+    }
+    let b = Backend::on(chora_testkit::EtcdCluster::start(1));
+    let node = Registry::start_on(b, chora_testkit::temp_dir(), "127.0.0.1:0", &["--no-auth"]);
+    let client = ManifestClient::new([node.server.url()]).unwrap();
+    client.register(&reg("beat", "beat-1")).await.unwrap();
+    let first = client.get("beat").await.unwrap().instances[0].clone();
+    // Timestamps have millisecond resolution: let one pass.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        client.heartbeat("beat", "beat-1", None).await.unwrap();
+    }
+    let after = client.get("beat").await.unwrap().instances[0].clone();
+    assert_eq!(after.registered_at, first.registered_at);
+    assert!(
+        after.last_heartbeat > first.last_heartbeat,
+        "{} then {}",
+        first.last_heartbeat,
+        after.last_heartbeat
+    );
 }
