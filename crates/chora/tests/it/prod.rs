@@ -410,9 +410,9 @@ async fn bench_failover_timelines() {
     )
     .await;
     println!(
-        "BENCH | fault | longest write gap | first success after the fault | write p99 (window) | writes acked | writes failed | gateway errors |"
+        "BENCH | fault | longest write gap | first success after the fault | write p99 (window) | writes acked | writes failed | outcome unknown | gateway errors |"
     );
-    println!("BENCH | --- | --- | --- | --- | --- | --- | --- |");
+    println!("BENCH | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!(
             "BENCH | {} | {:.2} s | {} | {:.1} ms | {} | {} | {} | {} |",
