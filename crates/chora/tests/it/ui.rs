@@ -268,8 +268,12 @@ fn the_dashboard_follows_crashes_and_restarts_live_in_a_browser() {
     all_up(&page);
     let rows = page.eval("document.querySelectorAll('#services tbody tr').length");
     assert_eq!(rows, 8);
-    let phases = page.eval("document.querySelectorAll('.phases li.completed').length");
-    assert_eq!(phases, 5, "all five phases completed");
+    // The page learns of the bootstrap's last state write when the
+    // orchestrator's feed next looks at the files (it may have looked just
+    // before the run completed).
+    let phases = "document.querySelectorAll('.phases li.completed').length";
+    page.wait_for(&format!("{phases} === 5"), Duration::from_secs(10));
+    assert_eq!(page.eval(phases), 5, "all five phases completed");
     screenshots(&page);
 
     // Record every status the storage row shows, however briefly.
