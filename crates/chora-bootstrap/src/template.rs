@@ -142,7 +142,8 @@ pub fn processes_on_etcd() -> String {
         "written from the built-in `dev` template",
         "the `dev` template on an etcd cluster of yours",
     )
-    .replace("environment: dev", "environment: prod")
+    // Local processes, though prod's default runtime is docker.
+    .replace("environment: dev", "environment: prod\nruntime: process")
     .replace(
         "\"sqlite:${CHORA_HOME}/data/manifest.db\"",
         "\"etcd:${ETCD_ENDPOINTS}\"",
@@ -341,6 +342,7 @@ mod tests {
         assert_eq!(c.environment, crate::config::Environment::Prod);
         assert_eq!(c.etcd.clone().unwrap().endpoints, ["http://127.0.0.1:2379"]);
         assert!(c.etcd_members().is_empty());
+        assert!(!c.needs_docker(), "processes only: no image to build");
         let cmd = c.service("manifest").unwrap().command.clone().unwrap();
         assert!(
             cmd.contains(&"etcd:${ETCD_ENDPOINTS}".to_string()),
