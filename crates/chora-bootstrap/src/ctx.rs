@@ -618,11 +618,12 @@ impl Ctx {
         Duration::from_secs_f64(spec.timeout.unwrap_or(self.config.timeouts.health_check))
     }
 
-    fn record_of(&self, spec: &ServiceSpec, id: &UnitId) -> ServiceRecord {
+    fn record_of(&self, name: &str, spec: &ServiceSpec, id: &UnitId) -> ServiceRecord {
         let (pid, start_time) = match id {
             UnitId::Process(p) => (Some(p.pid), Some(p.start_time)),
             UnitId::Container(_) => (None, None),
         };
+        let replica = spec.replica.as_ref();
         ServiceRecord {
             phase: spec.phase,
             pid,
@@ -630,6 +631,13 @@ impl Ctx {
             container: id.container().map(str::to_owned),
             deployed_via: None,
             url: spec.url(),
+            service: replica.map(|r| r.service.clone()),
+            instance_id: replica
+                .filter(|r| !r.unregistered)
+                .map(|_| self.instance_id(name)),
+            health: replica
+                .filter(|r| r.unregistered)
+                .and_then(|_| spec.health_url()),
             started_at: crate::state::now(),
         }
     }
@@ -705,7 +713,7 @@ impl Ctx {
         self.ensure_registrar(name, spec, &*runtime, &unit_spec, &unit.id())
             .await?;
         // The unit lives on after we exit: dropping it leaves it running.
-        Ok(self.record_of(spec, &unit.id()))
+        Ok(self.record_of(name, spec, &unit.id()))
     }
 
     /// The unit that keeps a phase 1-2 `register: chora` service registered on
@@ -820,13 +828,16 @@ impl Ctx {
                     &found.unit.id(),
                 )
                 .await?;
-                let fresh = self.record_of(spec, &found.unit.id());
+                let fresh = self.record_of(name, spec, &found.unit.id());
                 let mut r = record.cloned().unwrap_or_default();
                 r.phase = spec.phase;
                 r.pid = fresh.pid;
                 r.start_time = fresh.start_time;
                 r.container = fresh.container;
                 r.url = spec.url();
+                r.service = fresh.service;
+                r.instance_id = fresh.instance_id;
+                r.health = fresh.health;
                 if r.started_at.is_empty() {
                     r.started_at = crate::state::now();
                 }

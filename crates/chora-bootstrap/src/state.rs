@@ -53,6 +53,16 @@ pub struct ServiceRecord {
     pub deployed_via: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A replica: the service it is a copy of (`manifest` for `manifest-2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// A replica in the Manifest: the instance id it registers under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// A unit that is not in the Manifest (an etcd member): its health URL, as
+    /// a container on the project network reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     pub started_at: String,
 }
 

@@ -47,6 +47,12 @@ pub struct Record {
     pub container: Option<String>,
     pub url: Option<String>,
     pub started_at: Option<String>,
+    /// A replica's service (`manifest` for the unit `manifest-2`).
+    pub service: Option<String>,
+    /// The instance id a replica registers under.
+    pub instance_id: Option<String>,
+    /// The health URL of a unit that is not in the Manifest (an etcd member).
+    pub health: Option<String>,
 }
 
 /// Reads the home's files when they change.
@@ -168,6 +174,9 @@ fn records_of(s: &serde_json::Value) -> BTreeMap<String, Record> {
                     container: str_of(r, "container"),
                     url: str_of(r, "url"),
                     started_at: str_of(r, "started_at"),
+                    service: str_of(r, "service"),
+                    instance_id: str_of(r, "instance_id"),
+                    health: str_of(r, "health"),
                 },
             )
         })

@@ -136,6 +136,9 @@ struct Sources {
     deployments: BTreeMap<String, ServiceStatus>,
     bootstrap: bootstrap::Reader,
     manifest_url: String,
+    /// Units that are not in the Manifest (etcd members): did their health
+    /// check pass at the last look (every resync).
+    probed: BTreeMap<String, bool>,
 }
 
 /// Starts the feed: a task following the Manifest and one joining everything.
@@ -161,6 +164,7 @@ pub fn start(app: Arc<AppState>, manifest_url: String, home: Option<PathBuf>) ->
         deployments: BTreeMap::new(),
         bootstrap: bootstrap::Reader::new(home),
         manifest_url,
+        probed: BTreeMap::new(),
     };
     tokio::spawn(join(feed.clone(), app, sources, in_rx));
     feed
@@ -251,6 +255,26 @@ async fn resync(app: &AppState, src: &mut Sources, all: bool) {
         }
     }
     src.bootstrap.refresh();
+    let probes: Vec<(String, String)> = src
+        .bootstrap
+        .services()
+        .iter()
+        .filter_map(|(n, r)| Some((n.clone(), r.health.clone()?)))
+        .collect();
+    let http = &app.ctx().http;
+    let checks = probes.iter().map(|(n, url)| async move {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            chora_runtime::check::check(http, url),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        (n.clone(), ok)
+    });
+    src.probed = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect();
 }
 
 /// Recomputes the rows and sends an update for each one that changed.
@@ -304,7 +328,17 @@ fn compute(src: &Sources) -> BTreeMap<String, Row> {
         by_name.entry(&i.name).or_default().push(i);
     }
     let records = src.bootstrap.services();
-    let mut names: Vec<&str> = by_name.keys().copied().collect();
+    // A replicated service shows as its units (`manifest-1` …), not once more
+    // under its own name.
+    let replicated: std::collections::BTreeSet<&str> = records
+        .values()
+        .filter_map(|r| r.service.as_deref())
+        .collect();
+    let mut names: Vec<&str> = by_name
+        .keys()
+        .copied()
+        .filter(|n| !replicated.contains(n))
+        .collect();
     names.extend(src.deployments.keys().map(String::as_str));
     names.extend(records.keys().map(String::as_str));
     names.sort_unstable();
@@ -312,9 +346,21 @@ fn compute(src: &Sources) -> BTreeMap<String, Row> {
     names
         .into_iter()
         .map(|name| {
-            let insts = by_name.get(name).map(Vec::as_slice).unwrap_or(&[]);
             let dep = src.deployments.get(name);
             let rec = records.get(name);
+            // A replica's instance: its service's, under its own id.
+            let of_replica: Vec<&Instance>;
+            let insts =
+                match rec.and_then(|r| Some((r.service.as_deref()?, r.instance_id.as_deref()?))) {
+                    Some((service, id)) => {
+                        of_replica = by_name
+                            .get(service)
+                            .map(|v| v.iter().copied().filter(|i| i.id == id).collect())
+                            .unwrap_or_default();
+                        of_replica.as_slice()
+                    }
+                    None => by_name.get(name).map(Vec::as_slice).unwrap_or(&[]),
+                };
             // A deployment's own instance is the one it registers now.
             let current: Vec<&Instance> = match dep.and_then(|d| d.instance_id.as_deref()) {
                 Some(id) => insts.iter().copied().filter(|i| i.id == id).collect(),
@@ -323,8 +369,21 @@ fn compute(src: &Sources) -> BTreeMap<String, Row> {
             let status = match dep {
                 Some(d) if d.state != RunState::Running => "down",
                 Some(_) => best(&current).unwrap_or("down"),
+                // Not in the Manifest: its own health check says.
+                None if rec.is_some_and(|r| r.health.is_some()) => {
+                    if src.probed.get(name).copied().unwrap_or(false) {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                }
                 // What the Manifest said of itself holds only while it answers.
-                None if name == "manifest" && !src.manifest_ok => "down",
+                None if (name == "manifest"
+                    || rec.and_then(|r| r.service.as_deref()) == Some("manifest"))
+                    && !src.manifest_ok =>
+                {
+                    "down"
+                }
                 None => best(insts).unwrap_or("down"),
             };
             let shown = current
@@ -404,6 +463,44 @@ mod tests {
     }
 
     #[test]
+    fn replicas_show_as_their_units_and_etcd_members_by_their_health() {
+        let dir = std::env::temp_dir().join(format!("chora-feed-{}", chora_api::random_hex(4)));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        std::fs::write(
+            dir.join("bootstrap-state.json"),
+            r#"{"status":"completed","environment":"prod","current_phase":4,
+                "completed_phases":[0,1,2,3,4],
+                "services":{
+                  "etcd-1":{"phase":1,"container":"e1","service":"etcd","health":"http://etcd-1:2379/health","started_at":"t"},
+                  "etcd-2":{"phase":1,"container":"e2","service":"etcd","health":"http://etcd-2:2379/health","started_at":"t"},
+                  "manifest-1":{"phase":1,"container":"m1","service":"manifest","instance_id":"manifest-1-aaaa","url":"http://127.0.0.1:8500","started_at":"t"},
+                  "manifest-2":{"phase":1,"container":"m2","service":"manifest","instance_id":"manifest-2-bbbb","url":"http://127.0.0.1:8501","started_at":"t"}}}"#,
+        )
+        .unwrap();
+        let mut reader = bootstrap::Reader::new(Some(dir.clone()));
+        reader.refresh();
+        let src = Sources {
+            instances: vec![instance("manifest", "manifest-1-aaaa", Status::Up)],
+            manifest_ok: true,
+            deployments: BTreeMap::new(),
+            bootstrap: reader,
+            manifest_url: "http://127.0.0.1:8500".into(),
+            probed: [("etcd-1".to_string(), true), ("etcd-2".to_string(), false)].into(),
+        };
+        let rows = compute(&src);
+        let names: Vec<&str> = rows.keys().map(String::as_str).collect();
+        assert_eq!(names, ["etcd-1", "etcd-2", "manifest-1", "manifest-2"]);
+        assert_eq!(rows["manifest-1"].status, "up");
+        assert_eq!(rows["manifest-1"].instances, 1);
+        // Its instance is not in the Manifest: down, whatever the others say.
+        assert_eq!(rows["manifest-2"].status, "down");
+        assert_eq!(rows["etcd-1"].status, "up");
+        assert_eq!(rows["etcd-2"].status, "down");
+        assert_eq!(rows["etcd-1"].runtime, "docker");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_row_is_up_only_while_its_current_instance_is() {
         let mut src = Sources {
             instances: vec![
@@ -416,6 +513,7 @@ mod tests {
             deployments: BTreeMap::new(),
             bootstrap: bootstrap::Reader::new(None),
             manifest_url: "http://127.0.0.1:1".into(),
+            probed: BTreeMap::new(),
         };
         // Restarted: its new instance has not registered yet, the old one lingers.
         src.deployments.insert(
@@ -472,6 +570,7 @@ mod tests {
             deployments: BTreeMap::new(),
             bootstrap: bootstrap::Reader::new(None),
             manifest_url: String::new(),
+            probed: BTreeMap::new(),
         };
         let (_, seq0, mut rx) = feed.subscribe();
         apply(&feed, &src);

@@ -470,6 +470,63 @@ async fn bootstrapped() -> Arc<Prod> {
     let nodes: Vec<&Value> = rows.iter().filter(|s| s["service"] == "manifest").collect();
     assert_eq!(nodes.len(), 3, "{st}");
     assert!(nodes.iter().all(|n| n["status"] == "up"), "{st}");
+
+    // The dashboard shows the same: each member and node a row of its own.
+    let (code, out, err) = p.run(&["bootstrap", "ui"]);
+    assert_eq!(code, 0, "{err}");
+    let login = out
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no login URL in {out}"))
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&login).send().await.unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {}", r.status()))
+        .to_owned();
+    let page_url = format!("http://127.0.0.1:{}/ui", p.port("orchestrator"));
+    let units = [
+        "etcd-1",
+        "etcd-2",
+        "etcd-3",
+        "manifest-1",
+        "manifest-2",
+        "manifest-3",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let html = http
+            .get(&page_url)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let all_up = units
+            .iter()
+            .all(|u| html.contains(&format!("<tr data-service=\"{u}\" data-status=\"up\"")));
+        if all_up {
+            assert!(
+                !html.contains("<tr data-service=\"manifest\""),
+                "the nodes show as their units, not once more as `manifest`"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never showed every member and node up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     p
 }
 
