@@ -45,6 +45,13 @@ macro_rules! contract {
     };
 }
 
+/// Container-heavy tests (each brings up a whole staging or prod system, and
+/// asserts how fast it notices a fault) hold this for their lifetime, so that
+/// two of them never share the machine's cores: a bound like "out of discovery
+/// within 1 s" then measures chora, not the neighbour.
+pub static ONE_SYSTEM_AT_A_TIME: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
+
 pub fn chora_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chora"))
 }

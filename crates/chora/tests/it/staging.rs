@@ -31,6 +31,8 @@ pub struct Staging {
     pub image: String,
     /// Image tags the test made itself.
     pub extra_images: Vec<String>,
+    /// Released after `Drop` has removed everything (fields drop last).
+    _one_at_a_time: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl std::ops::Deref for Staging {
@@ -42,13 +44,17 @@ impl std::ops::Deref for Staging {
 
 impl Staging {
     /// A project whose chora image is built now under a tag of its own.
+    /// Waits for any other staging or prod system of this test run to be gone
+    /// first (call it from a blocking context: a sync test or `spawn_blocking`).
     pub fn new() -> Staging {
+        let turn = crate::ONE_SYSTEM_AT_A_TIME.clone().blocking_lock_owned();
         let project = format!("chora-t{}", chora_api::random_hex(4));
         let s = Staging {
             site: Site::bare(),
             image: format!("{project}:test"),
             project,
             extra_images: Vec::new(),
+            _one_at_a_time: turn,
         };
         let (code, out, err) = s.run(&["image", "build", "--tag", &s.image]);
         assert_eq!(code, 0, "image build failed\n{out}\n{err}");
