@@ -262,15 +262,22 @@ if [ "$SKIP_ETCD" != 1 ]; then
     done
     STORAGE="etcd:http://127.0.0.1:$ETCD_CLIENT"
   }
+  # etcd_rows PEER NAME: a Manifest node on $STORAGE (its "server CPU" counts
+  # $EXTRA_PIDS, the etcd members, too) through read-one, heartbeat and list-all
+  # (heartbeat only with ONLY=heartbeat); leaves it running as E_PID.
+  etcd_rows() {
+    PEER=$1
+    start_chora "$2"
+    E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
+    if [ -z "$ONLY" ]; then run_test "$E_PID" "$E_PORT" read-one 32 p1_get_one.lua; fi
+    run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
+    if [ -z "$ONLY" ]; then run_test "$E_PID" "$E_PORT" list-all 32 p1_list.lua; fi
+  }
   start_etcd
   log ""
   log "## chora manifest serve --no-auth --storage $STORAGE ($(etcd --version | head -1), one member, fresh data dir; server CPU = chora + etcd)"
-  PEER=chora-etcd EXTRA_PIDS=$ETCD_PID
-  start_chora bench-etcd
-  E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
-  [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
-  run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
-  [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
+  EXTRA_PIDS=$ETCD_PID
+  etcd_rows chora-etcd bench-etcd
   log "etcd VmRSS after the runs: $(rss_kb "$ETCD_PID") kB"
   stop_pid "$E_PID"; stop_pid "$ETCD_PID"; EXTRA_PIDS=""
   start_etcd   # empty again: the 1,000 seeded instances would still hold their leases
@@ -317,12 +324,8 @@ if [ "$SKIP_ETCD" != 1 ]; then
     start_etcd3
     log ""
     log "## chora manifest serve --no-auth --storage $STORAGE ($(etcd --version | head -1), three members, heartbeat 50 ms, election 500 ms; server CPU = chora + the three etcds)"
-    PEER=chora-etcd3 EXTRA_PIDS=$ETCD3_PIDS
-    start_chora bench-etcd3
-    E_PID=$CHORA_PID; E_PORT=$CHORA_PORT
-    [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" read-one  32 p1_get_one.lua
-    run_test "$E_PID" "$E_PORT" heartbeat 32 p1_heartbeat.lua "$WORK/${PEER}_ids.txt"
-    [ -z "$ONLY" ] && run_test "$E_PID" "$E_PORT" list-all  32 p1_list.lua
+    EXTRA_PIDS=$ETCD3_PIDS
+    etcd_rows chora-etcd3 bench-etcd3
     stop_pid "$E_PID"; EXTRA_PIDS=""
     for p in $ETCD3_PIDS; do stop_pid "$p"; done
     # etcd's own lease keep-alive on a fresh cluster of the same shape
