@@ -646,8 +646,11 @@ impl Ctx {
     /// container), waits until it is healthy, and returns how to find it again.
     pub async fn start_local(&self, name: &str) -> Result<ServiceRecord, StepError> {
         let spec = self.spec(name);
-        if spec.image.as_deref() == Some("${ETCD_IMAGE}") && self.etcd_image.get().is_none() {
-            self.ensure_etcd_image().await?;
+        if spec.image.as_deref() == Some("${ETCD_IMAGE}") {
+            // Once for all members starting together (a resume skips phase 0).
+            self.etcd_image
+                .get_or_try_init(|| async { self.ensure_etcd_image().await.map(|(i, _)| i) })
+                .await?;
         }
         let runtime = self.runtime_for(spec).await?;
         let mut unit_spec = self.unit_spec(name, spec);
