@@ -377,13 +377,10 @@ fn view(
         .map(|name| {
             let spec = ctx.spec(&name);
             let replica = spec.replica.as_ref();
-            let id = ctx.instance_id(&name);
+            let ours = ctx.instance_matcher(&name);
             let inst = list.and_then(|l| {
                 l.iter()
-                    .filter(|i| match replica {
-                        Some(r) => i.name == r.service && i.id == id,
-                        None => i.name == name,
-                    })
+                    .filter(|i| ours(i))
                     .max_by_key(|i| i.status == Status::Up)
             });
             let member = members.get(&name);

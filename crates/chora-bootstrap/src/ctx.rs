@@ -302,6 +302,20 @@ impl Ctx {
         format!("{name}-{:08x}", hash as u32)
     }
 
+    /// Which Manifest instances are unit `name`'s: a replica's is its
+    /// service's instance under the unit's instance id, any other unit's any
+    /// instance of its name.
+    pub fn instance_matcher(
+        &self,
+        name: &str,
+    ) -> impl Fn(&chora_api::manifest::Instance) -> bool + use<> {
+        let (service, id) = match self.config.service(name).and_then(|s| s.replica.as_ref()) {
+            Some(r) => (r.service.clone(), Some(self.instance_id(name))),
+            None => (name.to_owned(), None),
+        };
+        move |i| i.name == service && id.as_ref().is_none_or(|id| *id == i.id)
+    }
+
     /// The runtime that runs `spec` when the bootstrap starts it.
     pub async fn runtime_for(&self, spec: &ServiceSpec) -> Result<Arc<dyn Runtime>, StepError> {
         if spec.docker_compose.is_some() {
@@ -1028,7 +1042,7 @@ impl Ctx {
 }
 
 /// `3.4.23` from `etcd --version` ("etcd Version: 3.4.23").
-fn etcd_version(binary: &Path) -> Option<String> {
+pub fn etcd_version(binary: &Path) -> Option<String> {
     let out = std::process::Command::new(binary)
         .arg("--version")
         .stdin(std::process::Stdio::null())

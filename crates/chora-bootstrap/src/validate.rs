@@ -5,7 +5,6 @@
 use crate::ctx::{Ctx, StepError};
 use crate::output::{Reporter, human};
 use chora_api::manifest::{ListFilter, Status};
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Tests to leave out (`--skip-*`).
@@ -60,18 +59,9 @@ pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Re
         {
             Ok((list, i)) => {
                 index = Some(i);
-                let up: BTreeSet<&str> = list.iter().map(|x| x.name.as_str()).collect();
-                let ids: BTreeSet<&str> = list.iter().map(|x| x.id.as_str()).collect();
                 names
                     .iter()
-                    .filter(
-                        |n| match ctx.config.service(n).and_then(|s| s.replica.as_ref()) {
-                            // A replica registers under its service's name with the
-                            // instance id of its unit.
-                            Some(_) => !ids.contains(ctx.instance_id(n).as_str()),
-                            None => !up.contains(n.as_str()),
-                        },
-                    )
+                    .filter(|n| !list.iter().any(ctx.instance_matcher(n)))
                     .cloned()
                     .collect()
             }
@@ -324,15 +314,8 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .registered_units()
                 .into_iter()
                 .filter(|n| {
-                    let id = ctx.instance_id(n);
-                    let replica = ctx.spec(n).replica.as_ref();
-                    !list.iter().any(|i| {
-                        i.status == Status::Up
-                            && match replica {
-                                Some(r) => i.name == r.service && i.id == id,
-                                None => &i.name == n,
-                            }
-                    })
+                    let ours = ctx.instance_matcher(n);
+                    !list.iter().any(|i| i.status == Status::Up && ours(i))
                 })
                 .collect();
             if !missing.is_empty() {
