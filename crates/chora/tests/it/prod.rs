@@ -116,16 +116,8 @@ impl Prod {
 }
 
 fn etcd_tag() -> String {
-    let out = std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .expect("etcd is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version:"))
-        .unwrap()
-        .trim();
+    let v = chora_bootstrap::ctx::etcd_version(std::path::Path::new("etcd"))
+        .expect("etcd is installed and says its version");
     format!("chora-etcd:{v}")
 }
 
@@ -244,7 +236,6 @@ async fn around(
             }
         })
     };
-    let start = Instant::now();
     tokio::time::sleep(before).await;
     let at = Instant::now();
     tokio::task::block_in_place(fault);
@@ -254,7 +245,6 @@ async fn around(
     reader.await.unwrap();
     let end = Instant::now();
     let rec = Arc::try_unwrap(rec).ok().unwrap().into_inner().unwrap();
-    let _ = start;
     (rec, at, end)
 }
 
@@ -646,14 +636,20 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
             // Once the node has noticed, a write is a 503 with a JSON error
             // and a read says it is stale.
             loop {
-                let w = http
+                // A write sent before the node noticed may spend its retries
+                // and the read-back (several seconds) first: ask again.
+                let w = match http
                     .post(format!("{node}/v1/services"))
                     .bearer_auth(&token)
                     .json(&serde_json::json!({"name": "faultw", "version": "1", "interfaces": {}, "id": "faultw-outage"}))
-                    .timeout(Duration::from_secs(10))
+                    .timeout(Duration::from_secs(3))
                     .send()
                     .await
-                    .unwrap();
+                {
+                    Ok(w) => w,
+                    Err(e) if e.is_timeout() && t.elapsed() < Duration::from_secs(15) => continue,
+                    Err(e) => panic!("a write during the outage: {e}"),
+                };
                 let status = w.status().as_u16();
                 let body: Value = w.json().await.unwrap_or(Value::Null);
                 let r = http
@@ -665,7 +661,7 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
                     .headers()
                     .get("x-chora-stale")
                     .map(|h| h.to_str().unwrap().to_owned());
-                if (status == 503 && stale.is_some()) || t.elapsed() > Duration::from_secs(8) {
+                if (status == 503 && stale.is_some()) || t.elapsed() > Duration::from_secs(15) {
                     break ((status, body), (r.status().as_u16(), stale));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
