@@ -637,7 +637,8 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
             // and a read says it is stale.
             loop {
                 // A write sent before the node noticed may spend its retries
-                // and the read-back (several seconds) first: ask again.
+                // and the read-back (several seconds) first, or lose its
+                // connection under load: ask again.
                 let w = match http
                     .post(format!("{node}/v1/services"))
                     .bearer_auth(&token)
@@ -647,8 +648,13 @@ async fn faults(p: &Arc<Prod>, w: Window) -> Vec<Timeline> {
                     .await
                 {
                     Ok(w) => w,
-                    Err(e) if e.is_timeout() && t.elapsed() < Duration::from_secs(15) => continue,
-                    Err(e) => panic!("a write during the outage: {e}"),
+                    // (A node that died instead would fail the checks below:
+                    // no 503 seen, and its container restarted.)
+                    Err(_) if t.elapsed() < Duration::from_secs(15) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(e) => panic!("a write during the outage: {e:?}"),
                 };
                 let status = w.status().as_u16();
                 let body: Value = w.json().await.unwrap_or(Value::Null);
