@@ -4,18 +4,25 @@
 //! request and response bodies of DESIGN.md §5 live in [`manifest`], the async
 //! [`ManifestClient`] speaks them (with fail-over between several Manifest URLs),
 //! and the [`Keeper`] keeps one instance registered and heartbeating in the
-//! background. [`auth`] reads `credentials.json` and mints admin JWTs.
+//! background. [`auth`] reads `credentials.json` and mints admin JWTs. The
+//! orchestrator's wire types are [`orchestrator`], spoken by
+//! [`OrchestratorClient`]; [`bootstrap_state`] is the one model of the
+//! bootstrap's state file, which the bootstrap writes and the dashboard reads.
 
 pub mod auth;
+pub mod bootstrap_state;
 pub mod client;
 pub mod duration;
+pub mod files;
 pub mod keeper;
 pub mod login;
 pub mod manifest;
 pub mod orchestrator;
+pub mod orchestrator_client;
 
 pub use client::{ClientError, ManifestClient};
 pub use keeper::Keeper;
+pub use orchestrator_client::{OrchestratorClient, OrchestratorError};
 
 /// The capability services built into the `chora` binary
 /// (`chora capability serve --name NAME`).

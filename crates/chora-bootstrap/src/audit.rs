@@ -57,7 +57,7 @@ impl Audit {
         detail: Option<&str>,
     ) {
         let line = Line {
-            timestamp: crate::state::now(),
+            timestamp: chora_api::bootstrap_state::now(),
             level,
             phase,
             action,

@@ -40,7 +40,7 @@ pub async fn acquire(endpoints: &[String], what: &str) -> Result<EtcdLock, Strin
     let holder = serde_json::json!({
         "host": crate::proc::hostname(),
         "pid": std::process::id(),
-        "since": crate::state::now(),
+        "since": chora_api::bootstrap_state::now(),
         "command": what,
         "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
     })

@@ -23,7 +23,33 @@ pub struct Failure {
 }
 
 /// Exit code for an unreadable or invalid configuration, on every command.
-pub const EXIT_CONFIG: u8 = 7;
+pub const EXIT_CONFIG: u8 = crate::exit::CONFIG;
+
+/// A failed step: what happened, for the error template.
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub message: String,
+    pub causes: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StepError {
+            message: message.into(),
+            causes: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+    pub fn cause(mut self, c: impl Into<String>) -> Self {
+        self.causes.push(c.into());
+        self
+    }
+    pub fn action(mut self, a: impl Into<String>) -> Self {
+        self.actions.push(a.into());
+        self
+    }
+}
 
 impl Failure {
     pub fn new(exit: u8, code: &'static str, message: impl Into<String>) -> Self {
@@ -92,9 +118,13 @@ mod tests {
 
     #[test]
     fn renders_the_seed_template() {
-        let f = Failure::new(2, "CORE_FAILED", "Manifest Registry failed to start")
-            .cause("Port 8500 already in use")
-            .action("Check if port is in use: ss -ltnp 'sport = :8500'");
+        let f = Failure::new(
+            crate::exit::bootstrap::CORE,
+            "CORE_FAILED",
+            "Manifest Registry failed to start",
+        )
+        .cause("Port 8500 already in use")
+        .action("Check if port is in use: ss -ltnp 'sport = :8500'");
         let text = f.render();
         assert!(text.starts_with("✗ [CORE_FAILED] Manifest Registry failed to start\n"));
         assert!(text.contains("\nPossible causes:\n  - Port 8500 already in use\n"));

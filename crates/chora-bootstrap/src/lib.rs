@@ -1,25 +1,46 @@
 //! `chora bootstrap`: brings the whole ecosystem up from nothing, in phases, and
-//! back down (DESIGN.md §1-4, 6, 7).
+//! back down (DESIGN.md §1-4, 6, 7, 14).
 //!
-//! - [`config`]: the YAML schema, checked with file, line and field.
-//! - [`state`]: the state file, written atomically; [`lock`]: one run at a time.
-//! - [`ctx`]: starting, finding (pid + start time), checking and stopping services.
-//! - [`engine`]: phases 0-4, resume, re-checks; [`validate`]: phase 4.
-//! - [`commands`]: status, rollback, reset, validate, config.
-//! - [`output`]: the console layout and `--format json`; [`audit`]: the audit log.
+//! - Opening: [`home`] (where everything lives), [`config`] (the YAML, checked
+//!   with file, line and field), [`session`] (config, state, context, lock),
+//!   [`ctx`] (what every step shares), [`lock`] and [`etcdlock`] (one run at a
+//!   time). The state file's model is `chora_api::bootstrap_state`.
+//! - Running: [`run`] (phases 0-4, resume, re-checks), [`phase0`], [`plan`]
+//!   (`--dry-run`), [`local`] and [`registrar`] (phases 1-2 through the
+//!   runtime seam), [`deploy`] (phase 3 through the orchestrator),
+//!   [`runtimes`], [`substitute`], [`etcd_members`], [`health`], [`validate`]
+//!   (phase 4 and `chora bootstrap validate`).
+//! - Commands on a system: [`status`], [`teardown`] (rollback, reset),
+//!   [`stop`], [`config_cmd`], [`ui`].
+//! - Saying it: [`output`] (console text and `--format json`), [`audit`],
+//!   [`failure`] and [`exit`] (the documented exit codes).
 
 pub mod audit;
-pub mod commands;
 pub mod config;
+pub mod config_cmd;
 pub mod ctx;
-pub mod engine;
+pub mod deploy;
+pub mod etcd_members;
 pub mod etcdlock;
+pub mod exit;
 pub mod failure;
 pub mod health;
+pub mod home;
+pub mod local;
 pub mod lock;
 pub mod output;
-pub use chora_runtime::proc;
-pub mod state;
+pub mod phase0;
+pub mod plan;
+pub mod registrar;
+pub mod run;
+pub mod runtimes;
+pub mod session;
+pub mod status;
+pub mod stop;
+pub mod substitute;
+pub mod teardown;
 pub mod template;
 pub mod ui;
 pub mod validate;
+
+pub use chora_runtime::proc;

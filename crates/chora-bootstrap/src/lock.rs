@@ -27,7 +27,7 @@ pub fn acquire(path: &Path, what: &str) -> Result<Lock, String> {
             let holder = format!(
                 "{{\"pid\": {}, \"since\": \"{}\", \"command\": \"{what}\"}}\n",
                 std::process::id(),
-                crate::state::now()
+                chora_api::bootstrap_state::now()
             );
             let _ = file.set_len(0);
             let _ = file.rewind();

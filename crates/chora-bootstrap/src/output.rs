@@ -4,6 +4,7 @@
 //! document on stdout and nothing else there.
 
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,64 @@ pub fn human(d: Duration) -> String {
     } else {
         format!("{}m {}s", ms / 60_000, (ms % 60_000) / 1000)
     }
+}
+
+/// Indents each line of `s` under a step's line (a log tail in an error).
+pub fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `45s`, `12m 5s`, `2h 15m 32s`, `3d 4h 5m`.
+pub fn human_uptime(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60, s % 60);
+    if days > 0 {
+        format!("{days}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m {sec}s")
+    } else if m > 0 {
+        format!("{m}m {sec}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+/// The block a successful `chora bootstrap` ends with (the seed's "System
+/// Status" and "Next steps").
+pub fn closing_block(ctx: &crate::ctx::Ctx, state: &chora_api::bootstrap_state::State) -> String {
+    let running = state.services_started.len();
+    let healthy = state
+        .services_started
+        .iter()
+        .filter(|n| state.services_healthy.contains(n))
+        .count();
+    let mut s = String::new();
+    let _ = writeln!(s, "\nSystem Status:");
+    let _ = writeln!(s, "  {running} services running");
+    let _ = writeln!(s, "  {healthy} services healthy");
+    let _ = writeln!(s, "  {} services unhealthy", running - healthy);
+    let _ = writeln!(s, "\nNext steps:");
+    let mut steps = vec!["View system status: chora bootstrap status".to_owned()];
+    if let Some(g) = ctx.url_of("gateway") {
+        steps.push(format!("Access Gateway: {g}"));
+    }
+    if let Some(o) = ctx.url_of("orchestrator") {
+        steps.push(format!(
+            "Access Orchestrator UI: {o}/ui (log in with: chora bootstrap ui)"
+        ));
+    }
+    steps.push(format!(
+        "View logs: tail -f {}/<service>.log",
+        ctx.home.logs().display()
+    ));
+    for (i, step) in steps.iter().enumerate() {
+        let _ = writeln!(s, "  {}. {step}", i + 1);
+    }
+    let _ = write!(s, "\n{}", "━".repeat(61));
+    s
 }
 
 pub struct Reporter {
@@ -247,5 +306,22 @@ impl Reporter {
 impl Drop for Reporter {
     fn drop(&mut self) {
         self.stop_spinner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn uptime_reads_like_the_seed() {
+        assert_eq!(human_uptime(Duration::from_secs(8132)), "2h 15m 32s");
+        assert_eq!(human_uptime(Duration::from_secs(45)), "45s");
+        assert_eq!(human_uptime(Duration::from_secs(725)), "12m 5s");
+        assert_eq!(
+            human_uptime(Duration::from_secs(3 * 86400 + 4 * 3600 + 300)),
+            "3d 4h 5m"
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! gateway routing, orchestrator control, health dashboard, then the custom
 //! script tests of the config.
 
-use crate::ctx::{Ctx, StepError};
+use crate::ctx::Ctx;
+use crate::exit;
+use crate::failure::{Failure, StepError};
 use crate::output::{Reporter, human};
 use chora_api::manifest::{ListFilter, Status};
 use std::time::{Duration, Instant};
@@ -351,8 +353,8 @@ pub async fn run_script(
     limit: Duration,
     extra_env: &[(String, String)],
 ) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(ctx.expand(script));
-    cmd.args(args.iter().map(|a| ctx.expand(a)))
+    let mut cmd = tokio::process::Command::new(ctx.substitute(script));
+    cmd.args(args.iter().map(|a| ctx.substitute(a)))
         .current_dir(&ctx.cwd)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -392,5 +394,45 @@ pub async fn run_script(
                 }
             ))
         }
+    }
+}
+
+/// `chora bootstrap validate`: 0 all passed, 1 a check failed, 2 not running.
+pub async fn command(skip: Skip, json: bool) -> Result<(), Failure> {
+    let ctx = crate::session::open(None)?;
+    if ctx.manifest().health().await.is_err() {
+        return Err(Failure::new(
+            exit::validate::NOT_RUNNING,
+            "NOT_RUNNING",
+            format!("the Manifest at {} is not running", ctx.manifest_url()),
+        )
+        .action("Start the system: chora bootstrap"));
+    }
+    let mut out = Reporter::new(json);
+    out.line("Running validation checks...\n");
+    let results = run_all(&ctx, &mut out, skip).await;
+    let ok = verdict(&results).is_ok();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "passed": ok, "tests": results }))
+                .expect("serializes")
+        );
+    } else {
+        out.line(&"━".repeat(61));
+        out.line(if ok {
+            "✓ All validation checks passed"
+        } else {
+            "✗ Some validation checks failed"
+        });
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            exit::validate::FAILED,
+            "VALIDATION_FAILED",
+            "one or more validation checks failed",
+        ))
     }
 }

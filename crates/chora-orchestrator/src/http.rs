@@ -196,7 +196,8 @@ fn validate(ctx: &Ctx, spec: &DeploySpec) -> Result<(), ApiError> {
             spec.name
         )));
     }
-    ctx.runtime_for(spec)
+    ctx.runtimes
+        .for_spec(spec)
         .map(|_| ())
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }

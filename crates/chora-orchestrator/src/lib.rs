@@ -5,6 +5,8 @@
 //! deregisters itself and returns. Units are started through the
 //! [`chora_runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
 
+mod actor;
+mod ctx;
 pub mod http;
 pub mod supervisor;
 pub mod ui;
@@ -60,12 +62,13 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OrchestratorError> {
-    let process = Arc::new(chora_runtime::process::ProcessRuntime {
-        logs_dir: config.logs_dir.clone(),
-        run_dir: None,
-        lifetime: chora_runtime::process::Lifetime::WithParent,
-        cwd: None,
-    });
+    let mut process = chora_runtime::process::ProcessRuntime::new(
+        config.logs_dir.clone(),
+        None,
+        chora_runtime::process::Lifetime::WithParent,
+    );
+    process.exe = config.self_exe.clone();
+    let process = Arc::new(process);
     let docker = match config.runtime {
         RuntimeKind::Process => None,
         RuntimeKind::Docker => {
@@ -76,6 +79,7 @@ pub async fn run(
                 config.logs_dir.clone(),
             );
             d.follow_logs = true;
+            d.chora_image = config.chora_image.clone();
             Some(Arc::new(d))
         }
     };
@@ -103,7 +107,6 @@ pub async fn run(
             process,
             docker,
             default: config.runtime,
-            chora_image: config.chora_image.clone(),
         },
         http: reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_millis(500))
@@ -113,7 +116,6 @@ pub async fn run(
         policy: config.policy,
         manifest_url: config.manifest_url.clone(),
         credentials: config.credentials.clone(),
-        self_exe: config.self_exe.clone(),
         restarts_total,
         events: tokio::sync::broadcast::channel(1024).0,
     });

@@ -3,7 +3,7 @@
 //! is the file's first container, found by compose's own listing; stopping it
 //! is `down` (volumes kept).
 
-use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, RuntimeKind, Unit, UnitId, UnitSpec};
+use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, Unit, UnitId, UnitSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,8 +101,8 @@ impl ComposeRuntime {
 }
 
 impl Runtime for ComposeRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Docker
+    fn name(&self) -> &'static str {
+        "compose"
     }
 
     fn start<'a>(
@@ -126,10 +126,15 @@ impl Runtime for ComposeRuntime {
         })
     }
 
-    fn find<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
+    fn find<'a>(
+        &'a self,
+        name: &'a str,
+        _recorded: Option<&'a UnitId>,
+    ) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
         Box::pin(async move {
             Ok(match self.running(name).await?.into_iter().next() {
                 Some(id) => Some(Found {
+                    name: name.to_owned(),
                     unit: self.unit(name, id)?,
                     labels: Default::default(),
                     env: Default::default(),
@@ -137,6 +142,24 @@ impl Runtime for ComposeRuntime {
                 None => None,
             })
         })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Found>, RuntimeError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for name in self.files.keys() {
+                if let Some(f) = self.find(name, None).await? {
+                    out.push(f);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Compose units carry compose's labels, not chora's: the starter stops
+    /// each by name (`down`), and nothing else of them is left.
+    fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String> {
@@ -154,8 +177,34 @@ impl Runtime for ComposeRuntime {
         })
     }
 
+    fn log_hint(&self, name: &str) -> String {
+        match self.files.get(name) {
+            Some(f) => format!(
+                "{} -p {} -f {} logs",
+                program().join(" "),
+                self.project,
+                f.display()
+            ),
+            None => format!("{} -p {} logs", program().join(" "), self.project),
+        }
+    }
+
     fn advertise(&self, spec: &UnitSpec) -> Option<String> {
         spec.port.map(|p| format!("http://127.0.0.1:{p}"))
+    }
+
+    fn reach<'a>(&'a self, _spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
+        Box::pin(async move { url.to_owned() })
+    }
+
+    /// The compose file says where its services listen; chora only publishes.
+    fn bind(&self, spec: &UnitSpec) -> String {
+        format!("0.0.0.0:{}", spec.inner_port().unwrap_or(0))
+    }
+
+    /// A compose file runs what it names; chora's own arguments pass through.
+    fn chora(&self, args: Vec<String>) -> (Vec<String>, Option<String>) {
+        (args, None)
     }
 }
 

@@ -1,13 +1,27 @@
 //! The one runtime seam (DESIGN.md §9): how chora starts a service, finds it
 //! again after a restart of whoever started it, stops it with a grace period,
 //! waits for it and reads its logs, whether it is a local process
-//! ([`process::ProcessRuntime`]) or a Docker container
-//! ([`docker::DockerRuntime`]). The orchestrator (phase 3) and the bootstrap
-//! (phases 1-2) both use it; nothing else in chora spawns a service.
+//! ([`process::ProcessRuntime`]), a Docker container
+//! ([`docker::DockerRuntime`]) or a compose file ([`compose::ComposeRuntime`]).
+//! The orchestrator (phase 3) and the bootstrap (phases 1-2) both use it;
+//! nothing else in chora spawns a service.
+//!
+//! # The seam hides its kinds
+//!
+//! Callers hold a `dyn Runtime` and never ask which one it is: what differs
+//! between kinds is a method. How a unit listens ([`Runtime::bind`]), how this
+//! chora binary runs as a unit ([`Runtime::chora`]), how it is reached from
+//! here ([`Runtime::reach`]) and from other services ([`Runtime::advertise`]),
+//! where its logs are ([`Runtime::log_hint`]), how it is found again
+//! ([`Runtime::find`], [`Runtime::list`]) and how everything of a home goes
+//! ([`Runtime::remove_all`]). Only a runtime touches its own bookkeeping (pid
+//! files, container labels): a caller never reads, writes or deletes them.
+//! [`RuntimeKind`] is the config's choice of runtime, used only to pick one.
 //!
 //! - [`proc`]: processes identified by pid *and* start time, pid files, who
 //!   holds a port.
 //! - [`check`]: one health check (`http(s)://…` GET or `tcp://HOST:PORT`).
+//! - [`behalf`]: registration on behalf of a unit that does not register itself.
 
 pub mod behalf;
 pub mod check;
@@ -18,15 +32,13 @@ pub mod process;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
+pub use futures_util::future::BoxFuture;
 pub use proc::{ProcId, write_atomic};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Which runtime runs a unit.
+/// Which runtime a config chooses for a unit: used to pick a [`Runtime`],
+/// never to branch on one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
@@ -195,6 +207,42 @@ impl std::fmt::Display for UnitId {
     }
 }
 
+impl UnitId {
+    /// `process:PID:START_TIME` or `container:ID`: how a unit is named on a
+    /// command line (`chora keep-registered --unit`); [`UnitId::parse_arg`]
+    /// reads it back.
+    pub fn arg(&self) -> String {
+        match self {
+            UnitId::Process(p) => format!("process:{}:{}", p.pid, p.start_time),
+            UnitId::Container(c) => format!("container:{c}"),
+        }
+    }
+
+    pub fn parse_arg(s: &str) -> Result<UnitId, String> {
+        let bad = || format!("`{s}` is not process:PID:START_TIME or container:ID");
+        match s.split_once(':').ok_or_else(bad)? {
+            ("process", rest) => {
+                let (pid, start) = rest.split_once(':').ok_or_else(bad)?;
+                Ok(UnitId::Process(ProcId {
+                    pid: pid.parse().map_err(|_| bad())?,
+                    start_time: start.parse().map_err(|_| bad())?,
+                }))
+            }
+            ("container", id) if !id.is_empty() => Ok(UnitId::Container(id.to_owned())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Resolves once unit `id` has exited, whoever started it (a process by pid
+/// and start time, a container through the local engine).
+pub async fn exited(id: &UnitId) {
+    match id {
+        UnitId::Process(p) => p.exited().await,
+        UnitId::Container(c) => docker::exited(c).await,
+    }
+}
+
 /// One started (or found) unit.
 pub trait Unit: Send {
     fn id(&self) -> UnitId;
@@ -208,37 +256,55 @@ pub trait Unit: Send {
 /// A unit found again, with the labels and environment it was started with
 /// (containers; empty for processes).
 pub struct Found {
+    /// The unit's name (its spec's `name`).
+    pub name: String,
     pub unit: Box<dyn Unit>,
     pub labels: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
 }
 
-/// Starts, finds, and reads the logs of units of one kind.
+/// Starts, finds, stops and reads the logs of units of one kind (see the
+/// module doc: callers never ask which kind).
 pub trait Runtime: Send + Sync + 'static {
-    fn kind(&self) -> RuntimeKind;
+    /// What people call this runtime (`process`, `docker`, `compose`): shown
+    /// in `status` and `ps`, never branched on.
+    fn name(&self) -> &'static str;
     fn start<'a>(
         &'a self,
         spec: &'a UnitSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>>;
-    /// The running unit of service `name` that this runtime started earlier,
-    /// from this home (pid file + start time; container label).
-    fn find<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>>;
+    /// The running unit `name` that this runtime started earlier, from this
+    /// home (pid file + start time; container by name and label). `recorded`
+    /// is how the starter last saw it (its state file), for a runtime whose
+    /// own bookkeeping may be lost (a deleted pid file). Whatever is left of
+    /// a unit that no longer runs (a stale pid file, an exited container) is
+    /// cleaned up on the way.
+    fn find<'a>(
+        &'a self,
+        name: &'a str,
+        recorded: Option<&'a UnitId>,
+    ) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>>;
+    /// Every unit of this home this runtime runs now.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Found>, RuntimeError>>;
+    /// Stops and removes every unit of this home this runtime knows, and its
+    /// own bookkeeping (networks; volumes and data stay). Returns what went.
+    fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>>;
     /// The last `lines` lines of the unit's output.
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String>;
+    /// Where a person reads unit `name`'s log (a path, or a command).
+    fn log_hint(&self, name: &str) -> String;
     /// The base URL other services reach `spec` at (`http://HOST:PORT`).
     fn advertise(&self, spec: &UnitSpec) -> Option<String>;
-    /// Where this machine reaches unit `name` when it publishes no port: its
-    /// address on the project network (a container), `None` when it has none.
-    fn address<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<String>> {
-        let _ = name;
-        Box::pin(async { None })
-    }
-    /// `url` (written as seen from this machine: `127.0.0.1:<port>`) as this
-    /// runtime's caller reaches it.
-    fn reach(&self, spec: &UnitSpec, url: &str) -> String {
-        let _ = spec;
-        url.to_owned()
-    }
+    /// `url`, written as seen from this machine (`127.0.0.1:<port>`, or the
+    /// unit's name where it publishes no port), as this runtime's caller
+    /// reaches it.
+    fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String>;
+    /// The address a unit of `spec` listens on (`127.0.0.1:<port>` for a
+    /// process; every interface of a container, on its inner port).
+    fn bind(&self, spec: &UnitSpec) -> String;
+    /// How this chora binary runs as a unit with `args`: the argv and the
+    /// image (a process runs this executable; a container the chora image).
+    fn chora(&self, args: Vec<String>) -> (Vec<String>, Option<String>);
 }
 
 /// The last `n` lines of a file ("" when unreadable).
@@ -251,6 +317,22 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_id_reads_back_what_it_writes_as_an_argument() {
+        for id in [
+            UnitId::Process(ProcId {
+                pid: 42,
+                start_time: 9_000_001,
+            }),
+            UnitId::Container("0123456789abcdef".into()),
+        ] {
+            assert_eq!(UnitId::parse_arg(&id.arg()), Ok(id));
+        }
+        for bad in ["42", "process:42", "process:x:1", "container:", "pod:1"] {
+            assert!(UnitId::parse_arg(bad).is_err(), "{bad} must be refused");
+        }
+    }
 
     #[test]
     fn volumes_parse_names_and_binds_and_refuse_the_rest() {

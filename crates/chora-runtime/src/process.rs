@@ -6,7 +6,7 @@
 //! after a crash of its own.
 
 use crate::proc::{ProcId, read_pidfile};
-use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, RuntimeKind, Unit, UnitId, UnitSpec};
+use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, Unit, UnitId, UnitSpec};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,9 +38,23 @@ pub struct ProcessRuntime {
     pub lifetime: Lifetime,
     /// The working directory of every unit (default: the starter's).
     pub cwd: Option<PathBuf>,
+    /// This chora executable: what [`Runtime::chora`] runs.
+    pub exe: PathBuf,
 }
 
 impl ProcessRuntime {
+    /// A runtime whose units log to `logs_dir`, live as `lifetime` says and
+    /// (with `run_dir`) are found again by their pid files there.
+    pub fn new(logs_dir: PathBuf, run_dir: Option<PathBuf>, lifetime: Lifetime) -> Self {
+        ProcessRuntime {
+            logs_dir,
+            run_dir,
+            lifetime,
+            cwd: None,
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("chora")),
+        }
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.logs_dir.join(format!("{name}.log"))
     }
@@ -120,13 +134,40 @@ impl ProcessRuntime {
         {
             tracing::warn!(error = %e, path = %p.display(), "cannot write the pid file");
         }
-        Ok(Box::new(Child { child, id }))
+        Ok(Box::new(Child { child, id, pidfile }))
+    }
+}
+
+impl ProcessRuntime {
+    fn known(&self, name: &str, id: ProcId) -> Found {
+        Found {
+            name: name.to_owned(),
+            unit: Box::new(Known {
+                id,
+                pidfile: self.pidfile(name),
+            }),
+            labels: Default::default(),
+            env: Default::default(),
+        }
+    }
+
+    /// The unit of pid file `path`, if it runs; a stale pid file is removed.
+    fn by_pidfile(&self, name: &str, path: &std::path::Path) -> Option<Found> {
+        match read_pidfile(path) {
+            Some(id) => Some(self.known(name, id)),
+            None => {
+                if path.exists() {
+                    let _ = std::fs::remove_file(path);
+                }
+                None
+            }
+        }
     }
 }
 
 impl Runtime for ProcessRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Process
+    fn name(&self) -> &'static str {
+        "process"
     }
 
     fn start<'a>(
@@ -136,16 +177,72 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move { self.spawn(spec) })
     }
 
-    fn find<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
+    fn find<'a>(
+        &'a self,
+        name: &'a str,
+        recorded: Option<&'a UnitId>,
+    ) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
         Box::pin(async move {
             let Some(path) = self.pidfile(name) else {
                 return Ok(None);
             };
-            Ok(read_pidfile(&path).map(|id| Found {
-                unit: Box::new(Known { id }),
-                labels: Default::default(),
-                env: Default::default(),
-            }))
+            if let Some(f) = self.by_pidfile(name, &path) {
+                return Ok(Some(f));
+            }
+            // The pid file was lost with the run directory, but the starter
+            // still knows the process: take it back while it runs.
+            match recorded {
+                Some(UnitId::Process(id)) if id.alive() => {
+                    if let Err(e) = id.write(&path) {
+                        tracing::warn!(error = %e, path = %path.display(), "cannot write the pid file");
+                    }
+                    Ok(Some(self.known(name, *id)))
+                }
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Found>, RuntimeError>> {
+        Box::pin(async move {
+            let Some(dir) = &self.run_dir else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = e.path();
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".pid"))
+                else {
+                    continue;
+                };
+                if let Some(f) = self.by_pidfile(name, &path) {
+                    out.push(f);
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {
+        Box::pin(async move {
+            let mut gone = Vec::new();
+            for mut f in self.list().await? {
+                f.unit.stop(Duration::from_secs(5)).await;
+                gone.push(f.name);
+            }
+            // Whatever is left (unreadable pid files) goes too.
+            if let Some(dir) = &self.run_dir {
+                for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if e.path().extension().is_some_and(|x| x == "pid") {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            Ok(gone)
         })
     }
 
@@ -153,8 +250,26 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move { crate::tail(&self.log_path(name), lines) })
     }
 
+    fn log_hint(&self, name: &str) -> String {
+        self.log_path(name).display().to_string()
+    }
+
     fn advertise(&self, spec: &UnitSpec) -> Option<String> {
         spec.port.map(|p| format!("http://127.0.0.1:{p}"))
+    }
+
+    fn reach<'a>(&'a self, _spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
+        Box::pin(async move { url.to_owned() })
+    }
+
+    fn bind(&self, spec: &UnitSpec) -> String {
+        format!("127.0.0.1:{}", spec.port.unwrap_or(0))
+    }
+
+    fn chora(&self, args: Vec<String>) -> (Vec<String>, Option<String>) {
+        let mut argv = vec![self.exe.display().to_string()];
+        argv.extend(args);
+        (argv, None)
     }
 }
 
@@ -162,6 +277,17 @@ impl Runtime for ProcessRuntime {
 struct Child {
     child: tokio::process::Child,
     id: ProcId,
+    pidfile: Option<PathBuf>,
+}
+
+/// Removes the pid file of a stopped process, unless it names another one by
+/// now (a new start of the same name).
+fn forget(pidfile: &Option<PathBuf>, id: ProcId) {
+    if let Some(p) = pidfile
+        && crate::proc::read_pidfile(p).is_none_or(|other| other == id)
+    {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 fn exit_of(s: std::io::Result<std::process::ExitStatus>) -> Exit {
@@ -200,14 +326,16 @@ impl Unit for Child {
                 return exit_of(Ok(s));
             }
             self.signal_group(libc::SIGTERM);
-            match tokio::time::timeout(grace, self.child.wait()).await {
+            let exit = match tokio::time::timeout(grace, self.child.wait()).await {
                 Ok(s) => exit_of(s),
                 Err(_) => {
                     tracing::warn!(pid = self.id.pid, "did not stop within {grace:?}; killing");
                     self.signal_group(libc::SIGKILL);
                     exit_of(self.child.wait().await)
                 }
-            }
+            };
+            forget(&self.pidfile, self.id);
+            exit
         })
     }
 }
@@ -216,6 +344,7 @@ impl Unit for Child {
 /// status is unknown; it is signalled only while its start time still matches.
 struct Known {
     id: ProcId,
+    pidfile: Option<PathBuf>,
 }
 
 impl Unit for Known {
@@ -232,10 +361,14 @@ impl Unit for Known {
 
     fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
-            match self.id.stop(grace).await {
+            let exit = match self.id.stop(grace).await {
                 crate::proc::Stopped::Killed => Exit::Signal(libc::SIGKILL),
                 _ => Exit::Signal(libc::SIGTERM),
+            };
+            if !self.id.alive() {
+                forget(&self.pidfile, self.id);
             }
+            exit
         })
     }
 }
@@ -245,12 +378,7 @@ mod tests {
     use super::*;
 
     fn rt(dir: &std::path::Path, lifetime: Lifetime) -> ProcessRuntime {
-        ProcessRuntime {
-            logs_dir: dir.join("logs"),
-            run_dir: Some(dir.join("run")),
-            lifetime,
-            cwd: None,
-        }
+        ProcessRuntime::new(dir.join("logs"), Some(dir.join("run")), lifetime)
     }
 
     fn sh(name: &str, script: &str) -> UnitSpec {
@@ -274,7 +402,11 @@ mod tests {
             panic!()
         };
         // The pid file names it at once; `find` gets the same process back.
-        let found = r.find("svc").await.unwrap().expect("found by its pid file");
+        let found = r
+            .find("svc", None)
+            .await
+            .unwrap()
+            .expect("found by its pid file");
         assert_eq!(found.unit.id(), UnitId::Process(id));
         // Its output reaches the log (the echo runs before the sleep).
         let t = std::time::Instant::now();
@@ -289,10 +421,39 @@ mod tests {
         assert_eq!(exit, Exit::Signal(libc::SIGTERM));
         assert!(!id.alive());
         assert!(
-            r.find("svc").await.unwrap().is_none(),
+            r.find("svc", None).await.unwrap().is_none(),
             "a dead pid is not found"
         );
+        assert!(
+            !dir.path().join("run/svc.pid").exists(),
+            "a stopped unit leaves no pid file"
+        );
         assert_eq!(r.logs("svc", 5).await, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_unit_whose_pid_file_was_lost_is_found_by_its_recorded_id_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rt(dir.path(), Lifetime::Detached);
+        let u = r.start(&sh("lost", "exec sleep 30")).await.unwrap();
+        let recorded = u.id();
+        drop(u);
+        std::fs::remove_file(dir.path().join("run/lost.pid")).unwrap();
+        assert!(r.find("lost", None).await.unwrap().is_none());
+        let found = r.find("lost", Some(&recorded)).await.unwrap().unwrap();
+        assert_eq!(found.unit.id(), recorded);
+        // Taken back: the pid file is there again, and `list` shows it.
+        let listed = r.list().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["lost"]
+        );
+        assert_eq!(r.remove_all().await.unwrap(), ["lost"]);
+        let UnitId::Process(id) = recorded else {
+            panic!()
+        };
+        assert!(!id.alive());
+        assert!(r.list().await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -304,20 +465,31 @@ mod tests {
             panic!()
         };
         drop(u); // as a CLI that exits leaves it running
-        let mut found = r.find("g").await.unwrap().unwrap().unit;
+        let mut found = r.find("g", None).await.unwrap().unwrap().unit;
         found.stop(Duration::from_secs(5)).await;
         // The shell and its `sleep` were one group: nothing of it is left.
         tokio::time::timeout(Duration::from_secs(5), found.wait())
             .await
             .expect("wait returns once it is gone");
         assert!(!id.alive());
-        let group_left = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
-                let f: Vec<&str> = s.rsplit(") ").next().unwrap_or("").split(' ').collect();
-                f.get(2) == Some(&id.pid.to_string().as_str()) && f[0] != "Z"
+        let group_left = || {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                    let f: Vec<&str> = s.rsplit(") ").next().unwrap_or("").split(' ').collect();
+                    f.get(2) == Some(&id.pid.to_string().as_str()) && f[0] != "Z"
+                })
             })
-        });
-        assert!(!group_left, "a process of its group outlived the stop");
+        };
+        // The group got its signal with the leader; a loaded kernel may take
+        // a moment to end the rest of it.
+        let t = std::time::Instant::now();
+        while group_left() {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "a process of its group outlived the stop"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

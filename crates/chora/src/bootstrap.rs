@@ -1,7 +1,7 @@
 //! `chora bootstrap` and its subcommands: flags here, behaviour in
 //! `chora-bootstrap`.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use chora_bootstrap::config::Environment;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -167,8 +167,8 @@ impl BootstrapArgs {
 }
 
 pub fn run(args: BootstrapArgs) -> Result<(), Failure> {
-    let rt = crate::cli::runtime()?;
-    use chora_bootstrap::commands;
+    let rt = crate::rt::runtime()?;
+    use chora_bootstrap::{config_cmd, status, teardown, validate};
     match args.command {
         None => rt.block_on(run_bootstrap(args.run)),
         Some(BootstrapCommand::Status {
@@ -177,14 +177,14 @@ pub fn run(args: BootstrapArgs) -> Result<(), Failure> {
             services,
         }) => {
             let f = match format {
-                StatusFormat::Table => "table",
-                StatusFormat::Json => "json",
-                StatusFormat::Yaml => "yaml",
+                StatusFormat::Table => status::Format::Table,
+                StatusFormat::Json => status::Format::Json,
+                StatusFormat::Yaml => status::Format::Yaml,
             };
             rt.block_on(async {
                 tokio::select! {
-                    r = commands::status(f, watch, services) => r,
-                    _ = crate::cli::shutdown_signal() => Ok(()),
+                    r = status::status(f, watch, services) => r,
+                    _ = crate::rt::shutdown_signal() => Ok(()),
                 }
             })
         }
@@ -192,34 +192,35 @@ pub fn run(args: BootstrapArgs) -> Result<(), Failure> {
             to_phase,
             force,
             keep_data,
-        }) => rt.block_on(commands::rollback(to_phase, force, keep_data)),
+        }) => rt.block_on(teardown::rollback(to_phase, force, keep_data)),
         Some(BootstrapCommand::Reset {
             force,
             keep_credentials,
-        }) => rt.block_on(commands::reset(force, keep_credentials)),
+        }) => rt.block_on(teardown::reset(force, keep_credentials)),
         Some(BootstrapCommand::Validate {
             skip_discovery,
             skip_routing,
             skip_control,
             format,
         }) => {
-            let skip = chora_bootstrap::validate::Skip {
+            let skip = validate::Skip {
                 discovery: skip_discovery,
                 routing: skip_routing,
                 control: skip_control,
             };
-            rt.block_on(commands::validate(skip, format == TableOrJson::Json))
+            rt.block_on(validate::command(skip, format == TableOrJson::Json))
         }
         Some(BootstrapCommand::Ui) => rt.block_on(chora_bootstrap::ui::ui(None)),
         Some(BootstrapCommand::Config { action }) => {
+            use config_cmd::Action;
             let (what, path) = match action {
-                ConfigAction::Show { config } => ("show", config),
-                ConfigAction::Edit { config } => ("edit", config),
-                ConfigAction::Validate { config } => ("validate", config),
-                ConfigAction::RotateCredentials => ("rotate-credentials", None),
-                ConfigAction::ApplyCredentials => ("apply-credentials", None),
+                ConfigAction::Show { config } => (Action::Show, config),
+                ConfigAction::Edit { config } => (Action::Edit, config),
+                ConfigAction::Validate { config } => (Action::Validate, config),
+                ConfigAction::RotateCredentials => (Action::RotateCredentials, None),
+                ConfigAction::ApplyCredentials => (Action::ApplyCredentials, None),
             };
-            rt.block_on(commands::config(what, path.as_deref()))
+            rt.block_on(config_cmd::config(what, path.as_deref()))
         }
     }
 }
@@ -228,9 +229,13 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
     let timeout = chora_api::duration::seconds(a.timeout)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
-            Failure::new(2, "USAGE", "--timeout must be a positive number of seconds")
+            Failure::new(
+                exit::USAGE,
+                "USAGE",
+                "--timeout must be a positive number of seconds",
+            )
         })?;
-    let opts = chora_bootstrap::engine::Options {
+    let opts = chora_bootstrap::run::Options {
         environment: a.environment.map(|e| match e {
             Env::Dev => Environment::Dev,
             Env::Staging => Environment::Staging,
@@ -238,7 +243,6 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
         }),
         resume: !a.no_resume,
         skip_validation: a.skip_validation,
-        verbose: a.verbose,
         dry_run: a.dry_run,
         config: a.config,
         timeout: timeout + Duration::from_millis(0),
@@ -246,24 +250,25 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
         json: a.format == RunFormat::Json,
     };
     tokio::select! {
-        r = chora_bootstrap::engine::bootstrap(opts) => r,
-        sig = crate::cli::shutdown_signal_name() => Err(interrupted(sig)),
+        r = chora_bootstrap::run::bootstrap(opts) => r,
+        sig = crate::rt::shutdown_signal_name() => Err(interrupted(sig)),
     }
 }
 
 /// Ctrl-C or SIGTERM: the run future is dropped (its lock with it); what it
 /// saved last stands, marked interrupted, and the next run resumes from there.
 fn interrupted(signal: &str) -> Failure {
-    let home = chora_bootstrap::ctx::Home::from_env();
-    if let Ok(Some(mut s)) = chora_bootstrap::state::State::load(&home.state())
-        && s.status == chora_bootstrap::state::RunStatus::InProgress
+    use chora_api::bootstrap_state::{RunStatus, State};
+    let home = chora_bootstrap::home::Home::from_env();
+    if let Ok(Some(mut s)) = State::load(&home.state())
+        && s.status == RunStatus::InProgress
     {
-        s.status = chora_bootstrap::state::RunStatus::Failed;
+        s.status = RunStatus::Failed;
         s.last_error = Some(format!("interrupted by {signal}"));
         let _ = s.save(&home.state());
     }
     Failure::new(
-        6,
+        exit::bootstrap::INTERRUPTED,
         "USER_INTERRUPTED",
         format!("interrupted by {signal}; the state is saved"),
     )

@@ -1,6 +1,6 @@
 //! The command line (DESIGN.md §1).
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -44,12 +44,17 @@ pub enum Command {
     Infra(crate::infra::InfraArgs),
 }
 
-/// Parses argv; on `--help`, `--version` or a usage error prints and returns the
-/// exit code (0 or 2).
+/// Parses argv; on `--help` or `--version` prints and returns 0, on a usage
+/// error prints it and returns [`exit::USAGE`] (not clap's 2, which `status`
+/// and `validate` give a meaning of their own).
 pub fn parse() -> Result<Cli, ExitCode> {
     Cli::try_parse().map_err(|e| {
         let _ = e.print();
-        ExitCode::from(e.exit_code() as u8)
+        if e.use_stderr() {
+            ExitCode::from(exit::USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
     })
 }
 
@@ -99,29 +104,5 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Image(args) => crate::image::run(args),
         Command::Probe(args) => crate::probe::run(args),
         Command::Infra(args) => crate::infra::run(args),
-    }
-}
-
-/// A multi-threaded runtime for one command.
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot start the async runtime: {e}")))
-}
-
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
-    shutdown_signal_name().await;
-}
-
-/// Resolves with the signal's name when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal_name() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
     }
 }

@@ -1,7 +1,7 @@
 //! `chora image build`: a `FROM scratch` image of a binary (default: this chora)
 //! with exactly the loader and libraries it needs, and no registry involved.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use chora_docker::DockerError;
 use chora_docker::elf::ElfError;
 use chora_docker::image::{BuildSpec, Built, ImageError};
@@ -59,7 +59,7 @@ fn build(a: BuildArgs) -> Result<(), Failure> {
     };
     // Bad input is found before the engine is asked anything.
     let prepared = chora_docker::image::prepare(spec).map_err(failure)?;
-    let rt = crate::cli::runtime()?;
+    let rt = crate::rt::runtime()?;
     let built = rt.block_on(async {
         let docker = chora_docker::connect()
             .await
@@ -140,7 +140,7 @@ fn human(bytes: u64) -> String {
 }
 
 fn failure(e: ImageError) -> Failure {
-    let f = Failure::new(1, code(&e), e.to_string());
+    let f = Failure::new(exit::FAILURE, code(&e), e.to_string());
     match &e {
         ImageError::BinaryMissing { .. } => f.action("Give the path of an executable: --binary /usr/bin/NAME"),
         ImageError::Elf(ElfError::NotElf { .. } | ElfError::Unsupported { .. } | ElfError::Malformed { .. }) => f

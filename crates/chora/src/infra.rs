@@ -1,7 +1,7 @@
 //! `chora infra bootstrap | status`: fresh hosts over SSH get Docker and a mesh
 //! network (DESIGN.md §11). The work is `chora-infra`'s; this prints it.
 
-use crate::failure::{EXIT_CONFIG, Failure};
+use crate::failure::{EXIT_CONFIG, Failure, exit};
 use chora_infra::report::human_ms;
 use chora_infra::{Event, Inventory, Report, Status};
 use clap::{Args, Subcommand, ValueEnum};
@@ -130,7 +130,7 @@ fn outcome(report: &Report, code: &'static str, what: &str) -> Result<(), Failur
         .map(|h| h.name.as_str())
         .collect();
     let mut f = Failure::new(
-        1,
+        exit::FAILURE,
         code,
         format!(
             "{} of {} hosts {what}: {}",
@@ -150,7 +150,7 @@ fn outcome(report: &Report, code: &'static str, what: &str) -> Result<(), Failur
 }
 
 pub fn run(a: InfraArgs) -> Result<(), Failure> {
-    let rt = crate::cli::runtime()?;
+    let rt = crate::rt::runtime()?;
     match a.command {
         InfraCommand::Bootstrap {
             inventory,

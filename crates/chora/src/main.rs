@@ -9,6 +9,7 @@ mod infra;
 mod manifest;
 mod prepare;
 mod probe;
+mod rt;
 mod serve;
 mod services;
 

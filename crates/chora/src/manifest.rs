@@ -1,6 +1,6 @@
 //! `chora manifest serve | list | get | query`.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use crate::serve::{load_credentials, no_credentials, serve};
 use chora_api::ClientError;
 use chora_api::manifest::{Instance, ListFilter, Service, Status};
@@ -131,7 +131,7 @@ pub fn run(args: ManifestArgs) -> Result<(), Failure> {
 fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
     let bad_flag = |flag: &str, v: f64| {
         Failure::new(
-            2,
+            exit::USAGE,
             "USAGE",
             format!("--{flag} must be a positive number of seconds, not {v}"),
         )
@@ -144,7 +144,7 @@ fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
         .ok_or_else(|| bad_flag("heartbeat-interval", a.heartbeat_interval))?;
     if ttl < heartbeat_interval {
         return Err(Failure::new(
-            2,
+            exit::USAGE,
             "USAGE",
             format!(
                 "--ttl ({}) must not be shorter than --heartbeat-interval ({})",
@@ -181,7 +181,7 @@ fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
 
 fn client_of(a: &ClientArgs) -> Result<chora_api::ManifestClient, Failure> {
     chora_api::ManifestClient::new([a.url.as_str()]).map_err(|e| {
-        Failure::new(2, "USAGE", e.to_string())
+        Failure::new(exit::USAGE, "USAGE", e.to_string())
             .action("Pass --url http://HOST:PORT or set MANIFEST_URL")
     })
 }
@@ -193,20 +193,20 @@ fn block_on<T>(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?;
+        .map_err(|e| Failure::new(exit::FAILURE, "RUNTIME", e.to_string()))?;
     rt.block_on(fut).map_err(|e| client_failure(e, a))
 }
 
 fn client_failure(e: ClientError, a: &ClientArgs) -> Failure {
     match e {
-        ClientError::Unreachable { .. } => Failure::new(1, "MANIFEST_UNREACHABLE", e.to_string())
+        ClientError::Unreachable { .. } => Failure::new(exit::FAILURE, "MANIFEST_UNREACHABLE", e.to_string())
             .cause("the Manifest is not running")
             .cause("--url or MANIFEST_URL points to the wrong address")
             .action("Start everything with `chora bootstrap`, or the registry alone with `chora manifest serve`")
             .action(format!("Check the address: curl {}/v1/health", a.url.split(',').next().unwrap_or(""))),
-        ClientError::NotFound { message } => Failure::new(1, "NOT_FOUND", message)
+        ClientError::NotFound { message } => Failure::new(exit::FAILURE, "NOT_FOUND", message)
             .action("List what is registered: chora manifest list"),
-        other => Failure::new(1, "MANIFEST_ERROR", other.to_string()),
+        other => Failure::new(exit::FAILURE, "MANIFEST_ERROR", other.to_string()),
     }
 }
 

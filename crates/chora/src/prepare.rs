@@ -1,6 +1,6 @@
 //! `chora prepare`: run the start-up handlers of every module under a root.
 
-use crate::failure::{EXIT_CONFIG, Failure};
+use crate::failure::{EXIT_CONFIG, Failure, exit};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub fn run(a: PrepareArgs) -> Result<(), Failure> {
     }
     let e = report.first_failure();
     let mut f = Failure::new(
-        1,
+        exit::FAILURE,
         "PREPARE_FAILED",
         e.map(|e| e.to_string())
             .unwrap_or_else(|| "a handler failed".into()),

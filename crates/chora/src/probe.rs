@@ -2,7 +2,7 @@
 //! HEALTHCHECK of images that have no curl, run every second, so it stays cheap:
 //! no async runtime, one blocking connection, the status line and nothing more.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use clap::Args;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -39,7 +39,7 @@ pub fn run(a: ProbeArgs) -> Result<(), Failure> {
 }
 
 fn fail(url: &str, why: String) -> Failure {
-    Failure::new(1, "PROBE_FAILED", format!("{url}: {why}"))
+    Failure::new(exit::FAILURE, "PROBE_FAILED", format!("{url}: {why}"))
 }
 
 #[derive(Debug)]

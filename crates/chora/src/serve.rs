@@ -1,7 +1,7 @@
 //! What every `chora … serve` shares: bind, print the readiness line, serve until
 //! SIGTERM or SIGINT, map a failure to the error template.
 
-use crate::failure::{EXIT_CONFIG, Failure};
+use crate::failure::{EXIT_CONFIG, Failure, exit};
 use std::future::Future;
 
 /// Binds `listen`, prints `chora <service> listening on http://ADDR (detail)`,
@@ -17,22 +17,28 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let rt = crate::cli::runtime()?;
+    let rt = crate::rt::runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| bind_failure(listen, e))?;
         let addr = listener.local_addr().map_err(|e| {
             Failure::new(
-                1,
+                exit::FAILURE,
                 "BIND_FAILED",
                 format!("cannot read the bound address: {e}"),
             )
         })?;
         chora_service::print_ready(service, addr, detail);
-        serve(listener, Box::pin(crate::cli::shutdown_signal()))
+        serve(listener, Box::pin(crate::rt::shutdown_signal()))
             .await
-            .map_err(|e| Failure::new(1, "SERVICE_FAILED", format!("chora {service}: {e}")))?;
+            .map_err(|e| {
+                Failure::new(
+                    exit::FAILURE,
+                    "SERVICE_FAILED",
+                    format!("chora {service}: {e}"),
+                )
+            })?;
         tracing::info!("chora {service} stopped");
         Ok(())
     })
@@ -40,10 +46,14 @@ where
 
 fn bind_failure(listen: &str, e: std::io::Error) -> Failure {
     let port = listen.rsplit(':').next().unwrap_or(listen);
-    Failure::new(1, "BIND_FAILED", format!("cannot listen on {listen}: {e}"))
-        .cause("another process already uses this port")
-        .action(format!("See who holds it: ss -ltnp 'sport = :{port}'"))
-        .action("Or pick another address with --listen 127.0.0.1:PORT")
+    Failure::new(
+        exit::FAILURE,
+        "BIND_FAILED",
+        format!("cannot listen on {listen}: {e}"),
+    )
+    .cause("another process already uses this port")
+    .action(format!("See who holds it: ss -ltnp 'sport = :{port}'"))
+    .action("Or pick another address with --listen 127.0.0.1:PORT")
 }
 
 /// Reads a credentials file named by a flag or `CHORA_CREDENTIALS`, else the

@@ -1,6 +1,6 @@
 //! `chora orchestrator serve`, `chora gateway serve`, `chora capability serve`.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use crate::serve::{load_credentials, no_credentials, serve};
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -69,10 +69,20 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
     } else {
         Some(load_credentials(a.credentials.as_deref())?.ok_or_else(no_credentials)?)
     };
-    let self_exe = std::env::current_exe()
-        .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot find this executable: {e}")))?;
-    let stop_grace = chora_api::duration::seconds(a.stop_grace)
-        .ok_or_else(|| Failure::new(2, "USAGE", "--stop-grace must be a number of seconds"))?;
+    let self_exe = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            "RUNTIME",
+            format!("cannot find this executable: {e}"),
+        )
+    })?;
+    let stop_grace = chora_api::duration::seconds(a.stop_grace).ok_or_else(|| {
+        Failure::new(
+            exit::USAGE,
+            "USAGE",
+            "--stop-grace must be a number of seconds",
+        )
+    })?;
     let config = chora_orchestrator::Config {
         manifest_url: a.manifest_url,
         credentials,
@@ -133,7 +143,7 @@ pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             Failure::new(
-                2,
+                exit::USAGE,
                 "USAGE",
                 "--upstream-timeout must be a positive number of seconds",
             )
@@ -225,41 +235,21 @@ pub struct KeepRegisteredArgs {
     /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(long, env = "MANIFEST_URL")]
     manifest_url: String,
-    /// The process to follow: PID:START_TIME
-    #[arg(long, conflicts_with = "container")]
-    pid: Option<String>,
-    /// The container to follow
+    /// The unit to follow: process:PID:START_TIME or container:ID
     #[arg(long)]
-    container: Option<String>,
+    unit: String,
 }
 
 pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
-    let usage = |m: &str| Failure::new(2, "USAGE", m.to_owned());
-    let proc = a
-        .pid
-        .as_deref()
-        .map(|p| {
-            let (pid, start) = p
-                .split_once(':')
-                .ok_or_else(|| usage("--pid is PID:START_TIME"))?;
-            Ok::<_, Failure>(chora_runtime::ProcId {
-                pid: pid.parse().map_err(|_| usage("--pid is PID:START_TIME"))?,
-                start_time: start
-                    .parse()
-                    .map_err(|_| usage("--pid is PID:START_TIME"))?,
-            })
-        })
-        .transpose()?;
-    if proc.is_none() && a.container.is_none() {
-        return Err(usage("give --pid or --container"));
-    }
+    let usage = |m: &str| Failure::new(exit::USAGE, "USAGE", m.to_owned());
+    let unit = chora_runtime::UnitId::parse_arg(&a.unit).map_err(|m| usage(&m))?;
     let mut client = chora_api::ManifestClient::new([a.manifest_url.as_str()])
         .map_err(|e| usage(&e.to_string()))?
         .with_timeout(std::time::Duration::from_secs(2));
     if let Ok(key) = std::env::var("CHORA_API_KEY") {
         client = client.with_token(key);
     }
-    let rt = crate::cli::runtime()?;
+    let rt = crate::rt::runtime()?;
     rt.block_on(async move {
         let behalf = chora_runtime::behalf::OnBehalf::spawn(
             client,
@@ -278,16 +268,10 @@ pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
                 every: std::time::Duration::from_millis(500),
             },
         );
-        let gone = async {
-            match (proc, &a.container) {
-                (Some(p), _) => p.exited().await,
-                (None, Some(c)) => chora_runtime::docker::exited(c).await,
-                (None, None) => {}
-            }
-        };
+        let gone = chora_runtime::exited(&unit);
         tokio::select! {
             _ = gone => tracing::info!(service = %a.name, "gone: deregistering"),
-            s = crate::cli::shutdown_signal_name() => tracing::info!(signal = s, "deregistering"),
+            s = crate::rt::shutdown_signal_name() => tracing::info!(signal = s, "deregistering"),
         }
         behalf.stop().await;
         Ok(())

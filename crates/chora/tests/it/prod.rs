@@ -116,7 +116,7 @@ impl Prod {
 }
 
 fn etcd_tag() -> String {
-    let v = chora_bootstrap::ctx::etcd_version(std::path::Path::new("etcd"))
+    let v = chora_bootstrap::etcd_members::etcd_version(std::path::Path::new("etcd"))
         .expect("etcd is installed and says its version");
     format!("chora-etcd:{v}")
 }

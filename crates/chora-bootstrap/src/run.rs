@@ -1,22 +1,26 @@
-//! `chora bootstrap`: phases 0-4 with checkpoints, resume, re-checks, hooks.
+//! `chora bootstrap`: phases 0-4 with checkpoints, resume, re-checks and
+//! hooks (DESIGN.md §2). [`bootstrap`] takes the locks and runs
+//! [`run_phases`]; a [`Run`] saves the state after every service and every
+//! phase, so a crash at any moment leaves a state the next run resumes from:
+//! a completed phase is re-checked (its services restarted when gone), an
+//! interrupted one runs again. Phase 0 is in `phase0.rs`; `--dry-run`
+//! prints the plan (`plan.rs`) instead.
 
 use crate::audit::Audit;
-use crate::config::{Config, Environment};
-use crate::ctx::{Ctx, Ensured, Home, StepError};
-use crate::failure::{EXIT_CONFIG, Failure};
+use crate::config::Environment;
+use crate::ctx::Ctx;
+use crate::exit;
+use crate::failure::{Failure, StepError};
+use crate::home::Home;
+use crate::local::Ensured;
 use crate::output::Reporter;
-use crate::state::{Checkpoint, RunStatus, State};
+use crate::session::{context, load_config, load_state, save_state};
+use chora_api::bootstrap_state::{Checkpoint, RunStatus, State};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const PHASE_NAMES: [&str; 5] = [
-    "Pre-Bootstrap Validation",
-    "Core Services",
-    "Infrastructure Services",
-    "Capability Services",
-    "Validation",
-];
+pub use chora_api::bootstrap_state::PHASE_NAMES;
 const PHASE_CODES: [&str; 5] = [
     "PREREQ_FAILED",
     "CORE_FAILED",
@@ -31,7 +35,6 @@ pub struct Options {
     pub environment: Option<Environment>,
     pub resume: bool,
     pub skip_validation: bool,
-    pub verbose: bool,
     pub dry_run: bool,
     pub config: Option<PathBuf>,
     pub timeout: Duration,
@@ -41,7 +44,11 @@ pub struct Options {
 
 /// A failure of phase `n`, with its documented exit code.
 pub fn phase_failure(n: u8, e: StepError, log: &std::path::Path) -> Failure {
-    let mut f = Failure::new(n + 1, PHASE_CODES[n as usize], e.message);
+    let mut f = Failure::new(
+        exit::bootstrap::phase(n),
+        PHASE_CODES[n as usize],
+        e.message,
+    );
     f.causes = e.causes;
     f.actions = e.actions;
     f.actions
@@ -49,197 +56,8 @@ pub fn phase_failure(n: u8, e: StepError, log: &std::path::Path) -> Failure {
     f.log(log.display().to_string())
 }
 
-/// Loads the config, writing it from the built-in template when it is missing
-/// (unless `dry_run`, which changes nothing).
-pub fn load_config(
-    home: &Home,
-    path: Option<&std::path::Path>,
-    env: Option<Environment>,
-    write: bool,
-) -> Result<(Config, PathBuf), Failure> {
-    let path = path
-        .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| home.config());
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let env = env.unwrap_or(Environment::Dev);
-            let Some(t) = crate::template::template(env) else {
-                return Err(Failure::new(
-                    EXIT_CONFIG,
-                    "CONFIG_ERROR",
-                    format!(
-                        "{} does not exist and there is no built-in `{}` template yet",
-                        path.display(),
-                        env.as_str()
-                    ),
-                )
-                .action(format!(
-                    "Write {} (start from `chora bootstrap config show` of the dev template)",
-                    path.display()
-                )));
-            };
-            if write {
-                crate::state::write_atomic(&path, t.as_bytes(), 0o644).map_err(|e| {
-                    Failure::new(
-                        EXIT_CONFIG,
-                        "CONFIG_ERROR",
-                        format!("cannot write {}: {e}", path.display()),
-                    )
-                })?;
-            }
-            t
-        }
-        Err(e) => {
-            return Err(Failure::new(
-                EXIT_CONFIG,
-                "CONFIG_ERROR",
-                format!("cannot read {}: {e}", path.display()),
-            ));
-        }
-    };
-    let config = Config::parse(&text, &path).map_err(config_failure)?;
-    if let Some(want) = env
-        && want != config.environment
-    {
-        return Err(Failure::new(
-            EXIT_CONFIG,
-            "CONFIG_ERROR",
-            format!(
-                "{} is for environment `{}`, not `{}`",
-                path.display(),
-                config.environment.as_str(),
-                want.as_str()
-            ),
-        )
-        .action("Pass --config with the file for that environment, or drop --environment"));
-    }
-    Ok((config, path))
-}
-
-pub fn config_failure(e: crate::config::ConfigError) -> Failure {
-    let mut f = Failure::new(EXIT_CONFIG, "CONFIG_ERROR", e.to_string());
-    if !e.snippet.is_empty() {
-        f = f.cause(format!("\n{}", e.snippet));
-    }
-    f.action(format!(
-        "Fix {} and check it with `chora bootstrap config validate`",
-        e.file.display()
-    ))
-}
-
-pub fn load_state(home: &Home) -> Result<Option<State>, Failure> {
-    State::load(&home.state()).map_err(|e| {
-        Failure::new(8, "STATE_CORRUPTED", e.to_string())
-            .action(format!(
-                "Move {} aside and run `chora bootstrap` again",
-                home.state().display()
-            ))
-            .action("Or start over: chora bootstrap reset --force")
-    })
-}
-
-pub fn save(state: &mut State, home: &Home) -> Result<(), Failure> {
-    state
-        .save(&home.state())
-        .map_err(|e| Failure::new(8, "STATE_CORRUPTED", e.to_string()))
-}
-
-/// Builds the shared context.
-pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, Failure> {
-    let credentials = if home.credentials().exists() {
-        Some(
-            chora_api::auth::Credentials::load(&home.credentials()).map_err(|e| {
-                Failure::new(EXIT_CONFIG, "CONFIG_ERROR", e.to_string())
-                    .action("Regenerate them: chora bootstrap config rotate-credentials")
-            })?,
-        )
-    } else {
-        None
-    };
-    Ok(Ctx {
-        home,
-        config,
-        config_path,
-        credentials,
-        http: crate::health::client(),
-        self_exe: std::env::current_exe()
-            .map_err(|e| Failure::new(1, "RUNTIME", format!("cannot find this executable: {e}")))?,
-        cwd: std::env::current_dir().map_err(|e| Failure::new(1, "RUNTIME", e.to_string()))?,
-        fencing: None,
-        docker: Default::default(),
-        etcd_image: Default::default(),
-    })
-}
-
-/// Prints what a run would do, changing nothing.
-pub fn dry_run(ctx: &Ctx, out: &mut Reporter) {
-    out.header(&format!(
-        "Chora Bootstrap v{} — dry run (nothing is changed)",
-        env!("CARGO_PKG_VERSION")
-    ));
-    out.line(&format!("Config: {}", ctx.config_path.display()));
-    out.line(&format!("\nPhase 0: {}", PHASE_NAMES[0]));
-    let ports: Vec<String> = ctx
-        .config
-        .services
-        .values()
-        .filter_map(|s| s.value.port)
-        .map(|p| p.to_string())
-        .collect();
-    out.line(&format!("  - check ports {} are free", ports.join(", ")));
-    out.line(&format!(
-        "  - check {} GiB of disk under {}",
-        ctx.config.prerequisites.min_disk_gb,
-        ctx.home.root.display()
-    ));
-    out.line(&format!(
-        "  - create {}/{{logs,data,run}} and credentials (0600) if missing",
-        ctx.home.root.display()
-    ));
-    for phase in 1..=3u8 {
-        out.line(&format!("\nPhase {phase}: {}", PHASE_NAMES[phase as usize]));
-        for (i, wave) in ctx.config.waves(phase).iter().enumerate() {
-            for name in wave {
-                let spec = ctx.spec(name);
-                let how = match (ctx.argv(spec), &spec.image) {
-                    (Some(argv), _) => argv.join(" "),
-                    (None, Some(img)) => format!("image {}", ctx.expand(img)),
-                    (None, None) => format!(
-                        "{} capability serve --name {name} --listen 127.0.0.1:{}",
-                        ctx.self_exe.display(),
-                        spec.port.unwrap_or(0)
-                    ),
-                };
-                let mut env: Vec<String> = ctx.env_for(name, spec).into_keys().collect();
-                if !env.iter().any(|k| k == "CHORA_API_KEY") {
-                    env.push("CHORA_API_KEY".into()); // from the credentials phase 0 writes
-                    env.sort();
-                }
-                let verb = if phase == 3 {
-                    "deploy via orchestrator"
-                } else {
-                    "start"
-                };
-                out.line(&format!("  {}. {verb} {name}: {how}", i + 1));
-                out.line(&format!(
-                    "       env: {} (values not shown)",
-                    env.join(", ")
-                ));
-                if let Some(h) = spec.health_url() {
-                    out.line(&format!("       wait healthy: {h}"));
-                }
-            }
-        }
-    }
-    out.line(&format!("\nPhase 4: {}", PHASE_NAMES[4]));
-    for t in &ctx.config.validation.tests {
-        if t.value.enabled {
-            out.line(&format!("  - {}", t.value.name));
-        }
-    }
-}
-
+/// One run of `chora bootstrap` while it holds its locks: the context, the
+/// state it keeps saving, its output and audit log.
 pub struct Run {
     pub ctx: Arc<Ctx>,
     pub state: State,
@@ -251,7 +69,7 @@ pub struct Run {
 
 impl Run {
     fn save(&mut self) -> Result<(), Failure> {
-        save(&mut self.state, &self.ctx.home)
+        save_state(&mut self.state, &self.ctx.home)
     }
 
     fn checkpoint(&mut self, phase: u8) {
@@ -259,7 +77,7 @@ impl Run {
         let health = running.iter().map(|s| (s.clone(), true)).collect();
         self.state.checkpoints.push(Checkpoint {
             phase,
-            timestamp: crate::state::now(),
+            timestamp: chora_api::bootstrap_state::now(),
             services_running: running,
             health_status: health,
         });
@@ -352,201 +170,6 @@ impl Run {
                     );
                 }
             }
-        }
-        Ok(())
-    }
-
-    async fn phase0(&mut self) -> Result<(), StepError> {
-        let ctx = self.ctx.clone();
-        // Runtime.
-        let t = Instant::now();
-        if ctx.config.needs_docker() {
-            let docker = ctx.docker_runtime().await;
-            let v = match &docker {
-                Ok(d) => chora_docker::engine_version(d.docker())
-                    .await
-                    .map_err(|e| StepError::new(e.to_string())),
-                Err(e) => Err(e.clone()),
-            }
-            .map_err(|e| {
-                self.out.fail("Docker", None, &e.message);
-                let mut err =
-                    StepError::new(format!("Docker is needed by this config but {}", e.message));
-                err.causes = e.causes;
-                err.action("Start Docker (systemctl start docker), or use `command:` services")
-            })?;
-            if !chora_docker::version_at_least(&v, (20, 10)) {
-                self.out
-                    .fail("Docker", None, &format!("{v} is older than 20.10"));
-                return Err(
-                    StepError::new(format!("Docker {v} is too old (need 20.10 or newer)"))
-                        .action("Upgrade the Docker engine"),
-                );
-            }
-            self.out
-                .ok(&format!("Docker {v} detected"), Some(t.elapsed()));
-            // chora's own image, built from this binary when missing (no registry).
-            if ctx.needs_chora_image() {
-                let t = Instant::now();
-                let d = docker.expect("connected above");
-                let tag = chora_docker::image::chora_tag();
-                match chora_docker::image::ensure_chora_image(d.docker()).await {
-                    Ok(None) => self.out.ok(&format!("Image {tag} present"), None),
-                    Ok(Some(b)) => self.out.ok(
-                        &format!(
-                            "Built image {tag} ({} files, {:.1} MB, no registry)",
-                            b.files.len(),
-                            b.size as f64 / 1e6
-                        ),
-                        Some(t.elapsed()),
-                    ),
-                    Err(e) => {
-                        self.out
-                            .fail(&format!("Image {tag}"), Some(t.elapsed()), &e.to_string());
-                        return Err(StepError::new(format!("cannot build the image {tag}: {e}"))
-                            .action("Try it alone: chora image build"));
-                    }
-                }
-            }
-            // The etcd cluster's image: present, pulled, or built from a local etcd.
-            if !ctx.config.etcd_members().is_empty() {
-                let t = Instant::now();
-                match ctx.ensure_etcd_image().await {
-                    Ok((_, how)) => self.out.ok(&how, Some(t.elapsed())),
-                    Err(e) => {
-                        self.out.fail("etcd image", Some(t.elapsed()), &e.message);
-                        return Err(e);
-                    }
-                }
-            }
-        } else {
-            self.out.ok(
-                &format!(
-                    "Runtime: local processes (chora {})",
-                    env!("CARGO_PKG_VERSION")
-                ),
-                None,
-            );
-        }
-        // Ports.
-        let mut taken = Vec::new();
-        for (name, s) in &ctx.config.services {
-            let Some(port) = s.value.port else { continue };
-            if s.value.phase < 3
-                && ctx
-                    .find_local(name, self.state.services.get(name))
-                    .await
-                    .is_some()
-            {
-                continue; // ours, from an earlier run
-            }
-            if !crate::proc::port_free(port) {
-                let who = match crate::proc::port_holder(port) {
-                    Some((pid, cmd)) => format!("port {port} ({name}) is held by pid {pid}: {cmd}"),
-                    None => format!("port {port} ({name}) is in use"),
-                };
-                taken.push((port, who));
-            }
-        }
-        if !taken.is_empty() {
-            let detail: Vec<String> = taken.iter().map(|(_, w)| w.clone()).collect();
-            self.out.fail("Ports available", None, &detail.join("; "));
-            let mut e = StepError::new(format!(
-                "{} of the configured ports are in use",
-                taken.len()
-            ));
-            for (_, w) in &taken {
-                e = e.cause(w.clone());
-            }
-            let (p, _) = taken[0];
-            return Err(e
-                .action(format!("See who holds a port: ss -ltnp 'sport = :{p}'"))
-                .action("Stop that process, or change the service's `port` in the config"));
-        }
-        let ports: Vec<u16> = ctx
-            .config
-            .services
-            .values()
-            .filter_map(|s| s.value.port)
-            .collect();
-        let span = match (ports.iter().min(), ports.iter().max()) {
-            (Some(a), Some(b)) => format!("Ports {a}-{b} available"),
-            _ => "No ports to check".into(),
-        };
-        self.out.ok(&span, None);
-        // Disk.
-        std::fs::create_dir_all(&ctx.home.root).map_err(|e| {
-            StepError::new(format!("cannot create {}: {e}", ctx.home.root.display()))
-        })?;
-        let free = free_gib(&ctx.home.root);
-        let need = ctx.config.prerequisites.min_disk_gb;
-        if free < need {
-            self.out.fail(
-                "Disk space",
-                None,
-                &format!("{free:.1} GiB free, need {need} GiB"),
-            );
-            return Err(StepError::new(format!(
-                "only {free:.1} GiB free under {} (need {need} GiB)",
-                ctx.home.root.display()
-            ))
-            .action("Free some disk space or lower `prerequisites.min_disk_gb`"));
-        }
-        self.out
-            .ok(&format!("Disk space: {free:.1} GiB available"), None);
-        // Directories and the services' databases: the same runner as
-        // `chora prepare`, so the services carry no cold-boot code.
-        let t = Instant::now();
-        let home = ctx.home.root.clone();
-        let report =
-            tokio::task::spawn_blocking(move || chora_prepare::chora_services_prepare(&home).run())
-                .await
-                .map_err(|e| StepError::new(e.to_string()))?;
-        if !report.ok {
-            let why = report
-                .first_failure()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            self.out
-                .fail("Prepare directories and databases", Some(t.elapsed()), &why);
-            return Err(StepError::new(format!(
-                "preparing {} failed: {why}",
-                ctx.home.root.display()
-            ))
-            .action("Check the permissions of the chora home directory"));
-        }
-        let made = report.changes().count();
-        if made == 0 {
-            self.out
-                .ok("Directories and databases in place", Some(t.elapsed()));
-        } else {
-            self.out.ok(
-                &format!("Prepared directories and databases ({made} created)"),
-                Some(t.elapsed()),
-            );
-        }
-        // Credentials: generated once.
-        let path = ctx.home.credentials();
-        if path.exists() {
-            self.out.ok("Credentials present", None);
-        } else {
-            let names: Vec<&str> = ctx.config.services.keys().map(String::as_str).collect();
-            let creds = chora_api::auth::Credentials::generate(names);
-            crate::state::write_atomic(&path, creds.to_json().as_bytes(), 0o600)
-                .map_err(|e| StepError::new(format!("cannot write {}: {e}", path.display())))?;
-            self.state.credentials_generated = true;
-            self.state.credential_files = vec![path.display().to_string()];
-            self.out.ok(
-                &format!(
-                    "Generated credentials (stored in {}, mode 0600)",
-                    path.display()
-                ),
-                None,
-            );
-            self.ctx = Arc::new(Ctx {
-                credentials: Some(creds),
-                ..clone_ctx(&ctx)
-            });
         }
         Ok(())
     }
@@ -651,7 +274,7 @@ impl Run {
         phase: u8,
         name: &str,
         took: Duration,
-        r: Result<(Ensured, crate::state::ServiceRecord), StepError>,
+        r: Result<(Ensured, chora_api::bootstrap_state::ServiceRecord), StepError>,
         first_err: &mut Option<StepError>,
     ) {
         let ms = Some(took.as_millis() as u64);
@@ -755,32 +378,6 @@ impl Run {
     }
 }
 
-fn clone_ctx(c: &Ctx) -> Ctx {
-    Ctx {
-        home: c.home.clone(),
-        config: c.config.clone(),
-        config_path: c.config_path.clone(),
-        credentials: c.credentials.clone(),
-        http: c.http.clone(),
-        self_exe: c.self_exe.clone(),
-        cwd: c.cwd.clone(),
-        fencing: c.fencing,
-        docker: c.docker.clone(),
-        etcd_image: c.etcd_image.clone(),
-    }
-}
-
-fn free_gib(path: &std::path::Path) -> f64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
-    // SAFETY: statvfs fills the struct we pass; the path is NUL-terminated.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return f64::INFINITY;
-    }
-    (s.f_bavail as f64) * (s.f_frsize as f64) / (1024.0 * 1024.0 * 1024.0)
-}
-
 /// The whole of `chora bootstrap`.
 pub async fn bootstrap(opts: Options) -> Result<(), Failure> {
     let home = Home::from_env();
@@ -793,11 +390,11 @@ pub async fn bootstrap(opts: Options) -> Result<(), Failure> {
     )?;
     let ctx = context(home.clone(), config, config_path)?;
     if opts.dry_run {
-        dry_run(&ctx, &mut out);
+        crate::plan::dry_run(&ctx, &mut out);
         return Ok(());
     }
     let _lock = crate::lock::acquire(&home.lock(), "chora bootstrap").map_err(|m| {
-        Failure::new(1, "LOCKED", m)
+        Failure::new(exit::bootstrap::PREREQUISITES, "LOCKED", m)
             .cause("another bootstrap, rollback or reset is running in this directory")
             .action("Wait for it to finish, then run `chora bootstrap` again")
     })?;
@@ -806,7 +403,7 @@ pub async fn bootstrap(opts: Options) -> Result<(), Failure> {
             crate::etcdlock::acquire(&e.endpoints, "chora bootstrap")
                 .await
                 .map_err(|m| {
-                    Failure::new(1, "LOCKED", m)
+                    Failure::new(exit::bootstrap::PREREQUISITES, "LOCKED", m)
                         .cause("another bootstrap against the same etcd cluster is running")
                         .action("Wait for it to finish, then run `chora bootstrap` again")
                 })?,
@@ -848,7 +445,7 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
             // --no-resume: start over, stopping what the old run started.
             run.out
                 .line("Starting over (--no-resume): stopping what the previous run started");
-            crate::commands::stop_all(&run.ctx, &s, &mut run.out).await;
+            crate::stop::stop_all(&run.ctx, &s, &mut run.out).await;
             false
         }
         Some(s) => {
@@ -944,7 +541,7 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
     }
     run.state.status = RunStatus::Completed;
     run.state.current_phase = 4;
-    run.state.completed_at = Some(crate::state::now());
+    run.state.completed_at = Some(chora_api::bootstrap_state::now());
     run.save()?;
     run.audit.record(
         "INFO",
@@ -958,7 +555,7 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
     let services = services_json(&run.ctx, &run.state);
     run.out.finish("completed", services, None);
     run.out
-        .line(&crate::ui::closing_block(&run.ctx, &run.state));
+        .line(&crate::output::closing_block(&run.ctx, &run.state));
     Ok(())
 }
 

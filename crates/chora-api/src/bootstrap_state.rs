@@ -1,12 +1,24 @@
-//! `.chora/bootstrap-state.json`: the seed's Appendix B plus `schema_version` and,
-//! per started service, how to find it again. Written atomically (temp file,
-//! fsync, rename, fsync of the directory), so it always parses.
+//! `.chora/bootstrap-state.json`, the one model of it (DESIGN.md §4): the
+//! seed's Appendix B plus `schema_version` and, per started service, how to
+//! find it again. The bootstrap writes it; the dashboard and `status` read it.
+//! Written atomically (temp file, fsync, rename, fsync of the directory), so
+//! it always parses; a file it cannot parse is `StateError::Corrupted` (the
+//! bootstrap's exit 8), never silently replaced.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The phases' names (DESIGN.md §2), by number.
+pub const PHASE_NAMES: [&str; 5] = [
+    "Pre-Bootstrap Validation",
+    "Core Services",
+    "Infrastructure Services",
+    "Capability Services",
+    "Validation",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,7 +109,7 @@ pub enum StateError {
 }
 
 pub fn now() -> String {
-    chora_api::rfc3339(std::time::SystemTime::now())
+    crate::rfc3339(std::time::SystemTime::now())
 }
 
 impl State {
@@ -183,6 +195,18 @@ impl State {
         self.services.insert(name.to_owned(), record);
     }
 
+    /// How long the system has been up: since the oldest service it records
+    /// was started (the Manifest, normally), else since the run started.
+    pub fn uptime(&self) -> Option<std::time::Duration> {
+        let oldest = self
+            .services
+            .values()
+            .filter_map(|r| crate::parse_rfc3339(&r.started_at))
+            .min()
+            .or_else(|| crate::parse_rfc3339(&self.started_at))?;
+        std::time::SystemTime::now().duration_since(oldest).ok()
+    }
+
     /// Forgets `name` (stopped by rollback or reset).
     pub fn stopped(&mut self, name: &str) {
         self.services_started.retain(|s| s != name);
@@ -191,7 +215,7 @@ impl State {
     }
 }
 
-pub use chora_runtime::write_atomic;
+pub use crate::files::write_atomic;
 
 #[cfg(test)]
 mod tests {
@@ -219,6 +243,24 @@ mod tests {
         assert_eq!(back.services["manifest"].pid, Some(42));
         std::fs::write(&p, "{\"current_phase\": ").unwrap();
         assert!(matches!(State::load(&p), Err(StateError::Corrupted { .. })));
+    }
+
+    #[test]
+    fn uptime_counts_from_the_oldest_service() {
+        let mut s = State::fresh("dev");
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        s.started(
+            "manifest",
+            ServiceRecord {
+                phase: 1,
+                started_at: crate::rfc3339(t),
+                ..Default::default()
+            },
+        );
+        let up = s.uptime().unwrap();
+        assert!(
+            up >= std::time::Duration::from_secs(100) && up < std::time::Duration::from_secs(110)
+        );
     }
 
     #[test]

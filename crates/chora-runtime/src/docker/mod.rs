@@ -7,16 +7,16 @@
 //! exits is removed once its exit is known, so one service has at most one
 //! container.
 
-use crate::{BoxFuture, Exit, Found, Runtime, RuntimeError, RuntimeKind, Unit, UnitId, UnitSpec};
+mod container;
+mod create;
+
+use crate::{BoxFuture, Found, Runtime, RuntimeError, Unit, UnitId, UnitSpec};
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, VolumeCreateRequest,
-};
+use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    ListContainersOptions, ListNetworksOptions, LogsOptions, WaitContainerOptions,
 };
+use container::{Container, remove};
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -46,6 +46,9 @@ pub struct DockerRuntime {
     /// project network, for consumers that are containers too (default: when
     /// this process is one), rather than by their published port.
     pub advertise_by_name: bool,
+    /// The image [`Runtime::chora`] runs (default: this chora's,
+    /// `chora:<version>`).
+    pub chora_image: String,
     /// Held while the project network is looked up and made: the engine
     /// does not refuse a second network of the same name, so concurrent
     /// starts must not both make one.
@@ -104,6 +107,7 @@ impl DockerRuntime {
             follow_logs: false,
             in_container,
             advertise_by_name: in_container,
+            chora_image: chora_docker::image::chora_tag(),
             network: Arc::default(),
         }
     }
@@ -181,7 +185,7 @@ impl DockerRuntime {
     }
 
     /// Every container of this home, running or not.
-    pub async fn containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+    async fn containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
         self.docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
@@ -194,7 +198,7 @@ impl DockerRuntime {
 
     /// Removes every container and network labelled with this home (volumes
     /// are kept). Returns the names removed.
-    pub async fn remove_all(&self) -> Result<Vec<String>, RuntimeError> {
+    async fn remove_everything(&self) -> Result<Vec<String>, RuntimeError> {
         let mut removed = Vec::new();
         for c in self.containers().await? {
             let Some(id) = c.id else { continue };
@@ -223,144 +227,6 @@ impl DockerRuntime {
             }
         }
         Ok(removed)
-    }
-
-    async fn create(&self, spec: &UnitSpec) -> Result<String, RuntimeError> {
-        let image = spec
-            .image
-            .clone()
-            .ok_or_else(|| RuntimeError::Unsupported(format!("`{}` has no image", spec.name)))?;
-        self.ensure_network().await?;
-        let cname = self.container_name(&spec.name);
-        // A container of that name left behind (exited, or from a start that
-        // was cut short) is ours to replace; anyone else's is not.
-        match self.docker.inspect_container(&cname, None).await {
-            Ok(c) => {
-                let ours = c
-                    .config
-                    .and_then(|c| c.labels)
-                    .and_then(|l| l.get(LABEL_HOME).cloned())
-                    == Some(self.home.clone());
-                if !ours {
-                    return Err(RuntimeError::Docker(format!(
-                        "a container named `{cname}` exists and does not belong to this chora home ({})",
-                        self.home
-                    )));
-                }
-                remove(&self.docker, &cname).await?;
-            }
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(docker_err(e)),
-        }
-        let mut binds = Vec::new();
-        for v in &spec.volumes {
-            let source = if v.is_bind() {
-                v.source.clone()
-            } else {
-                let name = format!("{}-{}", self.project, v.source);
-                self.docker
-                    .create_volume(VolumeCreateRequest {
-                        name: Some(name.clone()),
-                        labels: Some(
-                            [
-                                (LABEL_HOME.to_string(), self.home.clone()),
-                                (LABEL_PROJECT.to_string(), self.project.clone()),
-                            ]
-                            .into(),
-                        ),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(docker_err)?;
-                name
-            };
-            let mode = if v.read_only { "ro" } else { "rw" };
-            binds.push(format!("{source}:{}:{mode}", v.target));
-        }
-        let mut port_bindings = HashMap::new();
-        let mut exposed = Vec::new();
-        if let (Some(port), Some(inner)) = (spec.port, spec.inner_port()) {
-            let key = format!("{inner}/tcp");
-            exposed.push(key.clone());
-            port_bindings.insert(
-                key,
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(port.to_string()),
-                }]),
-            );
-        }
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
-            env: Some(
-                spec.env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .chain([format!("{NETWORK_ENV}={}", self.project)])
-                    .collect(),
-            ),
-            labels: Some(self.labels(spec)),
-            hostname: Some(spec.name.clone()),
-            exposed_ports: Some(exposed),
-            host_config: Some(HostConfig {
-                port_bindings: Some(port_bindings),
-                binds: Some(binds),
-                network_mode: Some(self.project.clone()),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(
-                    [(
-                        self.project.clone(),
-                        EndpointSettings {
-                            aliases: Some(aliases(spec)),
-                            ..Default::default()
-                        },
-                    )]
-                    .into(),
-                ),
-            }),
-            ..Default::default()
-        };
-        // The container this one replaces may still be being removed (an exit
-        // is reported before its removal ends): its name frees up shortly.
-        let mut tries = 0;
-        let created = loop {
-            let r = self
-                .docker
-                .create_container(
-                    Some(CreateContainerOptions {
-                        name: Some(cname.clone()),
-                        ..Default::default()
-                    }),
-                    body.clone(),
-                )
-                .await;
-            match r {
-                Err(e) if is_status(&e, 409) && tries < 50 => {
-                    tries += 1;
-                    let _ = remove(&self.docker, &cname).await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                r => break r,
-            }
-        }
-        .map_err(|e| {
-                if is_status(&e, 404) {
-                    RuntimeError::Docker(format!(
-                        "the image `{image}` does not exist here and no registry can provide it (build it with `chora image build`)"
-                    ))
-                } else {
-                    docker_err(e)
-                }
-            })?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            // Nothing half-started is left behind.
-            let _ = remove(&self.docker, &created.id).await;
-            return Err(docker_err(e));
-        }
-        Ok(created.id)
     }
 
     fn follow(&self, id: &str, name: &str) {
@@ -395,6 +261,42 @@ impl DockerRuntime {
         });
     }
 
+    /// The environment a container was started with.
+    async fn env_of(&self, id: &str) -> Result<BTreeMap<String, String>, RuntimeError> {
+        Ok(self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(docker_err)?
+            .config
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Where this machine reaches container `name` on the project network.
+    async fn address(&self, name: &str) -> Option<String> {
+        if self.in_container {
+            return Some(name.to_owned());
+        }
+        let c = self
+            .docker
+            .inspect_container(&self.container_name(name), None)
+            .await
+            .ok()?;
+        c.network_settings?
+            .networks?
+            .get(&self.project)?
+            .ip_address
+            .clone()
+            .filter(|ip| !ip.is_empty())
+    }
+
     fn unit(&self, id: String) -> Box<dyn Unit> {
         Box::new(Container {
             docker: self.docker.clone(),
@@ -403,28 +305,9 @@ impl DockerRuntime {
     }
 }
 
-/// Stops (at once) and removes a container; gone already is fine.
-async fn remove(docker: &Docker, id: &str) -> Result<(), RuntimeError> {
-    match docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: false,
-                link: false,
-            }),
-        )
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(docker_err(e)),
-    }
-}
-
 impl Runtime for DockerRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Docker
+    fn name(&self) -> &'static str {
+        "docker"
     }
 
     fn start<'a>(
@@ -440,7 +323,11 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    fn find<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
+    fn find<'a>(
+        &'a self,
+        name: &'a str,
+        _recorded: Option<&'a UnitId>,
+    ) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>> {
         Box::pin(async move {
             let mut all = self
                 .docker
@@ -460,24 +347,12 @@ impl Runtime for DockerRuntime {
                 if running && found.is_none() {
                     let labels: BTreeMap<String, String> =
                         c.labels.unwrap_or_default().into_iter().collect();
-                    let env = self
-                        .docker
-                        .inspect_container(&id, None)
-                        .await
-                        .map_err(docker_err)?
-                        .config
-                        .and_then(|c| c.env)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|kv| {
-                            kv.split_once('=')
-                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        })
-                        .collect();
+                    let env = self.env_of(&id).await?;
                     if self.follow_logs {
                         self.follow(&id, name);
                     }
                     found = Some(Found {
+                        name: name.to_owned(),
                         unit: self.unit(id),
                         labels,
                         env,
@@ -489,6 +364,38 @@ impl Runtime for DockerRuntime {
             }
             Ok(found)
         })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Found>, RuntimeError>> {
+        Box::pin(async move {
+            let prefix = format!("/{}-", self.project);
+            let mut out = Vec::new();
+            for c in self.containers().await? {
+                let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+                let name = c
+                    .names
+                    .iter()
+                    .flatten()
+                    .find_map(|n| n.strip_prefix(&prefix))
+                    .map(str::to_owned);
+                let (Some(id), Some(name), true) = (c.id, name, running) else {
+                    continue;
+                };
+                let env = self.env_of(&id).await?;
+                out.push(Found {
+                    name,
+                    unit: self.unit(id),
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    env,
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {
+        Box::pin(self.remove_everything())
     }
 
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String> {
@@ -513,6 +420,10 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    fn log_hint(&self, name: &str) -> String {
+        format!("docker logs {}", self.container_name(name))
+    }
+
     fn advertise(&self, spec: &UnitSpec) -> Option<String> {
         if self.advertise_by_name {
             spec.inner_port()
@@ -522,45 +433,33 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    fn address<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<String>> {
+    fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
         Box::pin(async move {
-            if self.in_container {
-                return Some(name.to_owned());
+            match (self.in_container, spec.port, spec.inner_port()) {
+                // Published: from inside the project network, by name.
+                (true, Some(p), Some(inner)) => url
+                    .replace(&format!("127.0.0.1:{p}"), &format!("{}:{inner}", spec.name))
+                    .replace(&format!("localhost:{p}"), &format!("{}:{inner}", spec.name)),
+                // Not published (an etcd member): at its address on the
+                // project network.
+                (_, None, _) => match self.address(&spec.name).await {
+                    Some(addr) => {
+                        url.replacen(&format!("//{}:", spec.name), &format!("//{addr}:"), 1)
+                    }
+                    None => url.to_owned(),
+                },
+                _ => url.to_owned(),
             }
-            let c = self
-                .docker
-                .inspect_container(&self.container_name(name), None)
-                .await
-                .ok()?;
-            c.network_settings?
-                .networks?
-                .get(&self.project)?
-                .ip_address
-                .clone()
-                .filter(|ip| !ip.is_empty())
         })
     }
 
-    fn reach(&self, spec: &UnitSpec, url: &str) -> String {
-        match (self.in_container, spec.port, spec.inner_port()) {
-            (true, Some(p), Some(inner)) => url
-                .replace(&format!("127.0.0.1:{p}"), &format!("{}:{inner}", spec.name))
-                .replace(&format!("localhost:{p}"), &format!("{}:{inner}", spec.name)),
-            _ => url.to_owned(),
-        }
+    fn bind(&self, spec: &UnitSpec) -> String {
+        format!("0.0.0.0:{}", spec.inner_port().unwrap_or(0))
     }
-}
 
-/// The names a container answers to on the project network: its unit name,
-/// and for a replica also its service's name.
-fn aliases(spec: &UnitSpec) -> Vec<String> {
-    let mut a = vec![spec.name.clone()];
-    if let Some(s) = spec.labels.get(LABEL_SERVICE)
-        && *s != spec.name
-    {
-        a.push(s.clone());
+    fn chora(&self, args: Vec<String>) -> (Vec<String>, Option<String>) {
+        (args, Some(self.chora_image.clone()))
     }
-    a
 }
 
 /// `s` with the characters a Go regular expression treats specially escaped.
@@ -573,69 +472,4 @@ fn regex_quote(s: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// One container, known by id.
-struct Container {
-    docker: Docker,
-    id: String,
-}
-
-impl Container {
-    /// Waits until the container is not running; its exit code.
-    async fn exit_code(&self) -> Exit {
-        let mut s = self.docker.wait_container(
-            &self.id,
-            Some(WaitContainerOptions {
-                condition: "not-running".into(),
-            }),
-        );
-        match s.next().await {
-            Some(Ok(r)) => Exit::Code(r.status_code as i32),
-            // bollard reports a non-zero exit as an error carrying the code.
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
-                Exit::Code(code as i32)
-            }
-            // Gone already (removed by someone else) or the engine went away.
-            _ => Exit::Code(-1),
-        }
-    }
-}
-
-impl Unit for Container {
-    fn id(&self) -> UnitId {
-        UnitId::Container(self.id.clone())
-    }
-
-    fn wait(&mut self) -> BoxFuture<'_, Exit> {
-        Box::pin(async move {
-            let exit = self.exit_code().await;
-            // The exit is news at once (the starter deregisters on it); the
-            // removal takes its time in the background.
-            let docker = self.docker.clone();
-            let id = self.id.clone();
-            tokio::spawn(async move {
-                let _ = remove(&docker, &id).await;
-            });
-            exit
-        })
-    }
-
-    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit> {
-        Box::pin(async move {
-            let _ = self
-                .docker
-                .stop_container(
-                    &self.id,
-                    Some(StopContainerOptions {
-                        t: Some(grace.as_secs().max(1) as i32),
-                        signal: None,
-                    }),
-                )
-                .await;
-            let exit = self.exit_code().await;
-            let _ = remove(&self.docker, &self.id).await;
-            exit
-        })
-    }
 }

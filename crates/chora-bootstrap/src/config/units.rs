@@ -1,0 +1,213 @@
+//! Units: what the rest of chora starts, after parsing. A service with
+//! `replicas: N` becomes the units `<name>-1` … `<name>-N` (`${REPLICA}` and
+//! `${PORT}` substituted in each), and a managed etcd cluster
+//! (`etcd.members`) its member units `etcd-1` …; a dependency on a replicated
+//! service means all of its units. After [`Config::expand_units`] nothing
+//! else in chora knows replicas were ever written as one entry.
+
+use super::{Config, ConfigError, Etcd, Register, Replica, ServiceSpec};
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+/// The service name of the etcd members chora runs.
+pub const ETCD: &str = "etcd";
+
+/// Member `n` of the etcd cluster chora runs: configured through the
+/// environment (`ETCD_*`), so the same spec runs etcd's own image and one
+/// `chora image build` made from a local binary. Members find each other by
+/// container name on the project network; the client port 2379 is not
+/// published.
+fn etcd_member(e: &Etcd, units: &[String], n: u32, project: &str) -> ServiceSpec {
+    let unit = format!("{ETCD}-{n}");
+    let host = format!("{project}-{unit}");
+    let cluster: Vec<String> = units
+        .iter()
+        .map(|u| format!("{u}=http://{project}-{u}:2380"))
+        .collect();
+    let env: BTreeMap<String, String> = [
+        ("ETCD_NAME", unit.clone()),
+        ("ETCD_DATA_DIR", "/data/etcd".into()),
+        ("ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379".into()),
+        ("ETCD_ADVERTISE_CLIENT_URLS", format!("http://{host}:2379")),
+        ("ETCD_LISTEN_PEER_URLS", "http://0.0.0.0:2380".into()),
+        (
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+            format!("http://{host}:2380"),
+        ),
+        ("ETCD_INITIAL_CLUSTER", cluster.join(",")),
+        ("ETCD_INITIAL_CLUSTER_STATE", "new".into()),
+        ("ETCD_INITIAL_CLUSTER_TOKEN", format!("chora-{project}")),
+        ("ETCD_HEARTBEAT_INTERVAL", e.heartbeat_ms.to_string()),
+        ("ETCD_ELECTION_TIMEOUT", e.election_ms.to_string()),
+        ("ETCD_PRE_VOTE", "true".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    ServiceSpec {
+        phase: 1,
+        command: None,
+        image: Some("${ETCD_IMAGE}".into()),
+        docker_compose: None,
+        port: None,
+        // From the host its address on the project network (see Ctx::reach).
+        health_endpoint: Some(format!("http://{unit}:2379/health")),
+        env,
+        dependencies: Vec::new(),
+        timeout: Some(60.0),
+        deploy_via: None,
+        version: None,
+        register: Some(Register::Itself),
+        volumes: vec![spanned(format!("{unit}-data:/data"))],
+        container_port: Some(2379),
+        replicas: None,
+        replica: Some(Replica {
+            service: ETCD.into(),
+            n,
+            unregistered: true,
+        }),
+    }
+}
+
+impl Config {
+    /// Replicas become entries of their own, and a managed etcd cluster its
+    /// members; a dependency on a replicated service means on all its replicas.
+    pub(super) fn expand_units(&mut self, file: &Path, etcd_line: u64) -> Result<(), ConfigError> {
+        let fail = |loc: serde_saphyr::Location, message: String| ConfigError {
+            file: file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message,
+            snippet: String::new(),
+        };
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let s = &self.services[&name];
+            let Some(n) = s.value.replicas else { continue };
+            let loc = s.referenced;
+            if n == 0 || n > 9 {
+                return Err(fail(
+                    loc,
+                    format!("services.{name}.replicas: {n} is not between 1 and 9"),
+                ));
+            }
+            if s.value.phase == 3 || name == "orchestrator" {
+                return Err(fail(
+                    loc,
+                    format!(
+                        "services.{name}.replicas: only phase 1-2 services other than the orchestrator run as replicas"
+                    ),
+                ));
+            }
+            if n == 1 {
+                continue;
+            }
+            let base = self.services.remove(&name).expect("listed above");
+            let mut units = Vec::new();
+            for i in 1..=n {
+                let unit = format!("{name}-{i}");
+                if self.services.contains_key(&unit) {
+                    return Err(fail(
+                        loc,
+                        format!("services.{name}.replicas: `{unit}` is also a service of its own"),
+                    ));
+                }
+                let mut spec = base.value.clone();
+                spec.replica = Some(Replica {
+                    service: name.clone(),
+                    n: i,
+                    unregistered: false,
+                });
+                spec.replicas = None;
+                spec.port = spec.port.map(|p| p + (i - 1) as u16);
+                let r = i.to_string();
+                let port = spec.port.map(|p| p.to_string()).unwrap_or_default();
+                let sub = |t: &String| t.replace("${REPLICA}", &r).replace("${PORT}", &port);
+                spec.command = spec.command.map(|c| c.iter().map(sub).collect());
+                spec.env = spec.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect();
+                for v in &mut spec.volumes {
+                    v.value = sub(&v.value);
+                }
+                spec.health_endpoint = spec.health_endpoint.as_ref().map(sub);
+                self.services.insert(
+                    unit.clone(),
+                    Spanned {
+                        value: spec,
+                        referenced: base.referenced,
+                        defined: base.defined,
+                    },
+                );
+                units.push(unit);
+            }
+            groups.insert(name, units);
+        }
+        let at_etcd = |message: String| ConfigError {
+            file: file.to_owned(),
+            line: etcd_line,
+            column: 1,
+            message,
+            snippet: String::new(),
+        };
+        if let Some(e) = self.etcd.clone().filter(|e| e.managed() > 0) {
+            let n = e.managed();
+            if !e.endpoints.is_empty() {
+                return Err(at_etcd(
+                    "etcd: give `members` (chora runs the cluster) or `endpoints` (one that runs already), not both".into(),
+                ));
+            }
+            if n > 9 {
+                return Err(at_etcd(format!("etcd.members: {n} is not between 1 and 9")));
+            }
+            let units: Vec<String> = (1..=n).map(|i| format!("{ETCD}-{i}")).collect();
+            for (i, unit) in units.iter().enumerate() {
+                if let Some(s) = self.services.get(unit).or_else(|| self.services.get(ETCD)) {
+                    return Err(fail(
+                        s.referenced,
+                        format!(
+                            "services: `{unit}` is a member of the etcd cluster chora runs (etcd.members); rename the service"
+                        ),
+                    ));
+                }
+                let spec = etcd_member(&e, &units, i as u32 + 1, self.project());
+                self.services.insert(unit.clone(), spanned(spec));
+            }
+            // The Manifest stands on the cluster.
+            for m in groups
+                .get("manifest")
+                .cloned()
+                .unwrap_or_else(|| vec!["manifest".into()])
+            {
+                if let Some(s) = self.services.get_mut(&m) {
+                    for u in &units {
+                        s.value.dependencies.push(spanned(u.clone()));
+                    }
+                }
+            }
+            groups.insert(ETCD.into(), units);
+        }
+        for s in self.services.values_mut() {
+            let deps = std::mem::take(&mut s.value.dependencies);
+            for d in deps {
+                match groups.get(&d.value) {
+                    Some(units) => s.value.dependencies.extend(units.iter().map(|u| Spanned {
+                        value: u.clone(),
+                        referenced: d.referenced,
+                        defined: d.defined,
+                    })),
+                    None => s.value.dependencies.push(d),
+                }
+            }
+        }
+        Ok(())
+    }
+}

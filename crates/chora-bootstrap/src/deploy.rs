@@ -1,0 +1,132 @@
+//! The services of phase 3, which the orchestrator runs (DESIGN.md §5): the
+//! bootstrap asks it, through [`chora_api::OrchestratorClient`], to deploy
+//! each one, waits until the service answers its health check, and asks it
+//! again to undeploy. Every call carries this run's admin and fencing tokens.
+
+use crate::ctx::Ctx;
+use crate::failure::StepError;
+use crate::local::Ensured;
+use crate::output::indent;
+use chora_api::OrchestratorError;
+use chora_api::bootstrap_state::ServiceRecord;
+use chora_api::orchestrator::ServiceStatus;
+use std::time::Instant;
+
+impl Ctx {
+    /// The orchestrator's view of every deployed service.
+    pub async fn deployed(&self) -> Result<Vec<ServiceStatus>, StepError> {
+        self.orchestrator()?
+            .services()
+            .await
+            .map_err(|e| StepError::new(e.to_string()))
+    }
+
+    /// Deploys a phase 3 service through the orchestrator and waits until it is
+    /// healthy.
+    pub async fn deploy(&self, name: &str) -> Result<ServiceRecord, StepError> {
+        let spec = self.spec(name);
+        let orch = self.orchestrator()?;
+        let mut environment = self.env_for(name, spec);
+        environment.remove("CHORA_HOME");
+        let body = chora_api::orchestrator::DeploySpec {
+            name: name.to_owned(),
+            version: spec.version.clone().unwrap_or_else(|| "1.0.0".into()),
+            port: spec.port.expect("checked by the config"),
+            command: self.argv(spec),
+            image: spec.image.as_deref().map(|i| self.substitute(i)),
+            environment,
+            dependencies: spec.deps().map(str::to_owned).collect(),
+            register: Some(spec.registers()),
+            health_endpoint: spec.health_endpoint.clone(),
+            volumes: spec
+                .volumes
+                .iter()
+                .map(|v| self.substitute(&v.value))
+                .collect(),
+            container_port: spec.container_port,
+        };
+        let fail = |m: String| {
+            StepError::new(format!("deploying `{name}` failed: {m}"))
+                .action(format!(
+                    "See the orchestrator's log: {}",
+                    self.home.log_of("orchestrator").display()
+                ))
+                .action(format!(
+                    "Check services.{name} in {}",
+                    self.config_path.display()
+                ))
+        };
+        let key = format!("bootstrap-{name}-{}", chora_api::bootstrap_state::now());
+        orch.deploy(&body, &key).await.map_err(|e| match e {
+            OrchestratorError::Unreachable { reason, .. } => fail(reason),
+            e => fail(e.to_string()),
+        })?;
+        let url = spec.health_url().expect("checked by the config");
+        let start = Instant::now();
+        let timeout = self.health_timeout(spec);
+        let waited =
+            crate::health::wait(&self.http, &url, &self.config.retry, timeout, || None).await;
+        if let Err(e) = waited {
+            let last = chora_runtime::tail(&self.home.log_of(name), 5);
+            let mut err = fail(format!("not healthy after {:?}: {e}", start.elapsed()));
+            if !last.is_empty() {
+                err = err.cause(format!("its log ends with:\n{}", indent(&last)));
+            }
+            return Err(err.action(format!(
+                "Read its log: {}",
+                self.home.log_of(name).display()
+            )));
+        }
+        Ok(ServiceRecord {
+            phase: 3,
+            deployed_via: Some("orchestrator".into()),
+            url: spec.url(),
+            started_at: chora_api::bootstrap_state::now(),
+            ..Default::default()
+        })
+    }
+
+    /// A phase 3 service: running and healthy → left alone; otherwise deployed
+    /// again.
+    pub async fn ensure_deployed(&self, name: &str) -> Result<(Ensured, ServiceRecord), StepError> {
+        let spec = self.spec(name);
+        let running = self
+            .deployed()
+            .await?
+            .into_iter()
+            .any(|s| s.name == name && s.state == chora_api::orchestrator::State::Running);
+        if running {
+            let url = spec.health_url().expect("checked by the config");
+            if crate::health::check(&self.http, &url).await.is_ok() {
+                return Ok((
+                    Ensured::Healthy,
+                    ServiceRecord {
+                        phase: 3,
+                        deployed_via: Some("orchestrator".into()),
+                        url: spec.url(),
+                        started_at: chora_api::bootstrap_state::now(),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        Ok((Ensured::Restarted, self.deploy(name).await?))
+    }
+
+    /// Undeploys a phase 3 service (the orchestrator stops it).
+    pub async fn undeploy(&self, name: &str) -> Result<(), StepError> {
+        match self.orchestrator()?.remove(name).await {
+            Ok(()) => Ok(()),
+            // No orchestrator, no children: they die with it.
+            Err(OrchestratorError::Unreachable { refused: true, .. }) => Ok(()),
+            Err(OrchestratorError::Unreachable { reason, .. }) => Err(StepError::new(reason)),
+            Err(OrchestratorError::Status { status, .. }) => Err(StepError::new(format!(
+                "the orchestrator answered {}",
+                reqwest::StatusCode::from_u16(status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| status.to_string())
+            ))),
+            Err(e) => Err(StepError::new(e.to_string())),
+        }
+    }
+}
