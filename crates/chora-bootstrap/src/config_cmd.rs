@@ -3,6 +3,7 @@
 //! credentials are written 0600 and reach running services only when
 //! applied (every service restarted).
 
+use crate::config::Environment;
 use crate::exit;
 use crate::failure::{EXIT_CONFIG, Failure};
 use crate::home::Home;
@@ -16,6 +17,12 @@ use std::time::Duration;
 /// What `chora bootstrap config` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// A fresh config from the built-in template of an environment; `force`
+    /// replaces an existing one (kept as `.bak`).
+    Init {
+        environment: Environment,
+        force: bool,
+    },
     Show,
     Edit,
     Validate,
@@ -28,6 +35,7 @@ pub async fn config(action: Action, path: Option<&Path>) -> Result<(), Failure> 
     let home = Home::from_env();
     let file = path.map(Path::to_path_buf).unwrap_or_else(|| home.config());
     match action {
+        Action::Init { environment, force } => init(&home, &file, environment, force).await,
         Action::Show => {
             match std::fs::read_to_string(&file) {
                 Ok(t) => print!("{t}"),
@@ -148,4 +156,64 @@ pub async fn config(action: Action, path: Option<&Path>) -> Result<(), Failure> 
             .await
         }
     }
+}
+
+/// `chora bootstrap config init --environment ENV [--force]`: refused while
+/// anything of this home runs (its units would no longer match the config);
+/// an existing file needs `--force` and is kept as `<file>.bak`.
+async fn init(home: &Home, file: &Path, env: Environment, force: bool) -> Result<(), Failure> {
+    let _lock = session::lock(home, "chora bootstrap config init")?;
+    if file.exists() {
+        if !force {
+            return Err(Failure::new(
+                exit::FAILURE,
+                "CONFIG_EXISTS",
+                format!("{} exists", file.display()),
+            )
+            .action(format!(
+                "Replace it (the old one is kept as {}.bak): chora bootstrap config init --environment {} --force",
+                file.display(),
+                env.as_str()
+            )));
+        }
+        if let Ok(ctx) = session::open(Some(file)) {
+            let state = session::load_state(home).ok().flatten();
+            let running: Vec<String> = crate::ps::rows(&ctx, state.as_ref())
+                .await
+                .into_iter()
+                .filter(|r| r.state == "running" || r.state == "restarting")
+                .map(|r| r.name)
+                .collect();
+            if !running.is_empty() {
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    "SYSTEM_RUNNING",
+                    format!(
+                        "this home's system runs ({}); its config stays as it is",
+                        running.join(", ")
+                    ),
+                )
+                .action("Stop it first (data and volumes are kept): chora bootstrap reset --force --keep-credentials")
+                .action("Then run this command again"));
+            }
+        }
+        let bak = file.with_extension("yml.bak");
+        std::fs::copy(file, &bak).map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                "CONFIG_ERROR",
+                format!("cannot keep {} as {}: {e}", file.display(), bak.display()),
+            )
+        })?;
+        println!("Kept the old config as {}", bak.display());
+    }
+    let text = crate::template::template(env).expect("every environment has a template");
+    write_atomic(file, text.as_bytes(), 0o644)
+        .map_err(|e| Failure::new(exit::CONFIG, "CONFIG_ERROR", e.to_string()))?;
+    println!(
+        "✓ Wrote {} from the built-in `{}` template; bring it up with: chora bootstrap",
+        file.display(),
+        env.as_str()
+    );
+    Ok(())
 }

@@ -11,13 +11,16 @@
 //!   [`runtimes`], [`substitute`], [`etcd_members`], [`health`], [`validate`]
 //!   (phase 4 and `chora bootstrap validate`).
 //! - Commands on a system: [`status`], [`teardown`] (rollback, reset),
-//!   [`stop`], [`config_cmd`], [`ui`].
+//!   [`stop`], [`config_cmd`], [`ui`]; the operator's day two: [`logs`],
+//!   [`ps`], [`control`] (restart, stop, start), [`token`], all naming units
+//!   through [`units`].
 //! - Saying it: [`output`] (console text and `--format json`), [`audit`],
 //!   [`failure`] and [`exit`] (the documented exit codes).
 
 pub mod audit;
 pub mod config;
 pub mod config_cmd;
+pub mod control;
 pub mod ctx;
 pub mod deploy;
 pub mod etcd_members;
@@ -28,9 +31,11 @@ pub mod health;
 pub mod home;
 pub mod local;
 pub mod lock;
+pub mod logs;
 pub mod output;
 pub mod phase0;
 pub mod plan;
+pub mod ps;
 pub mod registrar;
 pub mod run;
 pub mod runtimes;
@@ -40,7 +45,9 @@ pub mod stop;
 pub mod substitute;
 pub mod teardown;
 pub mod template;
+pub mod token;
 pub mod ui;
+pub mod units;
 pub mod validate;
 
 pub use chora_runtime::proc;

@@ -448,6 +448,16 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
             crate::stop::stop_all(&run.ctx, &s, &mut run.out).await;
             false
         }
+        // The config was switched to another environment (`config init`):
+        // the old state describes a system of the other one.
+        Some(s) if s.environment != env => {
+            run.out.line(&format!(
+                "The state is of a `{}` system and the config is for `{env}`: starting over",
+                s.environment
+            ));
+            crate::stop::stop_all(&run.ctx, &s, &mut run.out).await;
+            false
+        }
         Some(s) => {
             let completed = s.status == RunStatus::Completed;
             if !completed {

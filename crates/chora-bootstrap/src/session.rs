@@ -74,7 +74,13 @@ pub fn load_config(
                 want.as_str()
             ),
         )
-        .action("Pass --config with the file for that environment, or drop --environment"));
+        .cause("this home was set up for another environment")
+        .action(format!(
+            "Switch this home to `{w}` (the old config is kept as bootstrap-config.yml.bak): chora bootstrap config init --environment {w} --force",
+            w = want.as_str()
+        ))
+        .action("Stop what runs first if anything does: chora bootstrap reset --force --keep-credentials")
+        .action("Or pass --config with a file for that environment, or drop --environment"));
     }
     Ok((config, path))
 }
@@ -163,4 +169,29 @@ pub fn lock(home: &Home, what: &str) -> Result<crate::lock::Lock, Failure> {
         Failure::new(exit::FAILURE, "LOCKED", m)
             .action("Wait for the other run to finish, then try again")
     })
+}
+
+/// The Manifest's URLs, comma-separated, as this home's system records them:
+/// its state file (what runs), else its config; `None` for a home with
+/// neither. What `chora manifest list` and friends use unless `--url` or
+/// `MANIFEST_URL` say otherwise.
+pub fn system_manifest_url(home: &Home) -> Option<String> {
+    if let Ok(Some(state)) = State::load(&home.state()) {
+        let urls: Vec<String> = state
+            .services
+            .iter()
+            .filter(|(n, r)| *n == "manifest" || r.service.as_deref() == Some("manifest"))
+            .filter_map(|(_, r)| r.url.clone())
+            .collect();
+        if !urls.is_empty() {
+            return Some(urls.join(","));
+        }
+    }
+    let config = Config::load(&home.config()).ok()?;
+    let urls: Vec<String> = config
+        .units_of("manifest")
+        .iter()
+        .filter_map(|u| config.service(u).and_then(crate::config::ServiceSpec::url))
+        .collect();
+    (!urls.is_empty()).then(|| urls.join(","))
 }

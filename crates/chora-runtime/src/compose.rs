@@ -177,6 +177,49 @@ impl Runtime for ComposeRuntime {
         })
     }
 
+    fn log_stream<'a>(
+        &'a self,
+        name: &'a str,
+        tail: usize,
+        follow: bool,
+    ) -> crate::BoxStream<'a, Vec<u8>> {
+        use futures_util::StreamExt;
+        let Ok(file) = self.file(name) else {
+            return futures_util::stream::empty().boxed();
+        };
+        let prog = program();
+        let mut cmd = tokio::process::Command::new(&prog[0]);
+        cmd.args(&prog[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(&file)
+            .args(["logs", "--no-color", "--tail", &tail.to_string()])
+            .args(follow.then_some("--follow"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let Ok(mut child) = cmd.spawn() else {
+            return futures_util::stream::empty().boxed();
+        };
+        let Some(out) = child.stdout.take() else {
+            return futures_util::stream::empty().boxed();
+        };
+        futures_util::stream::unfold((child, out), |(child, mut out)| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 8192];
+            match out.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((buf, (child, out)))
+                }
+            }
+        })
+        .boxed()
+    }
+
     fn log_hint(&self, name: &str) -> String {
         match self.files.get(name) {
             Some(f) => format!(

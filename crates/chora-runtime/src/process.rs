@@ -250,6 +250,15 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move { crate::tail(&self.log_path(name), lines) })
     }
 
+    fn log_stream<'a>(
+        &'a self,
+        name: &'a str,
+        tail: usize,
+        follow: bool,
+    ) -> crate::BoxStream<'a, Vec<u8>> {
+        crate::file_stream(self.log_path(name), tail, follow)
+    }
+
     fn log_hint(&self, name: &str) -> String {
         self.log_path(name).display().to_string()
     }

@@ -23,6 +23,16 @@ enum Env {
     Prod,
 }
 
+impl From<Env> for Environment {
+    fn from(e: Env) -> Environment {
+        match e {
+            Env::Dev => Environment::Dev,
+            Env::Staging => Environment::Staging,
+            Env::Prod => Environment::Prod,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RunFormat {
     Text,
@@ -139,6 +149,18 @@ enum BootstrapCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConfigAction {
+    /// Write a fresh config from the built-in template of an environment (the
+    /// old one is kept as .bak; refused while the system runs)
+    #[command(after_help = "Example:\n  chora bootstrap config init --environment staging --force")]
+    Init {
+        #[arg(long, value_enum)]
+        environment: Env,
+        /// Replace an existing config
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the config (or the template that would be written)
     Show {
         #[arg(long)]
@@ -214,6 +236,17 @@ pub fn run(args: BootstrapArgs) -> Result<(), Failure> {
         Some(BootstrapCommand::Config { action }) => {
             use config_cmd::Action;
             let (what, path) = match action {
+                ConfigAction::Init {
+                    environment,
+                    force,
+                    config,
+                } => (
+                    Action::Init {
+                        environment: environment.into(),
+                        force,
+                    },
+                    config,
+                ),
                 ConfigAction::Show { config } => (Action::Show, config),
                 ConfigAction::Edit { config } => (Action::Edit, config),
                 ConfigAction::Validate { config } => (Action::Validate, config),
@@ -236,11 +269,7 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
             )
         })?;
     let opts = chora_bootstrap::run::Options {
-        environment: a.environment.map(|e| match e {
-            Env::Dev => Environment::Dev,
-            Env::Staging => Environment::Staging,
-            Env::Prod => Environment::Prod,
-        }),
+        environment: a.environment.map(Environment::from),
         resume: !a.no_resume,
         skip_validation: a.skip_validation,
         dry_run: a.dry_run,

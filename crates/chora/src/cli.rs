@@ -1,7 +1,7 @@
 //! The command line (DESIGN.md §1).
 
 use crate::failure::{Failure, exit};
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -42,6 +42,31 @@ pub enum Command {
     Probe(crate::probe::ProbeArgs),
     /// Hosts over SSH: install Docker and join a mesh network (bootstrap, status)
     Infra(crate::infra::InfraArgs),
+    /// Show a service's output (any runtime): the last lines, -f to follow
+    Logs(crate::ops::LogsArgs),
+    /// List the units this home runs: runtime, where, state, uptime
+    Ps(crate::ops::PsArgs),
+    /// Restart a service (phase 3 through the orchestrator; replicas one at a time)
+    #[command(after_help = "Example:\n  chora restart analyzer\n  chora restart manifest")]
+    Restart(crate::ops::ControlArgs),
+    /// Stop a service until `chora start` (or the next `chora bootstrap`)
+    #[command(after_help = "Example:\n  chora stop analyzer")]
+    Stop(crate::ops::ControlArgs),
+    /// Start a stopped service
+    #[command(after_help = "Example:\n  chora start analyzer")]
+    Start(crate::ops::ControlArgs),
+    /// Print an admin JWT (or a service's API key) for calling the APIs by hand
+    Token(crate::ops::TokenArgs),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  chora completions bash > /etc/bash_completion.d/chora\n  chora completions zsh > \"${fpath[1]}/_chora\""
+)]
+pub struct CompletionsArgs {
+    shell: clap_complete::Shell,
 }
 
 /// Parses argv; on `--help` or `--version` prints and returns 0, on a usage
@@ -68,6 +93,14 @@ impl Cli {
             Command::Bootstrap(_) => LevelFilter::WARN,
             // Its report says everything; CHORA_LOG=info shows each step.
             Command::Prepare(_) => LevelFilter::OFF,
+            // The operator's commands say what they did; logs only warn.
+            Command::Logs(_)
+            | Command::Ps(_)
+            | Command::Restart(_)
+            | Command::Stop(_)
+            | Command::Start(_)
+            | Command::Token(_)
+            | Command::Completions(_) => LevelFilter::WARN,
             _ => LevelFilter::INFO,
         }
     }
@@ -93,6 +126,7 @@ fn is_terminal_stderr() -> bool {
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), Failure> {
+    use chora_api::orchestrator_client::Action;
     match cli.command {
         Command::Bootstrap(args) => crate::bootstrap::run(args),
         Command::Manifest(args) => crate::manifest::run(args),
@@ -104,5 +138,20 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Image(args) => crate::image::run(args),
         Command::Probe(args) => crate::probe::run(args),
         Command::Infra(args) => crate::infra::run(args),
+        Command::Logs(args) => crate::ops::logs(args),
+        Command::Ps(args) => crate::ops::ps(args),
+        Command::Restart(args) => crate::ops::control(args, Action::Restart),
+        Command::Stop(args) => crate::ops::control(args, Action::Stop),
+        Command::Start(args) => crate::ops::control(args, Action::Start),
+        Command::Token(args) => crate::ops::token(args),
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "chora",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }

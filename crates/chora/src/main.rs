@@ -7,6 +7,7 @@ mod failure;
 mod image;
 mod infra;
 mod manifest;
+mod ops;
 mod prepare;
 mod probe;
 mod rt;

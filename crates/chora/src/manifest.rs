@@ -17,14 +17,11 @@ pub struct ManifestArgs {
 
 #[derive(Debug, Clone, Args)]
 struct ClientArgs {
-    /// Every Manifest node's URL, comma-separated (requests fail over between them)
-    #[arg(
-        long,
-        env = "MANIFEST_URL",
-        default_value = "http://127.0.0.1:8500",
-        global = true
-    )]
-    url: String,
+    /// Every Manifest node's URL, comma-separated (requests fail over between
+    /// them). Default: the Manifest of the system in CHORA_HOME (its state
+    /// file, else its config), else http://127.0.0.1:8500
+    #[arg(long, env = "MANIFEST_URL", global = true)]
+    url: Option<String>,
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     format: Format,
@@ -74,9 +71,9 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8500")]
     listen: String,
-    /// sqlite:PATH or etcd:URL[,URL…]
-    #[arg(long, default_value = "sqlite:.chora/data/manifest.db")]
-    storage: StorageSpec,
+    /// sqlite:PATH or etcd:URL[,URL…] (default: sqlite:$CHORA_HOME/data/manifest.db)
+    #[arg(long)]
+    storage: Option<StorageSpec>,
     /// Seconds without a heartbeat before an instance is removed
     #[arg(long, default_value_t = 30.0)]
     ttl: f64,
@@ -157,7 +154,14 @@ fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
     } else {
         Some(load_credentials(a.credentials.as_deref())?.ok_or_else(no_credentials)?)
     };
-    let storage_label = match &a.storage {
+    let storage = a.storage.unwrap_or_else(|| {
+        StorageSpec::Sqlite(
+            chora_bootstrap::home::Home::from_env()
+                .data()
+                .join("manifest.db"),
+        )
+    });
+    let storage_label = match &storage {
         StorageSpec::Sqlite(p) => format!("sqlite:{}", p.display()),
         StorageSpec::Etcd(urls) => format!("etcd:{}", urls.join(",")),
     };
@@ -166,7 +170,7 @@ fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
         if credentials.is_some() { "on" } else { "off" }
     );
     let config = chora_registry::Config {
-        storage: a.storage,
+        storage,
         liveness: Liveness {
             heartbeat_interval,
             ttl,
@@ -179,8 +183,18 @@ fn serve_registry(a: ServeArgs) -> Result<(), Failure> {
     })
 }
 
+impl ClientArgs {
+    /// The URLs asked for, else the home's system's, else the default port.
+    fn url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            chora_bootstrap::session::system_manifest_url(&chora_bootstrap::home::Home::from_env())
+                .unwrap_or_else(|| "http://127.0.0.1:8500".into())
+        })
+    }
+}
+
 fn client_of(a: &ClientArgs) -> Result<chora_api::ManifestClient, Failure> {
-    chora_api::ManifestClient::new([a.url.as_str()]).map_err(|e| {
+    chora_api::ManifestClient::new([a.url().as_str()]).map_err(|e| {
         Failure::new(exit::USAGE, "USAGE", e.to_string())
             .action("Pass --url http://HOST:PORT or set MANIFEST_URL")
     })
@@ -203,7 +217,7 @@ fn client_failure(e: ClientError, a: &ClientArgs) -> Failure {
             .cause("the Manifest is not running")
             .cause("--url or MANIFEST_URL points to the wrong address")
             .action("Start everything with `chora bootstrap`, or the registry alone with `chora manifest serve`")
-            .action(format!("Check the address: curl {}/v1/health", a.url.split(',').next().unwrap_or(""))),
+            .action(format!("Check the address: curl {}/v1/health", a.url().split(',').next().unwrap_or(""))),
         ClientError::NotFound { message } => Failure::new(exit::FAILURE, "NOT_FOUND", message)
             .action("List what is registered: chora manifest list"),
         other => Failure::new(exit::FAILURE, "MANIFEST_ERROR", other.to_string()),

@@ -58,8 +58,8 @@ fn bind_failure(listen: &str, e: std::io::Error) -> Failure {
 
 /// Reads a credentials file named by a flag or `CHORA_CREDENTIALS`, else the
 /// credentials document in `CHORA_CREDENTIALS_JSON` (how a container gets them:
-/// secrets travel in the environment), else `.chora/credentials.json` when it
-/// exists; `None` when there is none.
+/// secrets travel in the environment), else the home's `credentials.json`
+/// (`CHORA_HOME`, default `.chora`) when it exists; `None` when there is none.
 pub fn load_credentials(
     flag: Option<&std::path::Path>,
 ) -> Result<Option<chora_api::auth::Credentials>, Failure> {
@@ -77,7 +77,7 @@ pub fn load_credentials(
             });
     }
     let path = flag.map(|p| p.to_path_buf()).or_else(|| {
-        let default = std::path::PathBuf::from(".chora/credentials.json");
+        let default = chora_bootstrap::home::Home::from_env().credentials();
         default.exists().then_some(default)
     });
     path.map(|p| {

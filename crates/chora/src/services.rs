@@ -41,13 +41,13 @@ struct OrchestratorServe {
     /// Accept requests without an admin token (local play only)
     #[arg(long)]
     no_auth: bool,
-    /// Directory for the deployed services' <name>.log files
-    #[arg(long, default_value = ".chora/logs")]
-    logs: PathBuf,
+    /// Directory for the deployed services' <name>.log files (default: $CHORA_HOME/logs)
+    #[arg(long)]
+    logs: Option<PathBuf>,
     /// The chora home: its containers' io.chora.home label, and the bootstrap
-    /// state the dashboard (/ui) shows
-    #[arg(long, env = "CHORA_HOME", default_value = ".chora")]
-    home: PathBuf,
+    /// state the dashboard (/ui) shows (default: .chora)
+    #[arg(long, env = "CHORA_HOME")]
+    home: Option<PathBuf>,
     /// Container names <project>-<name>, network <project>
     #[arg(long, env = "CHORA_PROJECT", default_value = "chora")]
     project: String,
@@ -83,6 +83,12 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
             "--stop-grace must be a number of seconds",
         )
     })?;
+    let home = match &a.home {
+        Some(h) => chora_bootstrap::home::Home {
+            root: std::path::absolute(h).unwrap_or_else(|_| h.clone()),
+        },
+        None => chora_bootstrap::home::Home::from_env(),
+    };
     let config = chora_orchestrator::Config {
         manifest_url: a.manifest_url,
         credentials,
@@ -90,11 +96,8 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
             Runtime::Process => chora_orchestrator::RuntimeKind::Process,
             Runtime::Docker => chora_orchestrator::RuntimeKind::Docker,
         },
-        logs_dir: a.logs,
-        home: std::path::absolute(&a.home)
-            .unwrap_or(a.home)
-            .display()
-            .to_string(),
+        logs_dir: a.logs.unwrap_or_else(|| home.logs()),
+        home: home.root.display().to_string(),
         project: a.project,
         chora_image: a.chora_image,
         policy: chora_orchestrator::supervisor::RestartPolicy {
@@ -183,9 +186,9 @@ struct CapabilityServe {
     /// Every Manifest node's URL, comma-separated (requests fail over between them)
     #[arg(long, env = "MANIFEST_URL", default_value = "http://127.0.0.1:8500")]
     manifest_url: String,
-    /// Where storage and logger keep their files
-    #[arg(long, env = "CHORA_DATA_DIR", default_value = ".chora/data")]
-    data_dir: PathBuf,
+    /// Where storage and logger keep their files (default: $CHORA_HOME/data)
+    #[arg(long, env = "CHORA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Accepted for symmetry; a capability's key comes from CHORA_API_KEY
     #[arg(long, hide = true)]
     credentials: Option<PathBuf>,
@@ -205,7 +208,9 @@ pub fn capability(args: CapabilityArgs) -> Result<(), Failure> {
         manifest_url: a.manifest_url,
         api_key,
         instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
-        data_dir: a.data_dir,
+        data_dir: a
+            .data_dir
+            .unwrap_or_else(|| chora_bootstrap::home::Home::from_env().data()),
         version: std::env::var("CHORA_SERVICE_VERSION")
             .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned()),
     };

@@ -420,6 +420,38 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    fn log_stream<'a>(
+        &'a self,
+        name: &'a str,
+        tail: usize,
+        follow: bool,
+    ) -> crate::BoxStream<'a, Vec<u8>> {
+        let logs = self.docker.logs(
+            &self.container_name(name),
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                follow,
+                tail: tail.to_string(),
+                ..Default::default()
+            }),
+        );
+        // No such container (it is gone): what the orchestrator copied of it.
+        let file = self.logs_dir.join(format!("{name}.log"));
+        futures_util::stream::once(async move {
+            let mut logs = logs.peekable();
+            match std::pin::Pin::new(&mut logs).peek().await {
+                Some(Err(_)) => crate::file_stream(file, tail, follow),
+                _ => logs
+                    .take_while(|c| std::future::ready(c.is_ok()))
+                    .filter_map(|c| std::future::ready(c.ok().map(|c| c.into_bytes().to_vec())))
+                    .boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
     fn log_hint(&self, name: &str) -> String {
         format!("docker logs {}", self.container_name(name))
     }
