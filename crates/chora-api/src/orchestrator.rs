@@ -37,6 +37,10 @@ pub struct DeploySpec {
     /// Containers: the port inside (default: `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_port: Option<u16>,
+    /// Seconds a new version replacing a running one may take to be healthy
+    /// before the old one is brought back (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<u32>,
 }
 
 /// Who keeps a service registered in the Manifest.
@@ -85,6 +89,10 @@ pub struct Deployed {
     pub name: String,
     pub status: State,
     pub url: String,
+    /// When it replaced a running deployment of another spec: how
+    /// (`start-first`, or `stop-first: why`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// The state of a deployed service.

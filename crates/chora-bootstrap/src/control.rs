@@ -40,6 +40,13 @@ pub async fn control(name: &str, action: Action) -> Result<(), Failure> {
             if let (Ok(Some(rec)), Some(s)) = (&r, state.as_mut()) {
                 s.started(unit, rec.clone());
                 session::save_state(s, &ctx.home)?;
+                // It runs as the config says now.
+                let mut applied = crate::applied::Applied::load(&ctx.home).unwrap_or_default();
+                applied.record(
+                    unit,
+                    crate::applied::AppliedSpec::of(ctx.spec(unit), ctx.config.default_runtime()),
+                );
+                let _ = applied.save(&ctx.home, |u| s.services.contains_key(u));
             }
             r.map(|rec| match rec {
                 Some(rec) => match (rec.pid, &rec.container) {

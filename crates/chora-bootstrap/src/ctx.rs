@@ -94,18 +94,58 @@ impl Ctx {
         format!("{name}-{:08x}", hash as u32)
     }
 
-    /// Which Manifest instances are unit `name`'s: a replica's is its
-    /// service's instance under the unit's instance id, any other unit's any
-    /// instance of its name.
+    /// The instance id unit `name` registers under when the bootstrap starts
+    /// it (its `env` may say otherwise).
+    pub fn given_instance_id(&self, name: &str) -> String {
+        self.config
+            .service(name)
+            .and_then(|s| s.env.get("CHORA_INSTANCE_ID").cloned())
+            .unwrap_or_else(|| self.instance_id(name))
+    }
+
+    /// Which Manifest instances are unit `name`'s: the one under the id it
+    /// was given (phases 1-2: by the bootstrap; phase 3: by its orchestrator,
+    /// as `ours` says), of its service's name. A program that registers
+    /// itself and is not chora's own may ignore the id it is given: any
+    /// instance of its name is its then. So is any instance of a phase 3
+    /// service while its orchestrator did not say.
     pub fn instance_matcher(
         &self,
+        ours: &Ours,
         name: &str,
     ) -> impl Fn(&chora_api::manifest::Instance) -> bool + use<> {
-        let (service, id) = match self.config.service(name).and_then(|s| s.replica.as_ref()) {
-            Some(r) => (r.service.clone(), Some(self.instance_id(name))),
-            None => (name.to_owned(), None),
+        let spec = self.config.service(name);
+        let service = spec
+            .and_then(|s| s.replica.as_ref())
+            .map_or(name, |r| r.service.as_str())
+            .to_owned();
+        let id = match spec {
+            Some(s) if !honours_instance_id(s) => None,
+            Some(s) if s.phase < 3 => Some(self.given_instance_id(name)),
+            Some(_) => ours
+                .deployed
+                .as_ref()
+                .map(|d| d.get(name).cloned().unwrap_or_default()),
+            None => None,
         };
         move |i| i.name == service && id.as_ref().is_none_or(|id| *id == i.id)
+    }
+
+    /// This system's instances as its orchestrator reports them now.
+    pub async fn ours(&self) -> Ours {
+        let Ok(orch) = self.orchestrator() else {
+            return Ours::default();
+        };
+        let asked = orch
+            .with_timeout(std::time::Duration::from_secs(2))
+            .services()
+            .await;
+        let deployed = asked.ok().map(|list| {
+            list.into_iter()
+                .filter_map(|d| Some((d.name, d.instance_id?)))
+                .collect()
+        });
+        Ours { deployed }
     }
 
     pub fn health_timeout(&self, spec: &ServiceSpec) -> Duration {
@@ -124,4 +164,25 @@ impl Ctx {
             .with_token(self.admin_token())
             .with_fencing(self.fencing))
     }
+}
+
+/// What the orchestrator says of this system's phase 3 instances: each
+/// deployment's current instance id (`None`: it did not answer).
+#[derive(Debug, Clone, Default)]
+pub struct Ours {
+    pub deployed: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Whether a service registers under the instance id it is given: chora's
+/// own services and whatever chora registers on its behalf do; another
+/// program registering itself may not.
+pub fn honours_instance_id(spec: &ServiceSpec) -> bool {
+    use crate::config::Register;
+    let chora_own = spec.docker_compose.is_none()
+        && match (&spec.command, &spec.image) {
+            (None, None) => true,
+            (Some(c), None) => c.first().is_some_and(|p| p == "chora"),
+            (_, Some(i)) => i.starts_with("chora:") || i.starts_with("chora-etcd:"),
+        };
+    spec.registers() == Register::Chora || chora_own
 }

@@ -3,6 +3,7 @@
 //! each one, waits until the service answers its health check, and asks it
 //! again to undeploy. Every call carries this run's admin and fencing tokens.
 
+use crate::config::ServiceSpec;
 use crate::ctx::Ctx;
 use crate::failure::StepError;
 use crate::local::Ensured;
@@ -24,8 +25,26 @@ impl Ctx {
     /// Deploys a phase 3 service through the orchestrator and waits until it is
     /// healthy.
     pub async fn deploy(&self, name: &str) -> Result<ServiceRecord, StepError> {
-        let spec = self.spec(name);
-        let orch = self.orchestrator()?;
+        self.deploy_with(name, self.spec(name))
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// Deploys `name` as `spec` says; when it replaced a running deployment
+    /// of another spec, also how (`start-first`, `stop-first: why`). A new
+    /// version that does not become healthy is an error, and the old one
+    /// runs again (the orchestrator brings it back).
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+    ) -> Result<(ServiceRecord, Option<String>), StepError> {
+        let timeout = self.health_timeout(spec);
+        // A replacement waits for the new version (twice: a stand-in, then
+        // the unit in its place) and maybe the old one again.
+        let orch = self
+            .orchestrator()?
+            .with_timeout(timeout * 3 + std::time::Duration::from_secs(30));
         let mut environment = self.env_for(name, spec);
         environment.remove("CHORA_HOME");
         let body = chora_api::orchestrator::DeploySpec {
@@ -44,6 +63,7 @@ impl Ctx {
                 .map(|v| self.substitute(&v.value))
                 .collect(),
             container_port: spec.container_port,
+            health_timeout: Some(timeout.as_secs().clamp(1, 3600) as u32),
         };
         let fail = |m: String| {
             StepError::new(format!("deploying `{name}` failed: {m}"))
@@ -57,8 +77,21 @@ impl Ctx {
                 ))
         };
         let key = format!("bootstrap-{name}-{}", chora_api::bootstrap_state::now());
-        orch.deploy(&body, &key).await.map_err(|e| match e {
+        let answer = orch.deploy(&body, &key).await.map_err(|e| match e {
             OrchestratorError::Unreachable { reason, .. } => fail(reason),
+            OrchestratorError::Status {
+                code: Some(c),
+                message,
+                ..
+            } if c == "replacement_failed" => StepError::new(message)
+                .action(format!(
+                    "Read its log: {}",
+                    self.home.log_of(name).display()
+                ))
+                .action(format!(
+                    "Fix services.{name} in {} and run `chora bootstrap` again",
+                    self.config_path.display()
+                )),
             e => fail(e.to_string()),
         })?;
         let url = spec.health_url().expect("checked by the config");
@@ -77,13 +110,14 @@ impl Ctx {
                 self.home.log_of(name).display()
             )));
         }
-        Ok(ServiceRecord {
+        let record = ServiceRecord {
             phase: 3,
             deployed_via: Some("orchestrator".into()),
             url: spec.url(),
             started_at: chora_api::bootstrap_state::now(),
             ..Default::default()
-        })
+        };
+        Ok((record, answer.replaced))
     }
 
     /// A phase 3 service: running and healthy → left alone; otherwise deployed

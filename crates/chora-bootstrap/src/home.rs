@@ -30,6 +30,10 @@ impl Home {
     pub fn state(&self) -> PathBuf {
         self.root.join("bootstrap-state.json")
     }
+    /// The spec each unit was last started with (see `applied.rs`).
+    pub fn applied(&self) -> PathBuf {
+        self.root.join("applied-specs.json")
+    }
     pub fn credentials(&self) -> PathBuf {
         self.root.join("credentials.json")
     }

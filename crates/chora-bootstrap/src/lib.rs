@@ -17,6 +17,8 @@
 //! - Saying it: [`output`] (console text and `--format json`), [`audit`],
 //!   [`failure`] and [`exit`] (the documented exit codes).
 
+pub mod applied;
+pub mod apply;
 pub mod audit;
 pub mod config;
 pub mod config_cmd;
@@ -40,6 +42,7 @@ pub mod registrar;
 pub mod run;
 pub mod runtimes;
 pub mod session;
+pub mod stale;
 pub mod status;
 pub mod stop;
 pub mod substitute;

@@ -129,7 +129,16 @@ impl Ctx {
     /// Starts a phase 1-2 service (a process that outlives the CLI, or a
     /// container), waits until it is healthy, and returns how to find it again.
     pub async fn start_local(&self, name: &str) -> Result<ServiceRecord, StepError> {
-        let spec = self.spec(name);
+        self.start_with(name, self.spec(name)).await
+    }
+
+    /// [`Ctx::start_local`] with `spec` rather than the config's (the old
+    /// spec, when a change is rolled back).
+    pub async fn start_with(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+    ) -> Result<ServiceRecord, StepError> {
         if spec.image.as_deref() == Some("${ETCD_IMAGE}") {
             // Once for all members starting together (a resume skips phase 0).
             self.etcd_image

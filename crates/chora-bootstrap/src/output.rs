@@ -294,7 +294,8 @@ impl Reporter {
                     human(took)
                 ));
             }
-            "unchanged" => {}
+            // Each said its own closing line already.
+            "unchanged" | "changed" => {}
             _ => {
                 let m = self.paint("31", "✗");
                 self.line(&format!("\n{m} Bootstrap {status} after {}", human(took)));

@@ -83,6 +83,32 @@ impl Run {
                 None,
             );
         }
+        // Nothing of another home is reused silently (DESIGN.md §14): a
+        // container or volume of a name this home needs must be its own.
+        let mut others = Vec::new();
+        for name in ctx.config.start_order() {
+            let spec = ctx.spec(&name);
+            if let Ok(rt) = ctx.runtime_for(spec).await {
+                others.extend(rt.conflicts(&ctx.unit_spec(&name, spec)).await);
+            }
+        }
+        if !others.is_empty() {
+            self.out
+                .fail("Names free for this home", None, &others.join("; "));
+            let mut e = StepError::new(format!(
+                "{} of the names this home needs belong to another chora home",
+                others.len()
+            ));
+            for o in &others {
+                e = e.cause(o.clone());
+            }
+            return Err(e
+                .action(format!(
+                    "Give this home a project of its own: `project: <name>` in {} (containers, networks and volumes are named after it)",
+                    ctx.config_path.display()
+                ))
+                .action("Or remove what the other home left, if it is not needed: docker rm -f NAME, docker volume rm NAME"));
+        }
         // Ports.
         let mut taken = Vec::new();
         for (name, s) in &ctx.config.services {

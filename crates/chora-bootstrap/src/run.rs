@@ -6,6 +6,7 @@
 //! interrupted one runs again. Phase 0 is in `phase0.rs`; `--dry-run`
 //! prints the plan (`plan.rs`) instead.
 
+use crate::applied::{Applied, AppliedSpec};
 use crate::audit::Audit;
 use crate::config::Environment;
 use crate::ctx::Ctx;
@@ -61,6 +62,8 @@ pub fn phase_failure(n: u8, e: StepError, log: &std::path::Path) -> Failure {
 pub struct Run {
     pub ctx: Arc<Ctx>,
     pub state: State,
+    /// The spec each running unit was started with (saved with the state).
+    pub applied: Applied,
     pub out: Reporter,
     pub audit: Audit,
     pub parallel: bool,
@@ -68,8 +71,29 @@ pub struct Run {
 }
 
 impl Run {
-    fn save(&mut self) -> Result<(), Failure> {
-        save_state(&mut self.state, &self.ctx.home)
+    pub(crate) fn save(&mut self) -> Result<(), Failure> {
+        save_state(&mut self.state, &self.ctx.home)?;
+        let services = &self.state.services;
+        self.applied
+            .save(&self.ctx.home, |u| services.contains_key(u))
+            .map_err(|e| {
+                Failure::new(
+                    exit::FAILURE,
+                    "STATE_WRITE",
+                    format!("cannot write {}: {e}", self.ctx.home.applied().display()),
+                )
+            })
+    }
+
+    /// Records that `name` runs as the config says now.
+    pub(crate) fn started(
+        &mut self,
+        name: &str,
+        record: chora_api::bootstrap_state::ServiceRecord,
+    ) {
+        self.state.started(name, record);
+        let spec = AppliedSpec::of(self.ctx.spec(name), self.ctx.config.default_runtime());
+        self.applied.record(name, spec);
     }
 
     fn checkpoint(&mut self, phase: u8) {
@@ -129,8 +153,24 @@ impl Run {
     async fn phase_body(&mut self, n: u8) -> Result<(), StepError> {
         match n {
             0 => self.phase0().await,
-            1 | 2 => self.local_phase(n).await,
-            3 => self.start_waves(3).await,
+            1..=3 => {
+                if n == 3 {
+                    self.start_waves(3).await?;
+                } else {
+                    self.local_phase(n).await?;
+                }
+                // What an earlier system left in the registry never fails
+                // this one (DESIGN.md §14).
+                let t = Instant::now();
+                let gone = self.ctx.prune_stale().await;
+                if gone > 0 {
+                    self.out.ok(
+                        &format!("Removed {gone} stale record(s) an earlier system left"),
+                        Some(t.elapsed()),
+                    );
+                }
+                Ok(())
+            }
             _ => {
                 let tests = crate::validate::run_all(
                     &self.ctx,
@@ -305,7 +345,7 @@ impl Run {
                     ms,
                     None,
                 );
-                self.state.started(name, record);
+                self.started(name, record);
             }
             Err(e) => {
                 self.out
@@ -343,7 +383,7 @@ impl Run {
                 };
                 match r {
                     Ok((Ensured::Healthy, rec)) => {
-                        self.state.started(&name, rec);
+                        self.started(&name, rec);
                     }
                     Ok((Ensured::Restarted, rec)) => {
                         restarted += 1;
@@ -361,7 +401,7 @@ impl Run {
                             Some(t.elapsed().as_millis() as u64),
                             None,
                         );
-                        self.state.started(&name, rec);
+                        self.started(&name, rec);
                     }
                     Err(e) => {
                         self.out.fail(
@@ -390,7 +430,15 @@ pub async fn bootstrap(opts: Options) -> Result<(), Failure> {
     )?;
     let ctx = context(home.clone(), config, config_path)?;
     if opts.dry_run {
-        crate::plan::dry_run(&ctx, &mut out);
+        // A completed system: what the config changes; else the whole plan.
+        match load_state(&home)? {
+            Some(state) if state.status == RunStatus::Completed && opts.resume => {
+                let applied = Applied::load(&home).unwrap_or_default();
+                let plan = crate::apply::plan(&ctx, &state, &applied);
+                crate::apply::print_plan(&ctx, &plan, &mut out);
+            }
+            _ => crate::plan::dry_run(&ctx, &mut out),
+        }
         return Ok(());
     }
     let _lock = crate::lock::acquire(&home.lock(), "chora bootstrap").map_err(|m| {
@@ -429,6 +477,7 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
     );
     let env = ctx.config.environment.as_str().to_owned();
     let mut run = Run {
+        applied: Applied::load(&home).unwrap_or_default(),
         ctx: Arc::new(ctx),
         state: State::fresh(&env),
         out,
@@ -481,7 +530,59 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
         .record("INFO", None, "bootstrap_start", None, "started", None, None);
 
     if completed_before {
-        // A completed system: re-check everything, restart what died.
+        // A completed system: apply what the config changed (DESIGN.md §14),
+        // else re-check everything and restart what died.
+        let plan = crate::apply::plan(&run.ctx, &run.state, &run.applied);
+        if !plan.is_empty() {
+            run.out.phase(1, "Applying changes");
+            return match run.apply(&plan).await {
+                Ok(n) => {
+                    let gone = run.ctx.prune_stale().await;
+                    if gone > 0 {
+                        run.out.ok(&format!("Removed {gone} stale record(s)"), None);
+                    }
+                    run.out.phase_done("completed");
+                    run.state.completed_at = Some(chora_api::bootstrap_state::now());
+                    run.save()?;
+                    run.audit.record(
+                        "INFO",
+                        None,
+                        "changes_applied",
+                        None,
+                        "success",
+                        Some(run.out.elapsed().as_millis() as u64),
+                        None,
+                    );
+                    run.out.line(&format!("\n✓ Applied {n} change(s)"));
+                    let services = services_json(&run.ctx, &run.state);
+                    run.out.finish("changed", services, None);
+                    Ok(())
+                }
+                Err(e) => {
+                    run.out.phase_done("failed");
+                    run.audit.record(
+                        "ERROR",
+                        None,
+                        "change_rolled_back",
+                        None,
+                        "failure",
+                        None,
+                        Some(&e.message),
+                    );
+                    let mut f = Failure::new(
+                        exit::bootstrap::CAPABILITIES,
+                        "CHANGE_ROLLED_BACK",
+                        e.message,
+                    );
+                    f.causes = e.causes;
+                    f.actions = e.actions;
+                    let f = f.log(log.display().to_string());
+                    let services = services_json(&run.ctx, &run.state);
+                    run.out.finish("failed", services, Some(&f));
+                    Err(f)
+                }
+            };
+        }
         run.out.phase(1, "Re-checking services");
         let r = run.recheck(4).await;
         match r {

@@ -86,6 +86,7 @@ fn view(
     filter: &[String],
     units: &Units,
     members: &Members,
+    ours: &crate::ctx::Ours,
 ) -> Vec<ServiceView> {
     let now = std::time::SystemTime::now();
     ctx.config
@@ -95,10 +96,10 @@ fn view(
         .map(|name| {
             let spec = ctx.spec(&name);
             let replica = spec.replica.as_ref();
-            let ours = ctx.instance_matcher(&name);
+            let mine = ctx.instance_matcher(ours, &name);
             let inst = list.and_then(|l| {
                 l.iter()
-                    .filter(|i| ours(i))
+                    .filter(|i| mine(i))
                     .max_by_key(|i| i.status == Status::Up)
             });
             let member = members.get(&name);
@@ -165,7 +166,8 @@ pub async fn status(format: Format, watch: bool, services: Vec<String>) -> Resul
             Units::new()
         };
         let members = members(&ctx).await;
-        let views = view(&ctx, list.as_deref(), &services, &units, &members);
+        let ours = ctx.ours().await;
+        let views = view(&ctx, list.as_deref(), &services, &units, &members, &ours);
         let all_up = list.is_some() && views.iter().all(|v| v.status == "up");
         let (overall, code) = match state.as_ref().map(|s| s.status) {
             Some(RunStatus::Failed) => ("failed", exit::status::FAILED),

@@ -122,6 +122,9 @@ pub async fn rollback(to_phase: Option<u8>, force: bool, keep_data: bool) -> Res
     state.status = RunStatus::RolledBack;
     state.completed_at = None;
     session::save_state(&mut state, &ctx.home)?;
+    if let Some(mut applied) = crate::applied::Applied::load(&ctx.home) {
+        let _ = applied.save(&ctx.home, |u| state.services.contains_key(u));
+    }
     out.ok(&format!("Updated state to Phase {target}"), None);
     if !still.is_empty() {
         return Err(Failure::new(
@@ -177,6 +180,7 @@ pub async fn reset(force: bool, keep_credentials: bool) -> Result<(), Failure> {
     }
     out.ok("All services stopped", None);
     let _ = std::fs::remove_file(home.state());
+    let _ = std::fs::remove_file(home.applied());
     out.ok("State deleted", None);
     if let Ok(dir) = std::fs::read_dir(home.logs()) {
         for e in dir.flatten() {

@@ -40,10 +40,12 @@ pub fn verdict(results: &[TestResult]) -> Result<(), StepError> {
     }
 }
 
-/// Waits (blocking reads) until every name in `names` has an `up` instance.
-/// On timeout, returns the missing names.
+/// Waits (blocking reads) until every unit in `names` has an `up` instance
+/// of its own (this system's, not a record an earlier one left). On timeout,
+/// returns the missing names.
 pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Result<(), String> {
     let client = ctx.manifest();
+    let mut ours = ctx.ours().await;
     let deadline = Instant::now() + limit;
     let mut index = None;
     loop {
@@ -61,11 +63,17 @@ pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Re
         {
             Ok((list, i)) => {
                 index = Some(i);
-                names
+                let missing: Vec<String> = names
                     .iter()
-                    .filter(|n| !list.iter().any(ctx.instance_matcher(n)))
+                    .filter(|n| !list.iter().any(ctx.instance_matcher(&ours, n)))
                     .cloned()
-                    .collect()
+                    .collect();
+                // A phase 3 service restarted by its orchestrator comes back
+                // under a new id: ask it again while something is missing.
+                if !missing.is_empty() && missing.iter().any(|n| ctx.spec(n).phase == 3) {
+                    ours = ctx.ours().await;
+                }
+                missing
             }
             Err(e) => {
                 index = None;
@@ -294,9 +302,17 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .list(&ListFilter::default())
                 .await
                 .map_err(|e| e.to_string())?;
+            let ours = ctx.ours().await;
+            // This system's instances only: a record an earlier system left
+            // (a crash, a kept registry volume) is not this one's health.
+            let units = ctx.config.registered_units();
+            let mine: Vec<&chora_api::manifest::Instance> = list
+                .iter()
+                .filter(|i| units.iter().any(|u| ctx.instance_matcher(&ours, u)(i)))
+                .collect();
             // Each unhealthy service once, with how many of its instances are.
             let mut sick: std::collections::BTreeMap<&str, usize> = Default::default();
-            for i in list.iter().filter(|i| i.status != Status::Up) {
+            for i in mine.iter().filter(|i| i.status != Status::Up) {
                 *sick.entry(i.name.as_str()).or_default() += 1;
             }
             if !sick.is_empty() {
@@ -316,8 +332,8 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .registered_units()
                 .into_iter()
                 .filter(|n| {
-                    let ours = ctx.instance_matcher(n);
-                    !list.iter().any(|i| i.status == Status::Up && ours(i))
+                    let mine = ctx.instance_matcher(&ours, n);
+                    !list.iter().any(|i| i.status == Status::Up && mine(i))
                 })
                 .collect();
             if !missing.is_empty() {

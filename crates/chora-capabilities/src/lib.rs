@@ -99,8 +99,8 @@ pub enum CapabilityError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves `config.capability` on `listener` until `shutdown` resolves, then
-/// deregisters from the Manifest and returns.
+/// Serves `config.capability` on `listener` until `shutdown` resolves; then
+/// it leaves discovery, drains, and stops (see `leave_then_stop`).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -150,13 +150,10 @@ pub async fn run(
         },
         instance_id: config.instance_id.clone(),
     })?;
-    let served = axum::serve(chora_service::nodelay(listener), app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    if let Err(e) = keeper.shutdown().await {
-        tracing::warn!(error = %e, "could not deregister from the Manifest");
-    }
-    served.map_err(CapabilityError::Io)
+    axum::serve(chora_service::nodelay(listener), app)
+        .with_graceful_shutdown(chora_service::register::leave_then_stop(shutdown, keeper))
+        .await
+        .map_err(CapabilityError::Io)
 }
 
 fn body_limit(cap: Capability) -> usize {

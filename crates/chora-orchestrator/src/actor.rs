@@ -4,7 +4,7 @@
 //! obeys the commands of its `Deployment` handle (`supervisor.rs`), answering each when it is done. Every status change is published
 //! on the supervisor's event channel, in order.
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Placement};
 use chora_api::orchestrator::{DeploySpec, Register, ServiceStatus, State};
 use chora_runtime::behalf::{Behalf, OnBehalf};
 use chora_runtime::{Exit, Runtime, RuntimeError, Unit, UnitSpec};
@@ -24,7 +24,10 @@ pub(crate) enum Cmd {
 pub(crate) struct Actor {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) spec: DeploySpec,
+    pub(crate) place: Placement,
     pub(crate) status: Arc<Mutex<ServiceStatus>>,
+    /// The unit's health URL as this orchestrator reaches it, once started.
+    pub(crate) probe: Arc<Mutex<Option<String>>>,
     unit: Option<Box<dyn Unit>>,
     /// The registration kept on the unit's behalf (`register: chora`).
     behalf: Option<OnBehalf>,
@@ -33,10 +36,12 @@ pub(crate) struct Actor {
 }
 
 impl Actor {
-    pub(crate) fn new(ctx: &Arc<Ctx>, spec: &DeploySpec) -> Actor {
+    pub(crate) fn new(ctx: &Arc<Ctx>, spec: &DeploySpec, place: Placement) -> Actor {
         Actor {
             ctx: ctx.clone(),
             spec: spec.clone(),
+            place,
+            probe: Arc::default(),
             status: Arc::new(Mutex::new(ServiceStatus {
                 name: spec.name.clone(),
                 version: spec.version.clone(),
@@ -71,7 +76,7 @@ impl Actor {
     pub(crate) async fn launch(&mut self) -> Result<(), RuntimeError> {
         let id = format!("{}-{}", self.spec.name, chora_api::random_hex(4));
         let runtime = self.ctx.runtimes.for_spec(&self.spec)?;
-        let unit_spec = self.ctx.unit_spec(&self.spec, &*runtime, &id);
+        let unit_spec = self.ctx.unit_spec(&self.spec, &self.place, &*runtime, &id);
         let unit = runtime.start(&unit_spec).await?;
         tracing::info!(service = %self.spec.name, unit = %unit.id(), instance = %id, "started");
         self.took(unit, &*runtime, &unit_spec, id).await;
@@ -87,6 +92,10 @@ impl Actor {
         id: String,
     ) {
         let uid = unit.id();
+        let health = runtime
+            .reach(unit_spec, &self.place.health_url(&self.spec))
+            .await;
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(health.clone());
         self.publish(|s| {
             s.state = State::Running;
             s.pid = uid.pid();
@@ -105,7 +114,7 @@ impl Actor {
                 rest: runtime
                     .advertise(unit_spec)
                     .unwrap_or_else(|| self.spec.url()),
-                health_url: runtime.reach(unit_spec, &self.spec.health_url()).await,
+                health_url: health,
                 dependencies: self.spec.dependencies.clone(),
                 every: self.ctx.policy.check_every,
             };

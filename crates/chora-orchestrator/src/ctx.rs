@@ -106,6 +106,54 @@ pub fn digest(spec: &DeploySpec) -> String {
     ))
 }
 
+/// Label: a stand-in of a start-first replacement (`true`): never adopted by
+/// a restarted orchestrator, which removes it instead.
+pub const LABEL_STAND_IN: &str = "io.chora.stand-in";
+
+/// Where a unit of a deploy request runs: normally as the service itself on
+/// its port; a stand-in (while a start-first replacement runs) under a unit
+/// name and port of its own, so the old unit, the stand-in and the new unit
+/// never collide. A container stand-in publishes no port: it is reached on
+/// the project network by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub unit: String,
+    pub port: Option<u16>,
+    pub stand_in: bool,
+}
+
+impl Placement {
+    pub fn of(spec: &DeploySpec) -> Placement {
+        Placement {
+            unit: spec.name.clone(),
+            port: Some(spec.port),
+            stand_in: false,
+        }
+    }
+
+    /// The unit name of `spec`'s stand-in. Service names have no `--`
+    /// at their end in practice; a config that has one of this name gets a
+    /// stop-first replacement instead (see `replace.rs`).
+    pub fn stand_in_name(spec: &DeploySpec) -> String {
+        format!("{}--next", spec.name)
+    }
+
+    /// `spec`'s health URL as this placement answers it.
+    pub fn health_url(&self, spec: &DeploySpec) -> String {
+        let url = spec.health_url();
+        if !self.stand_in {
+            return url;
+        }
+        let inner = spec.container_port.unwrap_or(spec.port);
+        let to = match self.port {
+            Some(p) => format!("127.0.0.1:{p}"),
+            None => format!("{}:{inner}", self.unit),
+        };
+        url.replace(&format!("127.0.0.1:{}", spec.port), &to)
+            .replace(&format!("localhost:{}", spec.port), &to)
+    }
+}
+
 /// What the supervisor shares with every actor.
 pub struct Ctx {
     pub runtimes: Runtimes,
@@ -123,15 +171,25 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// What the runtime runs for `spec` under instance `id`.
-    pub(crate) fn unit_spec(&self, spec: &DeploySpec, runtime: &dyn Runtime, id: &str) -> UnitSpec {
-        let inner = spec.container_port.unwrap_or(spec.port);
+    /// What the runtime runs for `spec` under instance `id`, placed as
+    /// `place` says.
+    pub(crate) fn unit_spec(
+        &self,
+        spec: &DeploySpec,
+        place: &Placement,
+        runtime: &dyn Runtime,
+        id: &str,
+    ) -> UnitSpec {
         let mut unit = UnitSpec {
-            name: spec.name.clone(),
-            port: Some(spec.port),
-            container_port: spec.container_port,
+            name: place.unit.clone(),
+            port: place.port,
+            container_port: match place.port {
+                Some(_) => spec.container_port,
+                None => Some(spec.container_port.unwrap_or(spec.port)),
+            },
             ..Default::default()
         };
+        let inner = unit.inner_port().unwrap_or(spec.port);
         let (argv, image) = match (&spec.command, &spec.image) {
             (c, Some(i)) => (c.clone().unwrap_or_default(), Some(i.clone())),
             (Some(c), None) => (c.clone(), None),
@@ -163,6 +221,9 @@ impl Ctx {
             (LABEL_DIGEST.to_string(), digest(spec)),
         ]
         .into();
+        if place.stand_in {
+            unit.labels.insert(LABEL_STAND_IN.into(), "true".into());
+        }
         if let Some(url) = runtime.advertise(&unit) {
             unit.env.insert("CHORA_ADVERTISE_URL".into(), url);
         }
@@ -191,7 +252,7 @@ impl Ctx {
     }
 
     /// A Manifest client carrying a fresh short-lived admin token (when auth is on).
-    fn manifest(&self) -> Option<ManifestClient> {
+    pub(crate) fn manifest(&self) -> Option<ManifestClient> {
         let client = ManifestClient::new([self.manifest_url.as_str()])
             .ok()?
             .with_timeout(Duration::from_secs(2));

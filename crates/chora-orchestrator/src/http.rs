@@ -254,19 +254,48 @@ async fn deploy(
         }
     }
     let existing = st.deployments.lock().await.get(&spec.name).cloned();
+    let running = |d: &Deployment| d.snapshot().state == RunState::Running;
     let answer = match existing {
-        Some(d)
-            if d.digest == supervisor::digest(&spec) && d.snapshot().state == RunState::Running =>
-        {
-            Deployed {
-                name: spec.name.clone(),
-                status: RunState::Running,
-                url: spec.url(),
+        Some(d) if d.digest == supervisor::digest(&spec) && running(&d) => Deployed {
+            name: spec.name.clone(),
+            status: RunState::Running,
+            url: spec.url(),
+            replaced: None,
+        },
+        // Another spec of a running service: replaced health-gated.
+        Some(old) if running(&old) => {
+            match crate::replace::replace(&st.ctx, old, spec.clone()).await {
+                Ok((d, how)) => {
+                    let status = d.snapshot().state;
+                    st.deployments
+                        .lock()
+                        .await
+                        .insert(spec.name.clone(), Arc::new(d));
+                    Deployed {
+                        name: spec.name.clone(),
+                        status,
+                        url: spec.url(),
+                        replaced: Some(how.describe()),
+                    }
+                }
+                Err(failed) => {
+                    if let Some(d) = failed.running {
+                        st.deployments
+                            .lock()
+                            .await
+                            .insert(spec.name.clone(), Arc::new(d));
+                    }
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "replacement_failed",
+                        failed.message,
+                    ));
+                }
             }
         }
         other => {
             if let Some(old) = other {
-                tracing::info!(service = %spec.name, "replacing the running deployment");
+                tracing::info!(service = %spec.name, "replacing a deployment that does not run");
                 old.remove().await;
                 st.deployments.lock().await.remove(&spec.name);
             }
@@ -284,6 +313,7 @@ async fn deploy(
                 name: spec.name.clone(),
                 status,
                 url: spec.url(),
+                replaced: None,
             }
         }
     };

@@ -8,6 +8,7 @@
 mod actor;
 mod ctx;
 pub mod http;
+mod replace;
 pub mod supervisor;
 pub mod ui;
 

@@ -5,7 +5,9 @@
 
 use crate::actor::{Actor, Cmd};
 use crate::ctx::UNIT_ENV;
-pub use crate::ctx::{Ctx, LABEL_DEPLOY, LABEL_DIGEST, RestartPolicy, Runtimes, digest};
+pub use crate::ctx::{
+    Ctx, LABEL_DEPLOY, LABEL_DIGEST, LABEL_STAND_IN, Placement, RestartPolicy, Runtimes, digest,
+};
 use chora_api::orchestrator::{DeploySpec, ServiceStatus, State};
 use chora_runtime::{Found, Runtime, RuntimeError};
 use std::collections::BTreeMap;
@@ -18,10 +20,17 @@ pub struct Deployment {
     /// [`digest`] of the request it was started for.
     pub digest: String,
     pub status: Arc<Mutex<ServiceStatus>>,
+    /// Its unit's health URL as this orchestrator reaches it.
+    pub(crate) probe: Arc<Mutex<Option<String>>>,
     tx: mpsc::Sender<Cmd>,
 }
 
 impl Deployment {
+    /// Its unit's health URL as this orchestrator reaches it (once started).
+    pub fn probe_url(&self) -> Option<String> {
+        self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn snapshot(&self) -> ServiceStatus {
         self.status
             .lock()
@@ -58,11 +67,13 @@ fn hand_over(actor: Actor, digest: String) -> Deployment {
     let (tx, rx) = mpsc::channel(8);
     let spec = actor.spec.clone();
     let status = actor.status.clone();
+    let probe = actor.probe.clone();
     tokio::spawn(actor.run(rx));
     Deployment {
         spec,
         digest,
         status,
+        probe,
         tx,
     }
 }
@@ -72,7 +83,22 @@ fn hand_over(actor: Actor, digest: String) -> Deployment {
 /// orchestrator), that unit is adopted instead. A start error is returned and
 /// nothing is kept.
 pub async fn deploy(ctx: &Arc<Ctx>, spec: DeploySpec) -> Result<Deployment, RuntimeError> {
-    let mut actor = Actor::new(ctx, &spec);
+    deploy_at(ctx, spec, None).await
+}
+
+/// [`deploy`], placed as `place` says (a stand-in: see `replace.rs`); a
+/// stand-in is never an adopted unit.
+pub async fn deploy_at(
+    ctx: &Arc<Ctx>,
+    spec: DeploySpec,
+    place: Option<Placement>,
+) -> Result<Deployment, RuntimeError> {
+    if let Some(place) = place {
+        let mut actor = Actor::new(ctx, &spec, place);
+        actor.launch().await?;
+        return Ok(hand_over(actor, digest(&spec)));
+    }
+    let mut actor = Actor::new(ctx, &spec, Placement::of(&spec));
     let digest = digest(&spec);
     let runtime = ctx.runtimes.for_spec(&spec)?;
     match runtime.find(&spec.name, None).await? {
@@ -96,7 +122,7 @@ async fn adopt_into(actor: &mut Actor, runtime: &dyn Runtime, found: Found) {
         .cloned()
         .unwrap_or_else(|| format!("{}-{}", actor.spec.name, chora_api::random_hex(4)));
     tracing::info!(service = %actor.spec.name, unit = %found.unit.id(), instance = %id, "adopted a running unit");
-    let unit_spec = actor.ctx.unit_spec(&actor.spec, runtime, &id);
+    let unit_spec = actor.ctx.unit_spec(&actor.spec, &actor.place, runtime, &id);
     actor.took(found.unit, runtime, &unit_spec, id).await;
 }
 
@@ -112,7 +138,14 @@ pub async fn adopt_all(ctx: &Arc<Ctx>) -> Vec<Deployment> {
                 continue;
             }
         };
-        for f in found {
+        for mut f in found {
+            // A stand-in of a replacement this orchestrator did not finish:
+            // the real unit is (or will be) deployed by its name.
+            if f.labels.contains_key(LABEL_STAND_IN) {
+                tracing::info!(unit = %f.name, "removing a stand-in left by an unfinished replacement");
+                f.unit.stop(ctx.policy.stop_grace).await;
+                continue;
+            }
             let Some(mut spec) = f
                 .labels
                 .get(LABEL_DEPLOY)
@@ -127,7 +160,7 @@ pub async fn adopt_all(ctx: &Arc<Ctx>) -> Vec<Deployment> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let digest = f.labels.get(LABEL_DIGEST).cloned().unwrap_or_default();
-            let mut actor = Actor::new(ctx, &spec);
+            let mut actor = Actor::new(ctx, &spec, Placement::of(&spec));
             adopt_into(&mut actor, &*runtime, f).await;
             out.push(hand_over(actor, digest));
         }

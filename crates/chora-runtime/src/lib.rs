@@ -290,6 +290,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops and removes every unit of this home this runtime knows, and its
     /// own bookkeeping (networks; volumes and data stay). Returns what went.
     fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>>;
+    /// What of another chora home stands where a unit of `spec` would go (a
+    /// container or a volume of the name it needs, labelled with another
+    /// home): one sentence each. Nothing of another home is reused silently.
+    fn conflicts<'a>(&'a self, spec: &'a UnitSpec) -> BoxFuture<'a, Vec<String>> {
+        let _ = spec;
+        Box::pin(async { Vec::new() })
+    }
     /// The last `lines` lines of the unit's output.
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String>;
     /// The unit's output as it comes: the last `tail` lines, then, with

@@ -63,3 +63,20 @@ pub fn keep_registered(s: SelfRegistration) -> Result<Keeper, ClientError> {
     };
     Ok(Keeper::spawn(client, reg, Backoff::default()))
 }
+
+/// How long a service that left discovery keeps serving before it closes its
+/// listener: consumers that follow the Manifest (the gateway's blocking
+/// reads) stop sending it requests within milliseconds; this covers them.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The shutdown of a service that registered itself: once `shutdown`
+/// resolves it leaves discovery first (deregisters), waits [`DRAIN`], and
+/// only then resolves, so that the server stops accepting after its
+/// consumers have stopped sending (a rolling replacement drops nothing).
+pub async fn leave_then_stop(shutdown: impl std::future::Future<Output = ()>, keeper: Keeper) {
+    shutdown.await;
+    if let Err(e) = keeper.shutdown().await {
+        tracing::warn!(error = %e, "could not deregister from the Manifest");
+    }
+    tokio::time::sleep(DRAIN).await;
+}

@@ -49,7 +49,12 @@ impl DockerRuntime {
             let source = if v.is_bind() {
                 v.source.clone()
             } else {
-                let name = format!("{}-{}", self.project, v.source);
+                let name = self.volume_name(&v.source);
+                if let Some(other) = self.volume_owner(&name).await.filter(|h| *h != self.home) {
+                    return Err(RuntimeError::Docker(format!(
+                        "the volume `{name}` belongs to the chora home {other}: give this home a `project:` of its own, or remove the volume (docker volume rm {name})"
+                    )));
+                }
                 self.docker
                     .create_volume(VolumeCreateRequest {
                         name: Some(name.clone()),

@@ -261,6 +261,23 @@ impl DockerRuntime {
         });
     }
 
+    /// Volume `<project>-<volume>`.
+    pub fn volume_name(&self, volume: &str) -> String {
+        format!("{}-{volume}", self.project)
+    }
+
+    /// The home a volume is labelled with (`None`: no such volume, or made
+    /// by hand without chora's labels).
+    pub(crate) async fn volume_owner(&self, name: &str) -> Option<String> {
+        self.docker
+            .inspect_volume(name)
+            .await
+            .ok()?
+            .labels
+            .get(LABEL_HOME)
+            .cloned()
+    }
+
     /// The environment a container was started with.
     async fn env_of(&self, id: &str) -> Result<BTreeMap<String, String>, RuntimeError> {
         Ok(self
@@ -417,6 +434,33 @@ impl Runtime for DockerRuntime {
                 return crate::tail(&self.logs_dir.join(format!("{name}.log")), lines);
             }
             String::from_utf8_lossy(&out).trim_end().to_owned()
+        })
+    }
+
+    fn conflicts<'a>(&'a self, spec: &'a UnitSpec) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let cname = self.container_name(&spec.name);
+            if let Ok(c) = self.docker.inspect_container(&cname, None).await {
+                let home = c
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(LABEL_HOME).cloned());
+                if let Some(other) = home.filter(|h| *h != self.home) {
+                    out.push(format!(
+                        "the container `{cname}` belongs to the chora home {other}"
+                    ));
+                }
+            }
+            for v in spec.volumes.iter().filter(|v| !v.is_bind()) {
+                let vname = self.volume_name(&v.source);
+                if let Some(other) = self.volume_owner(&vname).await.filter(|h| *h != self.home) {
+                    out.push(format!(
+                        "the volume `{vname}` belongs to the chora home {other}"
+                    ));
+                }
+            }
+            out
         })
     }
 

@@ -5,6 +5,7 @@
 mod anyprogram;
 mod bootstrap;
 mod capabilities;
+mod day_two;
 mod ecosystem;
 mod gateway;
 mod image;

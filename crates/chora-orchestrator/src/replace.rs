@@ -1,0 +1,220 @@
+//! Replacing a running deployment with a request of another spec (DESIGN.md
+//! §14), health-gated, so that requests through the gateway keep succeeding:
+//!
+//! - **Start-first** where the unit can run somewhere else for a moment (a
+//!   built-in capability, which listens where it is told; an image, whose
+//!   container has a port of its own): a *stand-in* of the new spec starts
+//!   under a unit name and port of its own and must be healthy and `up` in
+//!   the Manifest; only then the old unit stops (it deregisters on the way
+//!   out, and a request that still reaches it is refused and retried by the
+//!   gateway on another instance); the new unit starts in the old one's
+//!   place and must be healthy and `up`; then the stand-in goes. At every
+//!   moment an `up` instance answers.
+//! - **Stop-first** otherwise (a process whose port is written in its
+//!   command): the old unit stops, the new one starts; the gap is a
+//!   restart's, and the answer says so.
+//!
+//! A new version that does not become healthy within its `health_timeout`
+//! never replaces the old one: start-first, the old unit never stopped;
+//! stop-first (or a new unit that fails in the old one's place), the old
+//! spec is deployed again. Either way the answer is an error that says so.
+
+use crate::supervisor::{self, Ctx, Deployment, Placement};
+use chora_api::manifest::Status;
+use chora_api::orchestrator::{DeploySpec, State};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a replacement went, for the deploy answer.
+pub enum Replaced {
+    StartFirst,
+    StopFirst(&'static str),
+}
+
+impl Replaced {
+    pub fn describe(&self) -> String {
+        match self {
+            Replaced::StartFirst => "start-first".into(),
+            Replaced::StopFirst(why) => format!("stop-first: {why}"),
+        }
+    }
+}
+
+/// A replacement that did not happen. `running` is what runs under the
+/// name afterwards (the old deployment, or the old spec deployed again).
+pub struct Failed {
+    pub message: String,
+    pub running: Option<Deployment>,
+}
+
+/// Why this spec cannot have a stand-in, if it cannot.
+fn stop_first_because(ctx: &Ctx, old: &DeploySpec, new: &DeploySpec) -> Option<&'static str> {
+    if new.command.is_some() && new.image.is_none() {
+        return Some("a process's port is fixed in its command");
+    }
+    if new.port != old.port {
+        return None;
+    }
+    // A container stand-in publishes no port: who reaches it must do so on
+    // the project network, by name.
+    let place = stand_in_place(ctx, new);
+    match ctx.runtimes.for_spec(new) {
+        Ok(rt) if place.port.is_none() => {
+            let unit = ctx.unit_spec(new, &place, &*rt, "probe");
+            rt.advertise(&unit)
+                .is_none()
+                .then_some("its consumers reach it only on its published port")
+        }
+        Ok(_) => None,
+        Err(_) => Some("its runtime is not available"),
+    }
+}
+
+/// Where `spec`'s stand-in runs: processes on a free port of this machine,
+/// containers on the project network only.
+fn stand_in_place(ctx: &Ctx, spec: &DeploySpec) -> Placement {
+    let process = spec.image.is_none()
+        && ctx
+            .runtimes
+            .for_spec(spec)
+            .is_ok_and(|rt| rt.name() == "process");
+    Placement {
+        unit: Placement::stand_in_name(spec),
+        port: process.then(free_port).flatten(),
+        stand_in: true,
+    }
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+/// Waits until `d` runs, answers its health check twice in a row and (when
+/// it registers at all) is `up` in the Manifest under its instance id.
+pub async fn ready(ctx: &Ctx, d: &Deployment, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut streak = 0;
+    let mut last = String::from("no answer yet");
+    let mut delay = Duration::from_millis(20);
+    let manifest = ctx.manifest();
+    loop {
+        let s = d.snapshot();
+        if matches!(s.state, State::Failed | State::Exited) {
+            return Err(format!(
+                "it exited ({})",
+                s.last_exit.as_deref().unwrap_or("unknown")
+            ));
+        }
+        if let Some(url) = d.probe_url().filter(|_| s.state == State::Running) {
+            match chora_runtime::check::check(&ctx.http, &url).await {
+                Ok(()) => streak += 1,
+                Err(e) => {
+                    streak = 0;
+                    last = e;
+                }
+            }
+        }
+        if streak >= 2 {
+            let registered = match (&manifest, &s.instance_id) {
+                (Some(m), Some(id)) => m.get(&d.spec.name).await.ok().is_some_and(|svc| {
+                    svc.instances
+                        .iter()
+                        .any(|i| i.id == *id && i.status == Status::Up)
+                }),
+                _ => true,
+            };
+            if registered {
+                return Ok(());
+            }
+            last = "healthy but not yet up in the Manifest".into();
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "did not become healthy within {timeout:?} (last: {last})"
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 3 / 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Replaces `old` (running) by a deployment of `spec`; see the module doc.
+pub async fn replace(
+    ctx: &Arc<Ctx>,
+    old: Arc<Deployment>,
+    spec: DeploySpec,
+) -> Result<(Deployment, Replaced), Failed> {
+    let timeout = Duration::from_secs(u64::from(spec.health_timeout.unwrap_or(60).clamp(1, 3600)));
+    let name = spec.name.clone();
+    let how = match stop_first_because(ctx, &old.spec, &spec) {
+        Some(why) => Replaced::StopFirst(why),
+        None => Replaced::StartFirst,
+    };
+    let fail = |m: String| format!("the new version of `{name}` {m}");
+    if let Replaced::StopFirst(why) = how {
+        tracing::info!(service = %name, why, "replacing stop-first");
+        old.remove().await;
+        return match start_ready(ctx, spec, None, timeout).await {
+            Ok(d) => Ok((d, how)),
+            Err(e) => Err(restore(ctx, &old.spec, timeout, fail(e)).await),
+        };
+    }
+    tracing::info!(service = %name, "replacing start-first");
+    let stand_in = start_ready(ctx, spec.clone(), Some(stand_in_place(ctx, &spec)), timeout)
+        .await
+        .map_err(|e| Failed {
+            message: format!("{}; the old one keeps running", fail(e)),
+            running: None,
+        })?;
+    old.remove().await;
+    match start_ready(ctx, spec, None, timeout).await {
+        Ok(d) => {
+            stand_in.remove().await;
+            Ok((d, how))
+        }
+        Err(e) => {
+            // The stand-in serves until the old spec runs again.
+            let failed = restore(ctx, &old.spec, timeout, fail(e)).await;
+            stand_in.remove().await;
+            Err(failed)
+        }
+    }
+}
+
+/// Deploys `spec` (placed as `place` says) and waits until it is ready; a
+/// deployment that is not ready is removed.
+async fn start_ready(
+    ctx: &Arc<Ctx>,
+    spec: DeploySpec,
+    place: Option<Placement>,
+    timeout: Duration,
+) -> Result<Deployment, String> {
+    let d = supervisor::deploy_at(ctx, spec, place)
+        .await
+        .map_err(|e| format!("did not start: {e}"))?;
+    match ready(ctx, &d, timeout).await {
+        Ok(()) => Ok(d),
+        Err(e) => {
+            d.remove().await;
+            Err(e)
+        }
+    }
+}
+
+/// Deploys the old spec again after a failed replacement.
+async fn restore(ctx: &Arc<Ctx>, old: &DeploySpec, timeout: Duration, why: String) -> Failed {
+    tracing::warn!(service = %old.name, reason = %why, "bringing the old version back");
+    match start_ready(ctx, old.clone(), None, timeout).await {
+        Ok(d) => Failed {
+            message: format!("{why}; the old version runs again"),
+            running: Some(d),
+        },
+        Err(e) => Failed {
+            message: format!("{why}; the old version did not come back either: {e}"),
+            running: None,
+        },
+    }
+}
