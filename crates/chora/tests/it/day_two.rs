@@ -12,14 +12,14 @@ use std::time::Duration;
 
 /// A client of the gateway that keeps asking the analyzer until stopped;
 /// counts answers and failures (with the first few failures' words).
-struct Client {
+pub struct Client {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     handle: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl Client {
-    fn start(gateway: u16) -> Client {
+    pub fn start(gateway: u16) -> Client {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let (s, o) = (stop.clone(), ok.clone());
@@ -54,7 +54,7 @@ impl Client {
     }
 
     /// Waits until it has had `n` answers (so it runs through what follows).
-    fn warm(&self, n: usize) {
+    pub fn warm(&self, n: usize) {
         let t = std::time::Instant::now();
         while self.ok.load(Ordering::Relaxed) < n {
             assert!(
@@ -65,7 +65,7 @@ impl Client {
         }
     }
 
-    fn finish(self) -> (usize, Vec<String>) {
+    pub fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let failed = self.handle.join().unwrap();
         (self.ok.load(Ordering::Relaxed), failed)

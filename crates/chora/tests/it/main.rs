@@ -18,6 +18,7 @@ mod manifest_etcd;
 mod prepare;
 mod prod;
 mod staging;
+mod staging_day_two;
 mod ui;
 
 use chora_testkit::{Server, spawn_server};
