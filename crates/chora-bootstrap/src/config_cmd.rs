@@ -143,7 +143,7 @@ pub async fn config(action: Action, path: Option<&Path>) -> Result<(), Failure> 
             }
             drop(_lock);
             out.line("Starting them again:");
-            crate::run::bootstrap(crate::run::Options {
+            crate::bootstrap_cmd::bootstrap(crate::bootstrap_cmd::Options {
                 environment: None,
                 resume: true,
                 skip_validation: true,

@@ -5,8 +5,10 @@
 //!   with file, line and field), [`session`] (config, state, context, lock),
 //!   [`ctx`] (what every step shares), [`lock`] and [`etcdlock`] (one run at a
 //!   time). The state file's model is `chora_api::bootstrap_state`.
-//! - Running: [`run`] (phases 0-4, resume, re-checks), [`phase0`], [`plan`]
-//!   (`--dry-run`), [`local`] and [`registrar`] (phases 1-2 through the
+//! - Running: [`bootstrap_cmd`] (the whole command: locks, resume, start
+//!   over, apply changes), [`run`] (the phase machine), [`phase0`], [`plan`]
+//!   (`--dry-run`), [`applied`] and [`apply`] (what changed, and changing
+//!   it), [`local`] and [`registrar`] (phases 1-2 through the
 //!   runtime seam), [`deploy`] (phase 3 through the orchestrator),
 //!   [`runtimes`], [`substitute`], [`etcd_members`], [`health`], [`validate`]
 //!   (phase 4 and `chora bootstrap validate`).
@@ -20,6 +22,7 @@
 pub mod applied;
 pub mod apply;
 pub mod audit;
+pub mod bootstrap_cmd;
 pub mod config;
 pub mod config_cmd;
 pub mod control;

@@ -7,6 +7,7 @@ use crate::exit;
 use crate::failure::{Failure, StepError};
 use crate::output::{Reporter, human};
 use chora_api::manifest::{ListFilter, Status};
+use chora_api::orchestrator_client::Action;
 use std::time::{Duration, Instant};
 
 /// Tests to leave out (`--skip-*`).
@@ -259,30 +260,21 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             let Some(spec) = ctx.config.service("analyzer") else {
                 return Ok("skipped: no analyzer in the config".into());
             };
-            let orch = ctx
-                .url_of("orchestrator")
-                .ok_or("no `orchestrator` service in the config")?;
+            let orch = ctx.orchestrator().map_err(|e| e.message)?;
             let t = Instant::now();
-            let act = |what: &'static str| {
-                let mut req = ctx
-                    .http
-                    .post(format!("{orch}/v1/services/analyzer/{what}"))
-                    .timeout(Duration::from_secs(30));
-                if let Some(tok) = ctx.admin_token() {
-                    req = req.bearer_auth(tok);
-                }
+            let act = |what: Action| {
+                let orch = &orch;
                 async move {
-                    match req.send().await {
-                        Ok(r) if r.status().is_success() => Ok(()),
-                        Ok(r) => Err(format!("{what}: HTTP {}", r.status().as_u16())),
-                        Err(e) => Err(format!("{what}: {}", chora_api::root_cause(&e))),
-                    }
+                    orch.act("analyzer", what)
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("{}: {e}", what.as_str()))
                 }
             };
-            act("stop").await?;
+            act(Action::Stop).await?;
             wait_gone(ctx, "analyzer", limit).await?;
             let stopped = t.elapsed();
-            act("start").await?;
+            act(Action::Start).await?;
             wait_registered(ctx, &["analyzer".to_string()], limit)
                 .await
                 .map_err(|m| format!("not back: {m}"))?;

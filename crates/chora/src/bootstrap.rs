@@ -268,7 +268,7 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
                 "--timeout must be a positive number of seconds",
             )
         })?;
-    let opts = chora_bootstrap::run::Options {
+    let opts = chora_bootstrap::bootstrap_cmd::Options {
         environment: a.environment.map(Environment::from),
         resume: !a.no_resume,
         skip_validation: a.skip_validation,
@@ -279,7 +279,7 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
         json: a.format == RunFormat::Json,
     };
     tokio::select! {
-        r = chora_bootstrap::run::bootstrap(opts) => r,
+        r = chora_bootstrap::bootstrap_cmd::bootstrap(opts) => r,
         sig = crate::rt::shutdown_signal_name() => Err(interrupted(sig)),
     }
 }
