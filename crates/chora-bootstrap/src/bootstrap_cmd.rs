@@ -46,7 +46,7 @@ pub struct Options {
 pub fn phase_failure(n: u8, e: StepError, log: &std::path::Path) -> Failure {
     let mut f = Failure::new(
         exit::bootstrap::phase(n),
-        PHASE_CODES[n as usize],
+        e.code.unwrap_or(PHASE_CODES[n as usize]),
         e.message,
     );
     f.causes = e.causes;
@@ -209,7 +209,7 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
                     );
                     let mut f = Failure::new(
                         exit::bootstrap::CAPABILITIES,
-                        "CHANGE_ROLLED_BACK",
+                        e.code.unwrap_or("CHANGE_ROLLED_BACK"),
                         e.message,
                     );
                     f.causes = e.causes;

@@ -19,7 +19,7 @@ impl Ctx {
         self.orchestrator()?
             .services()
             .await
-            .map_err(|e| StepError::new(e.to_string()))
+            .map_err(orchestrator_error)
     }
 
     /// Deploys a phase 3 service through the orchestrator and waits until it is
@@ -78,6 +78,7 @@ impl Ctx {
         };
         let key = format!("bootstrap-{name}-{}", chora_api::bootstrap_state::now());
         let answer = orch.deploy(&body, &key).await.map_err(|e| match e {
+            e if e.lost_lock() => StepError::lock_lost(e),
             OrchestratorError::Unreachable { reason, .. } => fail(reason),
             OrchestratorError::Status {
                 code: Some(c),
@@ -153,6 +154,7 @@ impl Ctx {
             Ok(()) => Ok(()),
             // No orchestrator, no children: they die with it.
             Err(OrchestratorError::Unreachable { refused: true, .. }) => Ok(()),
+            Err(e) if e.lost_lock() => Err(StepError::lock_lost(e)),
             Err(OrchestratorError::Unreachable { reason, .. }) => Err(StepError::new(reason)),
             Err(OrchestratorError::Status { status, .. }) => Err(StepError::new(format!(
                 "the orchestrator answered {}",
@@ -162,5 +164,14 @@ impl Ctx {
             ))),
             Err(e) => Err(StepError::new(e.to_string())),
         }
+    }
+}
+
+/// An orchestrator error as a step's: a refused fencing token is a lost lock.
+pub fn orchestrator_error(e: OrchestratorError) -> StepError {
+    if e.lost_lock() {
+        StepError::lock_lost(e)
+    } else {
+        StepError::new(e.to_string())
     }
 }

@@ -31,6 +31,9 @@ pub struct StepError {
     pub message: String,
     pub causes: Vec<String>,
     pub actions: Vec<String>,
+    /// The error code a person reads instead of the phase's own
+    /// (`LOCK_LOST`).
+    pub code: Option<&'static str>,
 }
 
 impl StepError {
@@ -39,7 +42,23 @@ impl StepError {
             message: message.into(),
             causes: Vec::new(),
             actions: Vec::new(),
+            code: None,
         }
+    }
+
+    /// This bootstrap lost its etcd lock to a newer one (paused past its
+    /// lease): the orchestrator refused its fencing token. Said as such,
+    /// never as a generic failure.
+    pub fn lock_lost(detail: impl std::fmt::Display) -> Self {
+        StepError {
+            code: Some("LOCK_LOST"),
+            ..StepError::new(format!(
+                "this bootstrap lost its lock to a newer one and did nothing more: {detail}"
+            ))
+        }
+        .cause("it was paused or cut off longer than its etcd lease, and another bootstrap took the lock")
+        .action("See what the other run did: chora bootstrap status")
+        .action("Run `chora bootstrap` again once the other run is done")
     }
     pub fn cause(mut self, c: impl Into<String>) -> Self {
         self.causes.push(c.into());

@@ -380,4 +380,3 @@ impl Run {
         Ok(restarted)
     }
 }
-

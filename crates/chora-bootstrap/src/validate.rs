@@ -265,10 +265,10 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             let act = |what: Action| {
                 let orch = &orch;
                 async move {
-                    orch.act("analyzer", what)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("{}: {e}", what.as_str()))
+                    orch.act("analyzer", what).await.map(drop).map_err(|e| {
+                        let e = crate::deploy::orchestrator_error(e);
+                        format!("{}: {}", what.as_str(), e.message)
+                    })
                 }
             };
             act(Action::Stop).await?;

@@ -27,8 +27,8 @@ struct Idempotency {
 }
 
 pub struct AppState {
-    /// The highest fencing token a deploy carried (`X-Chora-Fencing-Token`): a
-    /// bootstrap holding an older etcd lock may not deploy any more.
+    /// The highest fencing token a request carried (`X-Chora-Fencing-Token`):
+    /// a bootstrap holding an older etcd lock may not act any more.
     fencing: std::sync::atomic::AtomicU64,
     ctx: Arc<Ctx>,
     deployments: Deployments,
@@ -221,25 +221,7 @@ async fn deploy(
     // original); other names, and reads of the list, go on meanwhile.
     let name_lock = st.name_lock(&spec.name);
     let _one = name_lock.lock().await;
-    if let Some(v) = headers.get("x-chora-fencing-token") {
-        let token: u64 = v
-            .to_str()
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| ApiError::bad_request("X-Chora-Fencing-Token must be a number"))?;
-        let seen = st
-            .fencing
-            .fetch_max(token, std::sync::atomic::Ordering::SeqCst);
-        if token < seen {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "stale_fencing_token",
-                format!(
-                    "fencing token {token} is older than {seen}: another bootstrap holds the lock now"
-                ),
-            ));
-        }
-    }
+    check_fencing(&st, &headers)?;
     if let Some(k) = &key {
         let idem = st.idempotency.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((first_spec, answer)) = idem.answers.get(k) {
@@ -330,6 +312,35 @@ async fn deploy(
     Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
 }
 
+/// A bootstrap's fencing token (`X-Chora-Fencing-Token`, DESIGN.md §15):
+/// one lower than the highest any request carried is refused with 409
+/// `stale_fencing_token`; a token raises the bar for every action alike
+/// (deploy, stop, start, restart, remove). A request without one (an
+/// operator's) is not fenced.
+fn check_fencing(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(chora_api::orchestrator_client::FENCING_HEADER) else {
+        return Ok(());
+    };
+    let token: u64 = v
+        .to_str()
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("X-Chora-Fencing-Token must be a number"))?;
+    let seen = st
+        .fencing
+        .fetch_max(token, std::sync::atomic::Ordering::SeqCst);
+    if token < seen {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_fencing_token",
+            format!(
+                "fencing token {token} is older than {seen}: another bootstrap holds the lock now"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn find(st: &AppState, name: &str) -> Result<Arc<Deployment>, ApiError> {
     st.deployments
         .lock()
@@ -341,9 +352,11 @@ async fn find(st: &AppState, name: &str) -> Result<Arc<Deployment>, ApiError> {
 
 async fn act(
     State(st): State<Shared>,
+    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<axum::Json<StateChange>, ApiError> {
     let d = find(&st, &name).await?;
+    check_fencing(&st, &headers)?;
     let state = match action.as_str() {
         "stop" => d.stop().await,
         "start" => d.start().await,
@@ -357,12 +370,17 @@ async fn act(
     Ok(axum::Json(StateChange { name, state }))
 }
 
-async fn remove(State(st): State<Shared>, Path(name): Path<String>) -> StatusCode {
+async fn remove(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_fencing(&st, &headers)?;
     let d = st.deployments.lock().await.remove(&name);
     if let Some(d) = d {
         d.remove().await;
     }
-    StatusCode::NO_CONTENT
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list(State(st): State<Shared>) -> axum::Json<Vec<ServiceStatus>> {

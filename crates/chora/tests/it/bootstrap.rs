@@ -929,7 +929,7 @@ fn status_watch_redraws_when_the_registry_changes() {
 }
 
 /// The prod template on this site's ports, against `etcd` endpoints.
-fn prod_config(site: &Site, etcd: &[String]) -> String {
+pub fn prod_config(site: &Site, etcd: &[String]) -> String {
     let mut t = chora_bootstrap::template::processes_on_etcd();
     for (d, p) in DEFAULT_PORTS.iter().zip(&site.ports) {
         t = t.replace(&d.to_string(), &format!("{p}"));

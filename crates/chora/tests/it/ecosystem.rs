@@ -409,6 +409,69 @@ async fn deploys_with_a_stale_fencing_token_are_refused() {
 }
 
 #[tokio::test]
+async fn every_action_with_a_stale_fencing_token_is_refused_and_raises_the_bar_for_all() {
+    let e = Ecosystem::start();
+    let base = e.orchestrator.url();
+    let deploy = e
+        .http
+        .post(format!("{base}/v1/deploy"))
+        .bearer_auth(&e.admin)
+        .header("x-chora-fencing-token", "5")
+        .json(&e.spec("analyzer"));
+    assert_eq!(status_json(deploy.send().await.unwrap()).await.0, 201);
+    // A stop carrying a newer token raises the bar for every action.
+    let act = |method: reqwest::Method, path: &str, token: &'static str| {
+        let req = e
+            .http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&e.admin)
+            .header("x-chora-fencing-token", token);
+        async move { status_json(req.send().await.unwrap()).await }
+    };
+    assert_eq!(
+        act(reqwest::Method::POST, "/v1/services/analyzer/stop", "7")
+            .await
+            .0,
+        200
+    );
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/services/analyzer/start"),
+        (reqwest::Method::POST, "/v1/services/analyzer/restart"),
+        (reqwest::Method::POST, "/v1/services/analyzer/stop"),
+        (reqwest::Method::DELETE, "/v1/services/analyzer"),
+    ] {
+        let (s, b) = act(method, path, "6").await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (409, Some("stale_fencing_token")),
+            "{path}: {b}"
+        );
+    }
+    assert_eq!(
+        e.row("analyzer").await["state"],
+        "stopped",
+        "a refused start acted"
+    );
+    // The newest holder, and an operator's request without a token, may act.
+    assert_eq!(
+        act(reqwest::Method::POST, "/v1/services/analyzer/start", "7")
+            .await
+            .0,
+        200
+    );
+    let (s, _) = status_json(
+        e.http
+            .post(format!("{base}/v1/services/analyzer/restart"))
+            .bearer_auth(&e.admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
 async fn the_orchestrator_refuses_requests_without_an_admin_token() {
     let e = Ecosystem::start();
     let url = format!("{}/v1/deploy", e.orchestrator.url());

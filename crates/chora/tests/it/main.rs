@@ -7,6 +7,7 @@ mod bootstrap;
 mod capabilities;
 mod day_two;
 mod ecosystem;
+mod fencing;
 mod gateway;
 mod image;
 mod infra;

@@ -45,7 +45,11 @@ fn a_changed_container_is_replaced_start_first_while_gateway_clients_keep_being_
         if name == "analyzer" {
             assert_ne!(after.get(name), Some(ids), "the analyzer was not replaced");
         } else {
-            assert_eq!(after.get(name), Some(ids), "{name} was replaced though it did not change");
+            assert_eq!(
+                after.get(name),
+                Some(ids),
+                "{name} was replaced though it did not change"
+            );
         }
     }
     // The stand-in is gone: one container each.
@@ -55,7 +59,8 @@ fn a_changed_container_is_replaced_start_first_while_gateway_clients_keep_being_
 }
 
 #[test]
-fn records_an_earlier_system_left_never_fail_a_fresh_bootstrap_and_another_home_never_takes_its_volumes() {
+fn records_an_earlier_system_left_never_fail_a_fresh_bootstrap_and_another_home_never_takes_its_volumes()
+ {
     if !chora_testkit::docker_available("records_an_earlier_system_left") {
         return;
     }
@@ -78,12 +83,36 @@ fn records_an_earlier_system_left_never_fail_a_fresh_bootstrap_and_another_home_
     let (code, out, err) = other.run(&["bootstrap"]);
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     let volume = format!("{}-manifest-data", s.project);
-    assert!(err.contains(&format!("the volume `{volume}` belongs to the chora home {}", s.home().display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the volume `{volume}` belongs to the chora home {}",
+            s.home().display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("`project: <name>`"), "{err}");
     // It made nothing: no container, and the volume is still the first home's.
     let home = other.home().display().to_string();
-    let made = docker(&["ps", "-aq", "--filter", &format!("label=io.chora.home={home}")]);
-    assert!(made.stdout.is_empty(), "{}", String::from_utf8_lossy(&made.stdout));
-    let label = docker(&["volume", "inspect", "-f", "{{index .Labels \"io.chora.home\"}}", &volume]);
-    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), s.home().display().to_string());
+    let made = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.chora.home={home}"),
+    ]);
+    assert!(
+        made.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&made.stdout)
+    );
+    let label = docker(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{index .Labels \"io.chora.home\"}}",
+        &volume,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&label.stdout).trim(),
+        s.home().display().to_string()
+    );
 }
