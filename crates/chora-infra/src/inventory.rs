@@ -214,24 +214,12 @@ impl Inventory {
     /// Parses and checks the YAML text of `file`.
     pub fn parse(text: &str, file: &Path) -> Result<Inventory, InventoryError> {
         let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            let full = e.to_string();
-            let first = full.lines().next().unwrap_or_default();
-            let message = first
-                .split_once(": ")
-                .filter(|(head, _)| head.contains("line"))
-                .map(|(_, m)| m)
-                .unwrap_or(first)
-                .trim_start_matches("error: ")
-                .to_owned();
+            let e = chora_text::YamlError::new(&e);
             InventoryError {
                 file: file.to_owned(),
-                line,
-                column,
-                message,
+                line: e.line.max(1),
+                column: e.column.max(1),
+                message: e.message,
             }
         })?;
         let err = |loc: Location, message: String| InventoryError {
@@ -451,6 +439,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         assert!(e.message.contains("conect_timeout"), "{e}");
+        assert!(!e.message.contains("line 4"), "the position is said once: {e}");
     }
 
     #[test]
