@@ -1,6 +1,22 @@
 //! The inventory (DESIGN.md §11): which hosts, how to reach them, what to install.
 //! Loading checks everything before any host is contacted and names the file,
 //! line and field of each mistake (exit 7).
+//!
+//! The YAML is read into serde shapes (`Raw*`, unknown keys refused, values
+//! that need a line kept `Spanned`), then checked into an [`Inventory`]; a
+//! parse error's position and sentence come from `chora_text::YamlError`.
+//!
+//! Invariants of a loaded [`Inventory`]:
+//!
+//! - At least one host; names are unique, 1 to 63 of letters, digits, `-`,
+//!   `_`, `.`; addresses have no whitespace; no port is 0.
+//! - Files it names exist (`ssh.identity_file`, the Tailscale auth key file):
+//!   `~/` is `$HOME`, a relative path is from the inventory's directory.
+//! - A WireGuard CIDR is IPv4 with a prefix of 8 to 30 and has room for every
+//!   host: host *i* (in inventory order) is network + *i* + 1.
+//! - Defaults: port 22, user root, 10 s connect timeout, 15 s keep-alive, 3
+//!   connection attempts, Docker from the distribution, no mesh network, 300 s
+//!   for the dpkg lock.
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -439,7 +455,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         assert!(e.message.contains("conect_timeout"), "{e}");
-        assert!(!e.message.contains("line 4"), "the position is said once: {e}");
+        assert!(
+            !e.message.contains("line 4"),
+            "the position is said once: {e}"
+        );
     }
 
     #[test]
