@@ -5,7 +5,7 @@
 //! it answers `false`, after it has printed one line:
 //!
 //! ```text
-//! a_three_member_cluster: skipped: needs etcd (apt-get install etcd-server)
+//! manifest_etcd::a_paused_node_costs_…: skipped: needs etcd (apt-get install etcd-server)
 //! ```
 //!
 //! That line goes straight to the process's stderr, past the test harness's
@@ -21,8 +21,9 @@
 //! | busybox, to build an image of (with Docker) | `DOCKER` | busybox-static |
 //! | Chromium (`chromium`, or `CHORA_CHROMIUM`) | `CHROMIUM` | chromium |
 //! | `python3`, a program that knows nothing of chora | `PYTHON3` | python3 |
-//! | debootstrap and ssh, for `chora infra`'s test hosts | `DEBOOTSTRAP` | debootstrap openssh-client |
-//! | root (debootstrap builds the hosts' root filesystem as root) | `ROOT` | - |
+//! | an ssh client, for `chora infra`'s test hosts | `DEBOOTSTRAP` | openssh-client |
+//! | debootstrap, to build those hosts' root filesystem (once: it is cached) | `DEBOOTSTRAP` | debootstrap |
+//! | root, to run debootstrap (likewise only while nothing is cached) | `ROOT` | - |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -167,7 +168,11 @@ pub fn busybox(test: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.is_file());
     let missing = found.is_none().then(String::new);
-    BUSYBOX.met(test, missing).then(|| found).flatten()
+    if BUSYBOX.met(test, missing) {
+        found
+    } else {
+        None
+    }
 }
 
 /// The Chromium program tests drive: `CHORA_CHROMIUM`, else `chromium`.
