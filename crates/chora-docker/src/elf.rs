@@ -10,6 +10,14 @@
 //! `/etc/ld.so.conf` (with its `include` lines), then the default directories.
 //! Libraries a program opens itself at run time (`dlopen`) are not in its
 //! headers and are not found.
+//!
+//! Invariants: nothing is executed, only headers are read. The search order
+//! is ld.so's (RPATH only for an object without RUNPATH, the executable's RPATH
+//! for every such library), and a candidate of another machine than its user is
+//! passed over as ld.so passes it over. Each needed name is resolved once (the
+//! first object to need it decides, as in the loader's link map); the loader
+//! itself is never searched for. A name not found anywhere is an error listing
+//! every directory searched.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;

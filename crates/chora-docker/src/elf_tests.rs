@@ -1,3 +1,6 @@
+//! Tests of `elf.rs`: ELF files made in memory (`synth`) in temp directories,
+//! searched as ld.so would search them, plus this test binary itself.
+
 use super::*;
 
 const X86_64: u16 = 62;

@@ -1,6 +1,22 @@
 //! The inventory (DESIGN.md §11): which hosts, how to reach them, what to install.
 //! Loading checks everything before any host is contacted and names the file,
 //! line and field of each mistake (exit 7).
+//!
+//! The YAML is read into serde shapes (`Raw*`, unknown keys refused, values
+//! that need a line kept `Spanned`), then checked into an [`Inventory`]; a
+//! parse error's position and sentence come from `chora_text::YamlError`.
+//!
+//! Invariants of a loaded [`Inventory`]:
+//!
+//! - At least one host; names are unique, 1 to 63 of letters, digits, `-`,
+//!   `_`, `.`; addresses have no whitespace; no port is 0.
+//! - Files it names exist (`ssh.identity_file`, the Tailscale auth key file):
+//!   `~/` is `$HOME`, a relative path is from the inventory's directory.
+//! - A WireGuard CIDR is IPv4 with a prefix of 8 to 30 and has room for every
+//!   host: host *i* (in inventory order) is network + *i* + 1.
+//! - Defaults: port 22, user root, 10 s connect timeout, 15 s keep-alive, 3
+//!   connection attempts, Docker from the distribution, no mesh network, 300 s
+//!   for the dpkg lock.
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -214,24 +230,12 @@ impl Inventory {
     /// Parses and checks the YAML text of `file`.
     pub fn parse(text: &str, file: &Path) -> Result<Inventory, InventoryError> {
         let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            let full = e.to_string();
-            let first = full.lines().next().unwrap_or_default();
-            let message = first
-                .split_once(": ")
-                .filter(|(head, _)| head.contains("line"))
-                .map(|(_, m)| m)
-                .unwrap_or(first)
-                .trim_start_matches("error: ")
-                .to_owned();
+            let e = chora_text::YamlError::new(&e);
             InventoryError {
                 file: file.to_owned(),
-                line,
-                column,
-                message,
+                line: e.line.max(1),
+                column: e.column.max(1),
+                message: e.message,
             }
         })?;
         let err = |loc: Location, message: String| InventoryError {
@@ -451,6 +455,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         assert!(e.message.contains("conect_timeout"), "{e}");
+        assert!(
+            !e.message.contains("line 4"),
+            "the position is said once: {e}"
+        );
     }
 
     #[test]

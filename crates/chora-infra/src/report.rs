@@ -1,8 +1,10 @@
 //! What a run found and did, per host and step: the JSON document of DESIGN.md
 //! §11 and its text rendering (a final table).
 
+use chora_text::duration::took;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,7 +163,7 @@ impl Report {
                     .unwrap_or("-");
                 let _ = write!(out, "  {:<w$}", cell, w = col(s));
             }
-            let _ = writeln!(out, "  {}", human_ms(h.duration_ms()));
+            let _ = writeln!(out, "  {}", took(Duration::from_millis(h.duration_ms())));
         }
         for h in &self.hosts {
             if let Some(e) = &h.error {
@@ -174,17 +176,6 @@ impl Report {
             self.summary.ready, self.summary.failed, self.summary.changed
         );
         out
-    }
-}
-
-/// `42ms`, `1.3s`, `2m 5s`.
-pub fn human_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m {}s", ms / 60_000, (ms % 60_000) / 1000)
     }
 }
 

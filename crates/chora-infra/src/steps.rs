@@ -4,6 +4,17 @@
 //!
 //! A step returns `Ok((status, detail))` or `Err(reason)`; `dry` steps only
 //! check and say what they would do (status `changed`, detail "would …").
+//!
+//! Invariants:
+//!
+//! - A step's check only reads the host; it acts only on what the check found
+//!   missing, and reports `ok` when there was nothing to do, so a second run
+//!   over a prepared host changes nothing.
+//! - Packages are installed with [`apt_install`] (apt's own wait for the dpkg
+//!   lock, bounded by the inventory's `apt.lock_timeout`; no prompts, no
+//!   recommends), after the `apt-lock` step has waited for any other apt.
+//! - A host that is not Debian-like, or whose user has no password-less sudo,
+//!   fails at `facts`, before anything is changed on it.
 
 use crate::inventory::DockerInstall;
 use crate::report::Status;

@@ -30,8 +30,10 @@ mod error;
 mod fsutil;
 mod handlers;
 mod http;
-mod manifest;
+mod module_file;
 mod pool;
+mod report;
+mod requirements;
 mod runner;
 mod services;
 mod sql;
@@ -40,11 +42,13 @@ pub use error::{Error, Location};
 pub use handlers::{
     DatabasesHandler, DirectoriesHandler, DownloadsHandler, FilesHandler, TemplatesHandler,
 };
-pub use manifest::{
-    DatabaseSpec, DirSpec, DownloadSpec, FileSpec, MANIFEST_NAMES, Module, Requirements, Schema,
-    Source, TemplateSpec, discover,
+pub use module_file::{MODULE_FILE_NAMES, discover};
+pub use report::{Entry, Report, Status};
+pub use requirements::{
+    DatabaseSpec, DirSpec, DownloadSpec, FileSpec, Module, Requirements, Schema, Source,
+    TemplateSpec,
 };
-pub use runner::{Entry, Report, Runner, Status};
+pub use runner::Runner;
 pub use services::{MANIFEST_SCHEMA, STORAGE_SCHEMA, chora_services_prepare};
 
 use serde::Serialize;
@@ -107,7 +111,7 @@ impl Context {
     }
 
     /// A template variable that wins over the process environment (but not over
-    /// a manifest's own variables).
+    /// a module file's own variables).
     pub fn with_var(mut self, name: impl Into<String>, value: impl Into<String>) -> Context {
         self.vars.insert(name.into(), value.into());
         self

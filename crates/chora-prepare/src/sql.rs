@@ -1,6 +1,12 @@
 //! Schema files: split into statements (SQLite's own `sqlite3_complete` decides
 //! where one ends, so semicolons in strings, comments and trigger bodies are
 //! handled as SQLite handles them) and told apart by what they create.
+//!
+//! Invariants: the statements are the schema's text, in order, each with the
+//! line of its first token (for messages); nothing is rewritten. A statement
+//! this classifier cannot read is `Kind::Other`, never an error: it runs
+//! (and SQLite judges it) when the database is made, and is not repeated on
+//! one that exists. `TEMP` objects are not part of a file's schema (`Other`).
 
 use std::ffi::CString;
 

@@ -2,8 +2,30 @@
 //! in a temp dir, learn its address from its readiness line, and make sure it is
 //! killed when the test ends, passes or fails. When a test fails, every process it
 //! started prints its captured output.
+//!
+//! Invariants:
+//!
+//! - Every process a test starts dies with it: dropping a [`Server`] kills and
+//!   reaps it, and `PR_SET_PDEATHSIG` kills it should the test process itself
+//!   die. A [`Paused`] process runs again when its guard drops.
+//! - Readiness is a line the process prints (the readiness line of a chora
+//!   server, etcd's "serving"), never a sleep; 15 s without it fails the test
+//!   with the process's output.
+//! - A temp dir is removed when its guard drops.
+//!
+//! `needs.rs`: what a test needs beyond Rust and the one way to skip (or, in
+//! CI, fail) without it. `etcd.rs`: etcd clusters. `infra_host/`: SSH test
+//! hosts for `chora infra`.
 
+mod etcd;
 pub mod infra_host;
+pub mod needs;
+
+pub use etcd::{EtcdCluster, EtcdMember};
+pub use needs::{
+    busybox, chromium, chromium_available, compose_available, debootstrap_available,
+    docker_available, etcd_available, python3_available, root_available, ssh_available,
+};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -272,191 +294,6 @@ fn pump(
             }
         }
     });
-}
-
-/// True when Debian's `etcd` is installed. When it is not, a test that needs it
-/// fails if `CHORA_REQUIRE_ETCD=1` (CI), and otherwise says why it skips.
-pub fn etcd_available(test: &str) -> bool {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CHORA_REQUIRE_ETCD").as_deref() == Ok("1") {
-            panic!(
-                "{test}: etcd is required (CHORA_REQUIRE_ETCD=1) but not installed: apt-get install etcd-server"
-            );
-        }
-        eprintln!("SKIPPED {test}: etcd is not installed (apt-get install etcd-server)");
-    }
-    found
-}
-
-/// True when a Docker engine answers (`docker version`). When none does, a test
-/// that needs it fails if `CHORA_REQUIRE_DOCKER=1` (CI), and otherwise says why it
-/// skips.
-pub fn docker_available(test: &str) -> bool {
-    let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output();
-    let why = match &out {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        Err(e) => format!("the docker command cannot run: {e}"),
-    };
-    if std::env::var("CHORA_REQUIRE_DOCKER").as_deref() == Ok("1") {
-        panic!("{test}: Docker is required (CHORA_REQUIRE_DOCKER=1) but unavailable: {why}");
-    }
-    eprintln!("SKIPPED {test}: no Docker engine ({why})");
-    false
-}
-
-/// One etcd member started by a test, on free loopback ports, with its own
-/// data directory; it can be stopped and started again on the same data.
-pub struct EtcdMember {
-    pub name: String,
-    pub client_port: u16,
-    pub peer_port: u16,
-    pub data: PathBuf,
-    cluster: String,
-    pub server: Option<Server>,
-}
-
-impl EtcdMember {
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    /// Starts (or restarts) the member and waits until it serves clients.
-    pub fn start(&mut self, new_cluster: bool) {
-        let pending = self.spawn(new_cluster);
-        self.ready(pending);
-    }
-
-    fn ready(&mut self, pending: Starting) {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
-        self.server = Some(pending.wait(move |line| {
-            line.contains("serving insecure client requests")
-                .then_some(addr)
-        }));
-    }
-
-    /// Starts the process on this thread without waiting.
-    fn spawn(&self, new_cluster: bool) -> Starting {
-        let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let data = self.data.display().to_string();
-        let state = if new_cluster { "new" } else { "existing" };
-        let args = [
-            "--name",
-            &self.name,
-            "--data-dir",
-            &data,
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &self.cluster,
-            "--initial-cluster-state",
-            state,
-            "--initial-cluster-token",
-            "chora-test",
-            "--heartbeat-interval",
-            "50",
-            "--election-timeout",
-            "500",
-        ];
-        let dir = self.data.parent().unwrap().to_owned();
-        start_process(
-            Path::new("etcd"),
-            &dir,
-            &args,
-            &[],
-            format!("etcd {}", self.name),
-        )
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            s.kill9();
-        }
-    }
-}
-
-/// An etcd cluster of `n` members started by a test.
-pub struct EtcdCluster {
-    pub members: Vec<EtcdMember>,
-    _dir: tempfile::TempDir,
-}
-
-impl EtcdCluster {
-    pub fn start(n: usize) -> EtcdCluster {
-        let dir = temp_dir();
-        let ports: Vec<(u16, u16)> = {
-            let held: Vec<std::net::TcpListener> = (0..2 * n)
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-                .collect();
-            let p: Vec<u16> = held
-                .iter()
-                .map(|l| l.local_addr().unwrap().port())
-                .collect();
-            (0..n).map(|i| (p[2 * i], p[2 * i + 1])).collect()
-        };
-        let cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members: Vec<EtcdMember> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (c, p))| EtcdMember {
-                name: format!("e{i}"),
-                client_port: *c,
-                peer_port: *p,
-                data: dir.path().join(format!("e{i}")),
-                cluster: cluster.clone(),
-                server: None,
-            })
-            .collect();
-        let mut c = EtcdCluster {
-            members: Vec::new(),
-            _dir: dir,
-        };
-        std::mem::swap(&mut c.members, &mut members);
-        c.start_all(true);
-        c
-    }
-
-    /// Starts every member (on this thread) and waits for all of them together:
-    /// members wait for a quorum before they serve.
-    pub fn start_all(&mut self, new_cluster: bool) {
-        let pending: Vec<Starting> = self.members.iter().map(|m| m.spawn(new_cluster)).collect();
-        std::thread::scope(|s| {
-            for (m, p) in self.members.iter_mut().zip(pending) {
-                s.spawn(move || m.ready(p));
-            }
-        });
-    }
-
-    /// `etcd:URL,URL,…` for `chora manifest serve --storage`.
-    pub fn storage(&self) -> String {
-        format!("etcd:{}", self.urls().join(","))
-    }
-
-    pub fn urls(&self) -> Vec<String> {
-        self.members.iter().map(EtcdMember::url).collect()
-    }
 }
 
 /// A port that was free a moment ago (for restarting a server on the same address).

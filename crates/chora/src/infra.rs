@@ -2,8 +2,8 @@
 //! network (DESIGN.md §11). The work is `chora-infra`'s; this prints it.
 
 use crate::failure::{EXIT_CONFIG, Failure, exit};
-use chora_infra::report::human_ms;
 use chora_infra::{Event, Inventory, Report, Status};
+use chora_text::duration::took;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,7 +112,7 @@ fn print_event(e: Event, color: bool) {
                 "  {mark} {host} {} {} ({}){detail}",
                 report.step,
                 report.status.as_str(),
-                human_ms(report.duration_ms)
+                took(std::time::Duration::from_millis(report.duration_ms))
             )
         }
     };

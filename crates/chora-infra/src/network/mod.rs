@@ -14,11 +14,8 @@ pub mod wireguard;
 use crate::inventory::{Inventory, NetworkSpec};
 use crate::ssh::Remote;
 use crate::steps::{Facts, StepResult};
-use std::future::Future;
-use std::pin::Pin;
+use futures_util::future::BoxFuture;
 use std::time::Duration;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One host as the others see it in the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]

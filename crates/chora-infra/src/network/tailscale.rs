@@ -5,9 +5,10 @@
 //! after `tailscale up`. A host has joined when `tailscale status --json` says
 //! `BackendState: Running` and gives it an address.
 
-use super::{BoxFuture, Ctx, Member, Provider};
+use super::{Ctx, Member, Provider};
 use crate::report::Status;
 use crate::steps::{StepResult, apt_install, without_autostart};
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -6,9 +6,10 @@
 //! The config chora writes holds no private key: wg-quick's `PostUp` loads it
 //! from /etc/wireguard/chora0.key, which only the host itself ever reads.
 
-use super::{BoxFuture, Ctx, Member, Provider};
+use super::{Ctx, Member, Provider};
 use crate::report::Status;
 use crate::steps::{StepResult, apt_install, without_autostart};
+use futures_util::future::BoxFuture;
 use std::fmt::Write;
 
 pub const IFACE: &str = "chora0";

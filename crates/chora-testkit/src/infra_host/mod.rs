@@ -9,6 +9,9 @@
 //! drops, pass or fail. Hosts start with the capabilities a Docker daemon needs
 //! inside them (`--privileged` is refused on the CI machines) and /dev/net/tun
 //! for wireguard-go.
+//!
+//! Ask [`available`] first: it checks all of that can happen here, and skips
+//! (or, under `CHORA_REQUIRE_*`, fails) the test with the reason when not.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,14 +67,31 @@ fn recipe_hash() -> String {
 
 static BUILD: Mutex<()> = Mutex::new(());
 
+/// Where the root filesystem of the current recipe is (or will be) cached.
+fn rootfs_path() -> PathBuf {
+    cache_dir().join(format!("rootfs-{}.tar", recipe_hash()))
+}
+
+/// Whether test hosts can be made here: a Docker engine, an ssh client, and
+/// their root filesystem, cached or built now by debootstrap, as root. When
+/// not, says why (see [`crate::needs`]) and answers `false`.
+pub fn available(test: &str) -> bool {
+    if !(crate::docker_available(test) && crate::ssh_available(test)) {
+        return false;
+    }
+    rootfs_path().exists()
+        || (crate::debootstrap_available(test)
+            && crate::root_available(test, "debootstrap builds the test hosts' root filesystem"))
+}
+
 /// The cached root filesystem tarball, built now if missing (a few minutes:
 /// debootstrap downloads from deb.debian.org). Concurrent builders, in this
 /// process or another, wait for one another (a lock file).
 pub fn rootfs() -> PathBuf {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = cache_dir();
+    let tar = rootfs_path();
+    let dir = tar.parent().expect("in the cache dir").to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
-    let tar = dir.join(format!("rootfs-{}.tar", recipe_hash()));
     if tar.exists() {
         return tar;
     }

@@ -81,6 +81,11 @@ pub async fn until_up(
 
 #[tokio::test]
 async fn a_plain_program_is_registered_on_its_behalf_routed_and_followed() {
+    if !chora_testkit::python3_available(
+        "anyprogram::a_plain_program_is_registered_on_its_behalf_routed_and_followed",
+    ) {
+        return;
+    }
     let site = Site::new();
     let www = site.dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -183,6 +188,11 @@ fn a_service_whose_health_check_never_passes_fails_phase_3_and_is_named() {
 
 #[tokio::test]
 async fn a_phase_2_program_is_registered_by_the_bootstrap_while_it_runs() {
+    if !chora_testkit::python3_available(
+        "anyprogram::a_phase_2_program_is_registered_by_the_bootstrap_while_it_runs",
+    ) {
+        return;
+    }
     let site = Site::new();
     let port = chora_testkit::free_port();
     site.write_config(&with_services(

@@ -942,7 +942,9 @@ pub fn prod_config(site: &Site, etcd: &[String]) -> String {
 
 #[test]
 fn two_prod_runs_against_one_etcd_cluster_never_interleave() {
-    if !chora_testkit::etcd_available("two_prod_runs") {
+    if !chora_testkit::etcd_available(
+        "bootstrap::two_prod_runs_against_one_etcd_cluster_never_interleave",
+    ) {
         return;
     }
     let cluster = chora_testkit::EtcdCluster::start(1);
@@ -1016,19 +1018,10 @@ fn two_prod_runs_against_one_etcd_cluster_never_interleave() {
     let (_, out, _) = b.run(&["bootstrap", "status", "--format", "json"]);
     assert!(out.contains("\"overall_status\": \"healthy\""), "{out}");
     // The Manifest of the prod run keeps its instances in etcd.
-    let h: Value = serde_json::from_str(
-        &Command::new("curl")
-            .args([
-                "-s",
-                &format!("http://127.0.0.1:{}/v1/health", b.port("manifest")),
-            ])
-            .output()
-            .unwrap()
-            .stdout
-            .iter()
-            .map(|b| *b as char)
-            .collect::<String>(),
-    )
-    .unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/health", b.port("manifest"));
+    let h: Value = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { reqwest::get(url).await?.json().await })
+        .unwrap();
     assert_eq!(h["storage"], "etcd");
 }

@@ -34,11 +34,13 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // Without Docker (a test that skipped) there is nothing to remove.
+        let remove = |args: &[&str]| Command::new("docker").args(args).output();
         for c in &self.containers {
-            let _ = docker(&["rm", "-f", c]);
+            let _ = remove(&["rm", "-f", c]);
         }
         for i in &self.images {
-            let _ = docker(&["rmi", "-f", i]);
+            let _ = remove(&["rmi", "-f", i]);
         }
     }
 }
@@ -248,8 +250,9 @@ fn bad_input_fails_clearly_before_docker_and_leaves_no_image() {
             "{err}"
         );
     }
-    if chora_testkit::docker_available("bad_input_fails_clearly_before_docker_and_leaves_no_image")
-    {
+    if chora_testkit::docker_available(
+        "image::bad_input_fails_clearly_before_docker_and_leaves_no_image",
+    ) {
         assert!(!image_exists(&tag), "no image left behind");
     }
 }
@@ -294,7 +297,9 @@ async fn image_files(tag: &str) -> Vec<chora_docker::image::Entry> {
 
 #[tokio::test]
 async fn image_build_of_chora_runs_probes_and_holds_nothing_else() {
-    if !chora_testkit::docker_available("image_build_of_chora_runs_probes_and_holds_nothing_else") {
+    if !chora_testkit::docker_available(
+        "image::image_build_of_chora_runs_probes_and_holds_nothing_else",
+    ) {
         return;
     }
     let mut cleanup = Cleanup::default();
@@ -382,7 +387,7 @@ async fn image_build_of_chora_runs_probes_and_holds_nothing_else() {
 
 #[tokio::test]
 async fn image_build_of_etcd_runs_etcd_with_chora_beside_it() {
-    const TEST: &str = "image_build_of_etcd_runs_etcd_with_chora_beside_it";
+    const TEST: &str = "image::image_build_of_etcd_runs_etcd_with_chora_beside_it";
     if !chora_testkit::docker_available(TEST) || !chora_testkit::etcd_available(TEST) {
         return;
     }
@@ -439,7 +444,7 @@ async fn image_build_of_etcd_runs_etcd_with_chora_beside_it() {
 
 #[tokio::test]
 async fn connect_negotiates_and_reads_the_engine_version() {
-    if !chora_testkit::docker_available("connect_negotiates_and_reads_the_engine_version") {
+    if !chora_testkit::docker_available("image::connect_negotiates_and_reads_the_engine_version") {
         return;
     }
     let docker = chora_docker::connect().await.unwrap();
@@ -459,7 +464,7 @@ fn docker_version() -> String {
 
 #[tokio::test]
 async fn ensure_image_builds_only_what_is_missing() {
-    if !chora_testkit::docker_available("ensure_image_builds_only_what_is_missing") {
+    if !chora_testkit::docker_available("image::ensure_image_builds_only_what_is_missing") {
         return;
     }
     let mut cleanup = Cleanup::default();

@@ -99,7 +99,7 @@ fn assert_docker_and_mesh(kit: &HostKit, names: &[&str]) {
 /// the run repeated, then repeated again with nothing left to do.
 #[test]
 fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
-    if !chora_testkit::docker_available(
+    if !chora_testkit::infra_host::available(
         "infra::hosts_get_docker_and_a_wireguard_mesh_with_partial_failures",
     ) {
         return;
@@ -381,7 +381,7 @@ fn bad_inventories_exit_7_naming_line_and_field() {
 #[test]
 #[ignore = "a benchmark: bench/infra.sh runs it"]
 fn bench_cold_and_warm() {
-    if !chora_testkit::docker_available("infra::bench_cold_and_warm") {
+    if !chora_testkit::infra_host::available("infra::bench_cold_and_warm") {
         return;
     }
     let warm_runs: usize = std::env::var("WARM_RUNS")

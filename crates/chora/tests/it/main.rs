@@ -41,7 +41,12 @@ macro_rules! contract {
         mod etcd {
             $(#[tokio::test]
             async fn $name() {
-                let Some(b) = $crate::Backend::etcd(stringify!($name)) else { return };
+                let test = format!(
+                    "{}::{}",
+                    module_path!().trim_start_matches("it::"),
+                    stringify!($name)
+                );
+                let Some(b) = $crate::Backend::etcd(&test) else { return };
                 super::$name(b).await
             })*
         }

@@ -19,7 +19,9 @@ fn reg(name: &str, id: &str) -> Registration {
 
 #[tokio::test]
 async fn register_on_one_node_discover_watch_and_heartbeat_on_another() {
-    let Some(b) = Backend::etcd("register_on_one_node") else {
+    let Some(b) = Backend::etcd(
+        "manifest_etcd::register_on_one_node_discover_watch_and_heartbeat_on_another",
+    ) else {
         return;
     };
     let args = ["--no-auth", "--ttl", "3", "--heartbeat-interval", "1"];
@@ -65,7 +67,9 @@ async fn register_on_one_node_discover_watch_and_heartbeat_on_another() {
 
 #[tokio::test]
 async fn a_three_member_cluster_survives_member_loss_node_loss_and_a_full_outage() {
-    if !chora_testkit::etcd_available("a_three_member_cluster") {
+    if !chora_testkit::etcd_available(
+        "manifest_etcd::a_three_member_cluster_survives_member_loss_node_loss_and_a_full_outage",
+    ) {
         return;
     }
     let b = Backend::on(chora_testkit::EtcdCluster::start(3));
@@ -255,7 +259,9 @@ async fn a_three_member_cluster_survives_member_loss_node_loss_and_a_full_outage
 
 #[tokio::test]
 async fn a_paused_node_costs_a_client_that_knows_every_node_one_short_attempt() {
-    if !chora_testkit::etcd_available("a_paused_node") {
+    if !chora_testkit::etcd_available(
+        "manifest_etcd::a_paused_node_costs_a_client_that_knows_every_node_one_short_attempt",
+    ) {
         return;
     }
     let b = Backend::on(chora_testkit::EtcdCluster::start(3));
@@ -347,7 +353,9 @@ fn restart_all(cluster: &mut chora_testkit::EtcdCluster) {
 /// etcd meanwhile) registers itself again once it runs, as a Keeper would.
 #[tokio::test]
 async fn a_node_whose_own_registration_expired_registers_itself_again() {
-    if !chora_testkit::etcd_available("own_registration_expired") {
+    if !chora_testkit::etcd_available(
+        "manifest_etcd::a_node_whose_own_registration_expired_registers_itself_again",
+    ) {
         return;
     }
     let b = Backend::on(chora_testkit::EtcdCluster::start(1));
@@ -386,7 +394,9 @@ async fn a_node_whose_own_registration_expired_registers_itself_again() {
 /// still shows when it came (status's "(Ns ago)" column).
 #[tokio::test]
 async fn the_node_that_takes_a_heartbeat_shows_when_it_came() {
-    if !chora_testkit::etcd_available("heartbeat_time") {
+    if !chora_testkit::etcd_available(
+        "manifest_etcd::the_node_that_takes_a_heartbeat_shows_when_it_came",
+    ) {
         return;
     }
     let b = Backend::on(chora_testkit::EtcdCluster::start(1));

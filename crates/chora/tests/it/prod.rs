@@ -362,9 +362,8 @@ async fn judge(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prod_from_nothing_then_etcd_and_manifest_faults() {
-    if !chora_testkit::docker_available("prod_faults")
-        || !chora_testkit::etcd_available("prod_faults")
-    {
+    const TEST: &str = "prod::prod_from_nothing_then_etcd_and_manifest_faults";
+    if !chora_testkit::docker_available(TEST) || !chora_testkit::etcd_available(TEST) {
         return;
     }
     let p = bootstrapped().await;

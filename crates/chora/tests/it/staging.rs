@@ -191,7 +191,9 @@ fn container_id(s: &Staging, service: &str) -> String {
 
 #[tokio::test]
 async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own() {
-    if !chora_testkit::docker_available("staging_from_nothing") {
+    if !chora_testkit::docker_available(
+        "staging::staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own",
+    ) {
         return;
     }
     let s = std::sync::Arc::new(tokio::task::spawn_blocking(Staging::new).await.unwrap());
@@ -369,7 +371,9 @@ async fn staging_from_nothing_survives_kills_adopts_and_resets_exactly_its_own()
 
 #[test]
 fn sigkill_of_a_staging_bootstrap_at_several_moments_recovers_with_one_container_each() {
-    if !chora_testkit::docker_available("sigkill_of_a_staging_bootstrap") {
+    if !chora_testkit::docker_available(
+        "staging::sigkill_of_a_staging_bootstrap_at_several_moments_recovers_with_one_container_each",
+    ) {
         return;
     }
     let s = Staging::new();
@@ -397,13 +401,15 @@ fn sigkill_of_a_staging_bootstrap_at_several_moments_recovers_with_one_container
 
 #[tokio::test]
 async fn a_busybox_container_that_knows_nothing_of_chora_joins_discovery_and_the_gateway() {
-    if !chora_testkit::docker_available("a_busybox_container") {
+    const TEST: &str =
+        "staging::a_busybox_container_that_knows_nothing_of_chora_joins_discovery_and_the_gateway";
+    if !chora_testkit::docker_available(TEST) {
         return;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox-static is installed (CI installs it)");
+    let Some(busybox) = chora_testkit::busybox(TEST) else {
+        return;
+    };
+    let busybox = busybox.to_str().unwrap();
     let mut s = tokio::task::spawn_blocking(Staging::new).await.unwrap();
     let web_image = format!("{}-busybox:test", s.project);
     s.extra_images.push(web_image.clone());
@@ -473,7 +479,9 @@ async fn a_busybox_container_that_knows_nothing_of_chora_joins_discovery_and_the
 
 #[test]
 fn bad_container_input_is_named_and_nothing_is_left_half_started() {
-    if !chora_testkit::docker_available("bad_container_input") {
+    if !chora_testkit::docker_available(
+        "staging::bad_container_input_is_named_and_nothing_is_left_half_started",
+    ) {
         return;
     }
     let s = Staging::new();
@@ -529,7 +537,9 @@ fn bad_container_input_is_named_and_nothing_is_left_half_started() {
 
 #[tokio::test]
 async fn a_docker_compose_service_is_started_registered_and_brought_down() {
-    if !chora_testkit::docker_available("a_docker_compose_service") {
+    if !chora_testkit::compose_available(
+        "staging::a_docker_compose_service_is_started_registered_and_brought_down",
+    ) {
         return;
     }
     let s = tokio::task::spawn_blocking(Staging::new).await.unwrap();

@@ -8,7 +8,8 @@ mod bench;
 pub mod cdp;
 
 use crate::bootstrap::{SERVICES, Site};
-use cdp::{Browser, Page, chromium_available};
+use cdp::{Browser, Page};
+use chora_testkit::chromium_available;
 use std::time::{Duration, Instant};
 
 fn http() -> reqwest::Client {

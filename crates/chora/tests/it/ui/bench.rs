@@ -2,9 +2,10 @@
 //! bytes a first visit transfers, time to first render and to a live table, and
 //! the updates per second the page applies while 50 services change status.
 
-use super::cdp::{Browser, chromium_available};
+use super::cdp::Browser;
 use super::{http, login_url, session_cookie};
 use crate::bootstrap::Site;
+use chora_testkit::chromium_available;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

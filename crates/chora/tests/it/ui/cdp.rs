@@ -25,31 +25,6 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// The Chromium binary: `CHORA_CHROMIUM`, else `chromium` on the PATH.
-fn program() -> String {
-    std::env::var("CHORA_CHROMIUM").unwrap_or_else(|_| "chromium".into())
-}
-
-/// Whether Chromium is here. Where it is not: fails the test when
-/// `CHORA_REQUIRE_CHROMIUM=1` (CI), else prints why the test is skipped.
-pub fn chromium_available(test: &str) -> bool {
-    let found = Command::new(program())
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CHORA_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
-            panic!(
-                "{test}: Chromium is required (CHORA_REQUIRE_CHROMIUM=1) but not installed: apt-get install chromium"
-            );
-        }
-        eprintln!("SKIPPED {test}: Chromium is not installed (apt-get install chromium)");
-    }
-    found
-}
-
 fn pipe() -> (RawFd, RawFd) {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
@@ -64,7 +39,7 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let (cmd_r, cmd_w) = pipe(); // we write, the browser reads (its fd 3)
         let (out_r, out_w) = pipe(); // the browser writes (its fd 4), we read
-        let mut c = Command::new(program());
+        let mut c = Command::new(chora_testkit::chromium());
         c.args([
             "--headless=new",
             "--remote-debugging-pipe",
