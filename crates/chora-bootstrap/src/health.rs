@@ -7,7 +7,7 @@ use crate::config::Retry;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{url} was not healthy within {} (last: {last})", crate::output::human(*waited))]
+#[error("{url} was not healthy within {} (last: {last})", chora_text::duration::took(*waited))]
 pub struct Unhealthy {
     pub url: String,
     pub waited: Duration,

@@ -3,6 +3,7 @@
 //! otherwise, no colour with `NO_COLOR`; or, with `--format json`, one JSON
 //! document on stdout and nothing else there.
 
+use chora_text::duration::took as human;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -32,39 +33,12 @@ pub struct PhaseReport {
     started: Option<Instant>,
 }
 
-/// A human duration: `42ms`, `1.3s`, `2m 5s`.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{}m {}s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
-
 /// Indents each line of `s` under a step's line (a log tail in an error).
 pub fn indent(s: &str) -> String {
     s.lines()
         .map(|l| format!("      {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// `45s`, `12m 5s`, `2h 15m 32s`, `3d 4h 5m`.
-pub fn human_uptime(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, h, m, sec) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60, s % 60);
-    if days > 0 {
-        format!("{days}d {h}h {m}m")
-    } else if h > 0 {
-        format!("{h}h {m}m {sec}s")
-    } else if m > 0 {
-        format!("{m}m {sec}s")
-    } else {
-        format!("{sec}s")
-    }
 }
 
 /// The block a successful `chora bootstrap` ends with (the seed's "System
@@ -317,11 +291,17 @@ mod tests {
 
     #[test]
     fn uptime_reads_like_the_seed() {
-        assert_eq!(human_uptime(Duration::from_secs(8132)), "2h 15m 32s");
-        assert_eq!(human_uptime(Duration::from_secs(45)), "45s");
-        assert_eq!(human_uptime(Duration::from_secs(725)), "12m 5s");
         assert_eq!(
-            human_uptime(Duration::from_secs(3 * 86400 + 4 * 3600 + 300)),
+            chora_text::duration::uptime(Duration::from_secs(8132)),
+            "2h 15m 32s"
+        );
+        assert_eq!(chora_text::duration::uptime(Duration::from_secs(45)), "45s");
+        assert_eq!(
+            chora_text::duration::uptime(Duration::from_secs(725)),
+            "12m 5s"
+        );
+        assert_eq!(
+            chora_text::duration::uptime(Duration::from_secs(3 * 86400 + 4 * 3600 + 300)),
             "3d 4h 5m"
         );
     }

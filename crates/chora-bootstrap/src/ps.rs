@@ -124,7 +124,7 @@ pub async fn ps(json: bool) -> Result<(), Failure> {
     for r in rows {
         let up = r
             .uptime_seconds
-            .map(|s| crate::output::human_uptime(std::time::Duration::from_secs(s)))
+            .map(|s| chora_text::duration::uptime(std::time::Duration::from_secs(s)))
             .unwrap_or_else(|| "-".into());
         println!(
             "{:<16} {:<8} {:<8} {:<20} {:<11} {up}",

@@ -6,9 +6,9 @@
 use crate::ctx::Ctx;
 use crate::exit;
 use crate::failure::Failure;
-use crate::output::human;
 use chora_api::bootstrap_state::{RunStatus, State};
 use chora_api::manifest::{Instance, ListFilter, Status};
+use chora_text::duration::took;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -264,9 +264,9 @@ pub async fn status(format: Format, watch: bool, services: Vec<String>) -> Resul
                 println!("\nOverall Status: {}", overall.to_uppercase());
                 match (&state, &completed_at, uptime) {
                     (Some(_), Some(at), Some(up)) => {
-                        println!("Bootstrap completed: {at} ({} ago)", human(up));
+                        println!("Bootstrap completed: {at} ({} ago)", took(up));
                         if let Some(u) = system_uptime {
-                            println!("Uptime: {}", crate::output::human_uptime(u));
+                            println!("Uptime: {}", chora_text::duration::uptime(u));
                         }
                     }
                     (Some(s), _, _) => println!(

@@ -5,9 +5,10 @@
 use crate::ctx::Ctx;
 use crate::exit;
 use crate::failure::{Failure, StepError};
-use crate::output::{Reporter, human};
+use crate::output::Reporter;
 use chora_api::manifest::{ListFilter, Status};
 use chora_api::orchestrator_client::Action;
+use chora_text::duration::took;
 use std::time::{Duration, Instant};
 
 /// Tests to leave out (`--skip-*`).
@@ -169,7 +170,7 @@ pub async fn run_all(ctx: &Ctx, out: &mut Reporter, skip: Skip) -> Vec<TestResul
                 .map(|()| "script passed".to_string()),
             None => match tokio::time::timeout(limit, builtin(ctx, &t.name, limit)).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("did not finish within {}", human(limit))),
+                Err(_) => Err(format!("did not finish within {}", took(limit))),
             },
         };
         let took = start.elapsed();
@@ -240,7 +241,7 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                             Ok(v) if v["words"] == 3 => {
                                 return Ok(format!(
                                     "routed to analyzer, valid answer in {}",
-                                    human(latency)
+                                    took(latency)
                                 ));
                             }
                             Ok(v) => format!("unexpected answer {v}"),
@@ -284,8 +285,8 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .map_err(|e| e.to_string())?;
             Ok(format!(
                 "stopped analyzer (left discovery in {}), started it, healthy again after {}",
-                human(stopped),
-                human(t.elapsed())
+                took(stopped),
+                took(t.elapsed())
             ))
         }
         "health_dashboard" => {
@@ -386,7 +387,7 @@ pub async fn run_script(
         .spawn()
         .map_err(|e| format!("cannot run {script}: {e}"))?;
     match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Err(_) => Err(format!("{script} did not finish within {}", human(limit))),
+        Err(_) => Err(format!("{script} did not finish within {}", took(limit))),
         Ok(Err(e)) => Err(format!("{script}: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {

@@ -72,27 +72,13 @@ impl Config {
     /// Parses and checks the YAML text of `file`.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let config: Config = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            let full = e.to_string();
-            // The parser's message is "line L column C: what" followed by a snippet.
-            let mut lines = full.lines();
-            let first = lines.next().unwrap_or_default();
-            let message = first
-                .split_once(": ")
-                .filter(|(head, _)| head.contains("line"))
-                .map(|(_, m)| m)
-                .unwrap_or(first)
-                .trim_start_matches("error: ")
-                .to_owned();
+            let y = chora_text::YamlError::new(&e);
             ConfigError {
                 file: file.to_owned(),
-                line,
-                column,
-                message,
-                snippet: lines.collect::<Vec<_>>().join("\n"),
+                line: y.line.max(1),
+                column: y.column.max(1),
+                message: y.message,
+                snippet: y.snippet,
             }
         })?;
         let mut config = config;
