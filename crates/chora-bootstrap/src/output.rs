@@ -283,26 +283,3 @@ impl Drop for Reporter {
         self.stop_spinner();
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn uptime_reads_like_the_seed() {
-        assert_eq!(
-            chora_text::duration::uptime(Duration::from_secs(8132)),
-            "2h 15m 32s"
-        );
-        assert_eq!(chora_text::duration::uptime(Duration::from_secs(45)), "45s");
-        assert_eq!(
-            chora_text::duration::uptime(Duration::from_secs(725)),
-            "12m 5s"
-        );
-        assert_eq!(
-            chora_text::duration::uptime(Duration::from_secs(3 * 86400 + 4 * 3600 + 300)),
-            "3d 4h 5m"
-        );
-    }
-}
