@@ -31,6 +31,8 @@ pub struct Ctx {
     pub docker: tokio::sync::OnceCell<Arc<DockerRuntime>>,
     /// The image the etcd members run, once known (see [`Ctx::ensure_etcd_image`]).
     pub etcd_image: tokio::sync::OnceCell<String>,
+    /// The image Prometheus runs, once known.
+    pub prometheus_image: tokio::sync::OnceCell<String>,
 }
 
 impl Ctx {

@@ -10,7 +10,8 @@
 //!   (`--dry-run`), [`applied`] and [`apply`] (what changed, and changing
 //!   it), [`local`] and [`registrar`] (phases 1-2 through the
 //!   runtime seam), [`deploy`] (phase 3 through the orchestrator),
-//!   [`runtimes`], [`substitute`], [`etcd_members`], [`health`], [`validate`]
+//!   [`runtimes`], [`substitute`], [`etcd_members`], [`images`],
+//!   [`monitoring`] (the Prometheus chora runs), [`health`], [`validate`]
 //!   (phase 4 and `chora bootstrap validate`).
 //! - Commands on a system: [`status`], [`teardown`] (rollback, reset),
 //!   [`stop`], [`config_cmd`], [`ui`]; the operator's day two: [`logs`],
@@ -34,9 +35,11 @@ pub mod exit;
 pub mod failure;
 pub mod health;
 pub mod home;
+pub mod images;
 pub mod local;
 pub mod lock;
 pub mod logs;
+pub mod monitoring;
 pub mod output;
 pub mod phase0;
 pub mod plan;

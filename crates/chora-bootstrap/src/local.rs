@@ -145,6 +145,14 @@ impl Ctx {
                 .get_or_try_init(|| async { self.ensure_etcd_image().await.map(|(i, _)| i) })
                 .await?;
         }
+        if spec.image.as_deref() == Some("${PROMETHEUS_IMAGE}") {
+            self.prometheus_image
+                .get_or_try_init(|| async { self.ensure_prometheus_image().await.map(|(i, _)| i) })
+                .await?;
+        }
+        if name == crate::config::PROMETHEUS && self.prometheus().is_some() {
+            self.write_prometheus_config()?;
+        }
         let runtime = self.runtime_for(spec).await?;
         let mut unit_spec = self.unit_spec(name, spec);
         if let Some(url) = runtime.advertise(&unit_spec) {

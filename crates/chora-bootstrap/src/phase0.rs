@@ -74,12 +74,37 @@ impl Run {
                     }
                 }
             }
+            // Prometheus' image, the same way.
+            if ctx
+                .prometheus()
+                .is_some_and(|p| p.image.as_deref() == Some("${PROMETHEUS_IMAGE}"))
+            {
+                let t = Instant::now();
+                match ctx.ensure_prometheus_image().await {
+                    Ok((_, how)) => self.out.ok(&how, Some(t.elapsed())),
+                    Err(e) => {
+                        self.out
+                            .fail("Prometheus image", Some(t.elapsed()), &e.message);
+                        return Err(e);
+                    }
+                }
+            }
         } else {
             self.out.ok(
                 &format!(
                     "Runtime: local processes (chora {})",
                     env!("CARGO_PKG_VERSION")
                 ),
+                None,
+            );
+        }
+        for note in &ctx.config.notes {
+            self.out.warn("Monitoring", note);
+        }
+        if ctx.prometheus().is_some() {
+            let path = ctx.write_prometheus_config()?;
+            self.out.ok(
+                &format!("Prometheus config written to {}", path.display()),
                 None,
             );
         }

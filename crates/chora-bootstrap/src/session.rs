@@ -151,6 +151,7 @@ pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, 
         fencing: None,
         docker: Default::default(),
         etcd_image: Default::default(),
+        prometheus_image: Default::default(),
     })
 }
 

@@ -41,6 +41,10 @@ impl Ctx {
         s.replace("${CHORA_HOME}", &self.home.root.display().to_string())
             .replace("${ETCD_ENDPOINTS}", &etcd)
             .replace("${ETCD_IMAGE}", &etcd_image)
+            .replace(
+                "${PROMETHEUS_IMAGE}",
+                self.prometheus_image.get().map_or("", String::as_str),
+            )
             .replace("${MANIFEST_URLS}", &self.manifest_url_for(true))
             .replace("${CHORA_VERSION}", env!("CARGO_PKG_VERSION"))
     }
@@ -93,6 +97,12 @@ impl Ctx {
         if !in_container {
             env.entry("CHORA_DATA_DIR".into())
                 .or_insert_with(|| self.home.data().display().to_string());
+        }
+        // The orchestrator draws the dashboard's charts from Prometheus.
+        if name == "orchestrator"
+            && let Some(url) = self.prometheus_url_for(in_container)
+        {
+            env.entry("CHORA_PROMETHEUS_URL".into()).or_insert(url);
         }
         if spec.replica.as_ref().map_or(name, |r| r.service.as_str()) != "manifest" {
             env.entry("MANIFEST_URL".into())

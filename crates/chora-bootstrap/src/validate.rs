@@ -128,8 +128,10 @@ async fn wait_gone(ctx: &Ctx, name: &str, limit: Duration) -> Result<(), String>
 pub async fn run_all(ctx: &Ctx, out: &mut Reporter, skip: Skip) -> Vec<TestResult> {
     let mut results = Vec::new();
     let tests: Vec<crate::config::TestSpec> = if ctx.config.validation.tests.is_empty() {
+        let monitoring = ctx.prometheus().is_some();
         crate::config::BUILTIN_TESTS
             .iter()
+            .filter(|n| monitoring || **n != PROMETHEUS_TEST)
             .map(|n| crate::config::TestSpec {
                 name: (*n).into(),
                 enabled: true,
@@ -205,12 +207,18 @@ fn label_of(name: &str) -> String {
         "gateway_routing" => "Gateway routing".into(),
         "orchestrator_control" => "Orchestrator control".into(),
         "health_dashboard" => "Health dashboard".into(),
+        PROMETHEUS_TEST => "Metrics scraped".into(),
         other => format!("Custom test {other}"),
     }
 }
 
+/// The built-in test a system with its own Prometheus adds: every service
+/// scraped `up` (DESIGN.md §16).
+pub const PROMETHEUS_TEST: &str = "prometheus_scraping";
+
 async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, String> {
     match name {
+        PROMETHEUS_TEST => ctx.check_scraped(limit).await,
         "service_discovery" => {
             let names = ctx.config.registered_units();
             wait_registered(ctx, &names, limit)

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-pub use units::ETCD;
+pub use units::{ETCD, PROMETHEUS};
 
 /// A configuration mistake: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,14 +58,24 @@ pub struct Config {
     /// (default for staging and prod).
     #[serde(default)]
     pub runtime: Option<RuntimeKind>,
+    /// A Prometheus of this system's own (DESIGN.md §16).
+    #[serde(default)]
+    pub monitoring: Option<Monitoring>,
+    /// What parsing decided and a person should hear (Prometheus asked for
+    /// but not on this machine), said by phase 0.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
-/// The built-in names of the four validation tests.
-pub const BUILTIN_TESTS: [&str; 4] = [
+/// The built-in names of the validation tests: the four of DESIGN.md §6,
+/// and, where the system runs its own Prometheus, that it scrapes every
+/// service (§16).
+pub const BUILTIN_TESTS: [&str; 5] = [
     "service_discovery",
     "gateway_routing",
     "orchestrator_control",
     "health_dashboard",
+    "prometheus_scraping",
 ];
 
 impl Config {

@@ -381,3 +381,52 @@ impl Etcd {
         self.members.unwrap_or(0)
     }
 }
+
+/// Metrics you can see (DESIGN.md §16): a Prometheus of this system's own,
+/// started in phase 2, discovering every service through the Manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitoring {
+    pub prometheus: bool,
+    /// Published on 127.0.0.1 (and reached through the gateway at
+    /// `/api/v1/prometheus/`).
+    pub port: u16,
+    /// The Prometheus binary to run (a process) or build the image from (a
+    /// container). Default: `prometheus` on the PATH.
+    pub binary: Option<String>,
+    /// An image to run instead of building one from the binary.
+    pub image: Option<String>,
+    /// Seconds between scrapes (and between refreshes of its targets).
+    pub scrape_interval: u32,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Monitoring {
+            prometheus: false,
+            port: 9090,
+            binary: None,
+            image: None,
+            scrape_interval: 5,
+        }
+    }
+}
+
+impl Monitoring {
+    /// The Prometheus binary: as configured, else `prometheus` on the PATH.
+    pub fn binary_path(&self) -> Option<std::path::PathBuf> {
+        match &self.binary {
+            Some(b) => Some(std::path::PathBuf::from(b)).filter(|p| p.is_file()),
+            None => on_path("prometheus"),
+        }
+    }
+}
+
+/// `name` on the PATH, if it is there.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
+}

@@ -5,7 +5,7 @@
 //! service means all of its units. After [`Config::expand_units`] nothing
 //! else in chora knows replicas were ever written as one entry.
 
-use super::{Config, ConfigError, Etcd, Register, Replica, ServiceSpec};
+use super::{Config, ConfigError, Etcd, Monitoring, Register, Replica, RuntimeKind, ServiceSpec};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +20,79 @@ fn spanned<T>(value: T) -> Spanned<T> {
 
 /// The service name of the etcd members chora runs.
 pub const ETCD: &str = "etcd";
+
+/// The service name of the Prometheus chora runs (`monitoring.prometheus`).
+pub const PROMETHEUS: &str = "prometheus";
+
+/// The Prometheus of `monitoring` (DESIGN.md §16), a phase 2 unit on the
+/// default runtime: a process of the local binary, or a container of the
+/// image built from it (`${PROMETHEUS_IMAGE}`), its data in a volume and its
+/// config (written by phase 0 under the home) mounted read-only. chora
+/// registers it on its behalf, so the gateway reaches it at
+/// `/api/v1/prometheus/`, and Prometheus scrapes it like every other service.
+fn prometheus_unit(
+    m: &Monitoring,
+    runtime: RuntimeKind,
+    gateway: Option<u16>,
+    depends: Vec<String>,
+) -> ServiceSpec {
+    let port = m.port;
+    let external =
+        gateway.map(|g| format!("--web.external-url=http://127.0.0.1:{g}/api/v1/prometheus/"));
+    let (command, image, volumes, container_port) = match runtime {
+        RuntimeKind::Process => {
+            let mut c = vec![
+                m.binary.clone().unwrap_or_else(|| "prometheus".into()),
+                "--config.file=${CHORA_HOME}/prometheus/prometheus.yml".into(),
+                "--storage.tsdb.path=${CHORA_HOME}/data/prometheus".into(),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--web.route-prefix=/".into(),
+            ];
+            c.extend(external);
+            (c, None, Vec::new(), None)
+        }
+        RuntimeKind::Docker => {
+            let mut c = vec![
+                "--config.file=/etc/prometheus/prometheus.yml".to_string(),
+                "--storage.tsdb.path=/prometheus".into(),
+                "--web.listen-address=0.0.0.0:9090".into(),
+                "--web.route-prefix=/".into(),
+            ];
+            c.extend(external);
+            (
+                c,
+                Some(
+                    m.image
+                        .clone()
+                        .unwrap_or_else(|| "${PROMETHEUS_IMAGE}".into()),
+                ),
+                vec![
+                    spanned("prometheus-data:/prometheus".to_string()),
+                    spanned("${CHORA_HOME}/prometheus:/etc/prometheus:ro".to_string()),
+                ],
+                Some(9090),
+            )
+        }
+    };
+    ServiceSpec {
+        phase: 2,
+        command: Some(command),
+        image,
+        docker_compose: None,
+        port: Some(port),
+        health_endpoint: Some(format!("http://127.0.0.1:{port}/-/ready")),
+        env: BTreeMap::new(),
+        dependencies: depends.into_iter().map(spanned).collect(),
+        timeout: Some(60.0),
+        deploy_via: None,
+        version: None,
+        register: Some(Register::Chora),
+        volumes,
+        container_port,
+        replicas: None,
+        replica: None,
+    }
+}
 
 /// Member `n` of the etcd cluster chora runs: configured through the
 /// environment (`ETCD_*`), so the same spec runs etcd's own image and one
@@ -194,6 +267,35 @@ impl Config {
                 }
             }
             groups.insert(ETCD.into(), units);
+        }
+        if let Some(m) = self.monitoring.clone().filter(|m| m.prometheus) {
+            if let Some(s) = self.services.get(PROMETHEUS) {
+                return Err(fail(
+                    s.referenced,
+                    format!(
+                        "services: `{PROMETHEUS}` is the Prometheus chora runs (monitoring.prometheus); rename the service"
+                    ),
+                ));
+            }
+            let runtime = self.default_runtime();
+            let runnable = m.image.is_some() || m.binary_path().is_some();
+            if runnable {
+                let gateway = self.service("gateway").and_then(|g| g.port);
+                let depends = groups
+                    .get("manifest")
+                    .cloned()
+                    .unwrap_or_else(|| vec!["manifest".into()])
+                    .into_iter()
+                    .filter(|d| self.services.contains_key(d))
+                    .collect();
+                let unit = prometheus_unit(&m, runtime, gateway, depends);
+                self.services.insert(PROMETHEUS.into(), spanned(unit));
+            } else {
+                self.notes.push(format!(
+                    "Prometheus: no `{}` on this machine (apt-get install prometheus, or monitoring.binary / monitoring.image): not started",
+                    m.binary.as_deref().unwrap_or("prometheus")
+                ));
+            }
         }
         for s in self.services.values_mut() {
             let deps = std::mem::take(&mut s.value.dependencies);
