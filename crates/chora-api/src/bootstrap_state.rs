@@ -60,6 +60,9 @@ pub struct ServiceRecord {
     pub start_time: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// A unit of a fleet: its Swarm service's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_service: Option<String>,
     /// Phase 3: deployed through this orchestrator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed_via: Option<String>,

@@ -25,9 +25,10 @@ pub enum Ensured {
 /// How the state file recorded a unit: its pid and start time, or its
 /// container.
 pub fn recorded_unit(r: &ServiceRecord) -> Option<UnitId> {
-    match (r.pid, r.start_time, &r.container) {
-        (Some(pid), Some(start_time), _) => Some(UnitId::Process(ProcId { pid, start_time })),
-        (_, _, Some(c)) => Some(UnitId::Container(c.clone())),
+    match (r.pid, r.start_time, &r.container, &r.swarm_service) {
+        (Some(pid), Some(start_time), _, _) => Some(UnitId::Process(ProcId { pid, start_time })),
+        (_, _, Some(c), _) => Some(UnitId::Container(c.clone())),
+        (_, _, _, Some(s)) => Some(UnitId::Service(s.clone())),
         _ => None,
     }
 }
@@ -91,6 +92,7 @@ impl Ctx {
                 })
                 .collect(),
             labels,
+            ..Default::default()
         }
     }
 
@@ -105,7 +107,7 @@ impl Ctx {
     fn record_of(&self, name: &str, spec: &ServiceSpec, id: &UnitId) -> ServiceRecord {
         let (pid, start_time) = match id {
             UnitId::Process(p) => (Some(p.pid), Some(p.start_time)),
-            UnitId::Container(_) => (None, None),
+            _ => (None, None),
         };
         let replica = spec.replica.as_ref();
         ServiceRecord {
@@ -113,6 +115,10 @@ impl Ctx {
             pid,
             start_time,
             container: id.container().map(str::to_owned),
+            swarm_service: match id {
+                UnitId::Service(s) => Some(s.clone()),
+                _ => None,
+            },
             deployed_via: None,
             url: spec.url(),
             service: replica.map(|r| r.service.clone()),

@@ -29,6 +29,7 @@ pub mod compose;
 pub mod docker;
 pub mod proc;
 pub mod process;
+pub mod swarm;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,6 +138,56 @@ pub struct UnitSpec {
     /// Extra labels (never secrets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its health URL as the unit itself reaches it (inside its container):
+    /// for a runtime that checks health where the unit runs (a Swarm
+    /// service's HEALTHCHECK, `chora probe URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Where it runs on a cluster; one machine's runtimes ignore it.
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
+}
+
+/// Where a unit runs on a cluster of hosts (a Swarm): pinned to one host
+/// (by its `io.chora.host` node label), on every host, or as `replicas`
+/// copies spread one per host where it can.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub global: bool,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Runs only on managers (the orchestrator, which drives the Swarm).
+    #[serde(default)]
+    pub manager: bool,
+    /// Publishes its `port` on the hosts it runs on (host mode): the
+    /// gateway, the only port of a fleet that answers on a host's address.
+    #[serde(default)]
+    pub publish: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            host: None,
+            global: false,
+            replicas: 1,
+            manager: false,
+            publish: false,
+        }
+    }
+}
+
+impl Placement {
+    pub fn is_default(&self) -> bool {
+        *self == Placement::default()
+    }
 }
 
 impl UnitSpec {
@@ -182,19 +233,21 @@ impl std::fmt::Display for Exit {
 pub enum UnitId {
     Process(ProcId),
     Container(String),
+    /// A Swarm service (its id).
+    Service(String),
 }
 
 impl UnitId {
     pub fn pid(&self) -> Option<u32> {
         match self {
             UnitId::Process(p) => Some(p.pid),
-            UnitId::Container(_) => None,
+            _ => None,
         }
     }
     pub fn container(&self) -> Option<&str> {
         match self {
             UnitId::Container(c) => Some(c),
-            UnitId::Process(_) => None,
+            _ => None,
         }
     }
 }
@@ -204,6 +257,7 @@ impl std::fmt::Display for UnitId {
         match self {
             UnitId::Process(p) => write!(f, "pid {}", p.pid),
             UnitId::Container(c) => write!(f, "container {}", &c[..c.len().min(12)]),
+            UnitId::Service(s) => write!(f, "service {}", &s[..s.len().min(12)]),
         }
     }
 }
@@ -216,6 +270,7 @@ impl UnitId {
         match self {
             UnitId::Process(p) => format!("process:{}:{}", p.pid, p.start_time),
             UnitId::Container(c) => format!("container:{c}"),
+            UnitId::Service(s) => format!("service:{s}"),
         }
     }
 
@@ -230,6 +285,7 @@ impl UnitId {
                 }))
             }
             ("container", id) if !id.is_empty() => Ok(UnitId::Container(id.to_owned())),
+            ("service", id) if !id.is_empty() => Ok(UnitId::Service(id.to_owned())),
             _ => Err(bad()),
         }
     }
@@ -241,6 +297,8 @@ pub async fn exited(id: &UnitId) {
     match id {
         UnitId::Process(p) => p.exited().await,
         UnitId::Container(c) => docker::exited(c).await,
+        // A service outlives its tasks: followed by whoever holds its manager.
+        UnitId::Service(_) => std::future::pending().await,
     }
 }
 
@@ -318,6 +376,29 @@ pub trait Runtime: Send + Sync + 'static {
     /// How this chora binary runs as a unit with `args`: the argv and the
     /// image (a process runs this executable; a container the chora image).
     fn chora(&self, args: Vec<String>) -> (Vec<String>, Option<String>);
+    /// Whether unit `spec` answers its health check `url` (written as seen
+    /// from this machine) now. Default: an HTTP or TCP check of the URL as
+    /// this caller reaches it. A runtime whose units are checked where they
+    /// run (Swarm: a task is `running` only once its HEALTHCHECK passed)
+    /// asks that instead.
+    fn probe<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let url = self.reach(spec, url).await;
+            crate::check::check(probe_client(), &url).await
+        })
+    }
+}
+
+/// The client of [`Runtime::probe`]'s default: short timeouts, made once.
+fn probe_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("a plain HTTP client builds")
+    })
 }
 
 /// A log file as a stream: its last `tail` lines, then (with `follow`) what

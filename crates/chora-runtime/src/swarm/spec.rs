@@ -1,0 +1,177 @@
+//! A unit as a Swarm service spec: image and command, environment (secrets
+//! there only), the §9 labels on the service and its containers, the
+//! stack's overlay with the unit's aliases, `dnsrr`, named volumes
+//! `<project>-<volume>` (local to the host a task runs on), host-mode
+//! publishing of its `port` (only units that have one: the gateway), where
+//! it runs, a HEALTHCHECK of `chora probe` on its own health URL, Swarm's
+//! restarts (any exit, 1 s delay), and rolling updates one task at a time,
+//! start-first, rolled back by Swarm when a new task fails.
+
+use super::{LABEL_HOST, SwarmRuntime};
+use crate::UnitSpec;
+use crate::docker::NETWORK_ENV;
+use bollard::models::{
+    EndpointPortConfig, EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum,
+    HealthConfig, Mount, MountType, NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, ServiceSpecRollbackConfig, ServiceSpecRollbackConfigOrderEnum,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
+    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
+};
+use std::time::Duration;
+
+fn nanos(d: Duration) -> i64 {
+    d.as_nanos() as i64
+}
+
+impl SwarmRuntime {
+    pub(super) fn service_spec(&self, spec: &UnitSpec) -> ServiceSpec {
+        let labels = self.labels(spec);
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("{NETWORK_ENV}={}", self.project));
+        let mounts: Vec<Mount> = spec
+            .volumes
+            .iter()
+            .map(|v| Mount {
+                target: Some(v.target.clone()),
+                source: Some(if v.is_bind() {
+                    v.source.clone()
+                } else {
+                    format!("{}-{}", self.project, v.source)
+                }),
+                typ: Some(if v.is_bind() {
+                    MountType::BIND
+                } else {
+                    MountType::VOLUME
+                }),
+                read_only: Some(v.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let health = spec.health.as_ref().map(|url| HealthConfig {
+            test: Some(vec![
+                "CMD".into(),
+                "/chora".into(),
+                "probe".into(),
+                url.clone(),
+                "--timeout".into(),
+                "2".into(),
+            ]),
+            interval: Some(nanos(Duration::from_secs(2))),
+            timeout: Some(nanos(Duration::from_secs(3))),
+            retries: Some(3),
+            start_period: Some(nanos(Duration::from_secs(60))),
+            start_interval: Some(nanos(Duration::from_millis(250))),
+        });
+        let mut constraints = Vec::new();
+        if let Some(h) = &spec.placement.host {
+            constraints.push(format!("node.labels.{LABEL_HOST}=={h}"));
+        }
+        if spec.placement.manager {
+            constraints.push("node.role==manager".into());
+        }
+        let mut aliases = vec![spec.name.clone()];
+        if let Some(s) = spec.labels.get(crate::docker::LABEL_SERVICE)
+            && *s != spec.name
+        {
+            aliases.push(s.clone());
+        }
+        let ports = match (spec.port, spec.inner_port()) {
+            (Some(p), Some(inner)) if spec.placement.publish => vec![EndpointPortConfig {
+                target_port: Some(inner.into()),
+                published_port: Some(p.into()),
+                publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                ..Default::default()
+            }],
+            _ => Vec::new(),
+        };
+        let mode = if spec.placement.global {
+            ServiceSpecMode {
+                global: Some(Default::default()),
+                ..Default::default()
+            }
+        } else {
+            ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated {
+                    replicas: Some(spec.placement.replicas.max(1).into()),
+                }),
+                ..Default::default()
+            }
+        };
+        // A pinned unit, or one with a host port, cannot start a second
+        // task beside the first on its host: those update stop-first.
+        let start_first = spec.placement.host.is_none() && ports.is_empty();
+        let order = if start_first {
+            ServiceSpecUpdateConfigOrderEnum::START_FIRST
+        } else {
+            ServiceSpecUpdateConfigOrderEnum::STOP_FIRST
+        };
+        ServiceSpec {
+            name: Some(self.service_name(&spec.name)),
+            labels: Some(labels.clone()),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: spec.image.clone(),
+                    labels: Some(labels),
+                    args: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
+                    hostname: Some(spec.name.clone()),
+                    env: Some(env),
+                    mounts: Some(mounts),
+                    stop_grace_period: Some(nanos(Duration::from_secs(5))),
+                    health_check: health,
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+                    delay: Some(nanos(Duration::from_secs(1))),
+                    max_attempts: Some(0),
+                    window: None,
+                }),
+                placement: Some(TaskSpecPlacement {
+                    constraints: (!constraints.is_empty()).then_some(constraints),
+                    preferences: Some(vec![TaskSpecPlacementPreferences {
+                        spread: Some(TaskSpecPlacementSpread {
+                            spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
+                        }),
+                    }]),
+                    // One copy per host where it can.
+                    max_replicas: (!spec.placement.global && spec.placement.replicas > 1)
+                        .then_some(1),
+                    ..Default::default()
+                }),
+                networks: Some(vec![NetworkAttachmentConfig {
+                    target: Some(self.project.clone()),
+                    aliases: Some(aliases),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            mode: Some(mode),
+            update_config: Some(ServiceSpecUpdateConfig {
+                parallelism: Some(1),
+                delay: Some(0),
+                failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+                monitor: Some(nanos(Duration::from_secs(5))),
+                max_failure_ratio: Some(0.0),
+                order: Some(order),
+            }),
+            rollback_config: Some(ServiceSpecRollbackConfig {
+                parallelism: Some(1),
+                delay: Some(0),
+                monitor: Some(nanos(Duration::from_secs(5))),
+                order: Some(if start_first {
+                    ServiceSpecRollbackConfigOrderEnum::START_FIRST
+                } else {
+                    ServiceSpecRollbackConfigOrderEnum::STOP_FIRST
+                }),
+                ..Default::default()
+            }),
+            endpoint_spec: Some(EndpointSpec {
+                mode: Some(EndpointSpecModeEnum::DNSRR),
+                ports: (!ports.is_empty()).then_some(ports),
+            }),
+            ..Default::default()
+        }
+    }
+}
