@@ -52,7 +52,7 @@ impl SwarmRuntime {
         let health = spec.health.as_ref().map(|url| HealthConfig {
             test: Some(vec![
                 "CMD".into(),
-                "/chora".into(),
+                chora_docker::image::CHORA_IN_IMAGE.into(),
                 "probe".into(),
                 url.clone(),
                 "--timeout".into(),
