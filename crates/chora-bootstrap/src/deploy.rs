@@ -98,8 +98,14 @@ impl Ctx {
         let url = spec.health_url().expect("checked by the config");
         let start = Instant::now();
         let timeout = self.health_timeout(spec);
-        let waited =
-            crate::health::wait(&self.http, &url, &self.config.retry, timeout, || None).await;
+        let waited = crate::health::wait_with(
+            &url,
+            || self.probe_unit(name),
+            &self.config.retry,
+            timeout,
+            || None,
+        )
+        .await;
         if let Err(e) = waited {
             let last = chora_runtime::tail(&self.home.log_of(name), 5);
             let mut err = fail(format!("not healthy after {:?}: {e}", start.elapsed()));
@@ -130,20 +136,17 @@ impl Ctx {
             .await?
             .into_iter()
             .any(|s| s.name == name && s.state == chora_api::orchestrator::State::Running);
-        if running {
-            let url = spec.health_url().expect("checked by the config");
-            if crate::health::check(&self.http, &url).await.is_ok() {
-                return Ok((
-                    Ensured::Healthy,
-                    ServiceRecord {
-                        phase: 3,
-                        deployed_via: Some("orchestrator".into()),
-                        url: spec.url(),
-                        started_at: chora_api::bootstrap_state::now(),
-                        ..Default::default()
-                    },
-                ));
-            }
+        if running && self.probe_unit(name).await.is_ok() {
+            return Ok((
+                Ensured::Healthy,
+                ServiceRecord {
+                    phase: 3,
+                    deployed_via: Some("orchestrator".into()),
+                    url: spec.url(),
+                    started_at: chora_api::bootstrap_state::now(),
+                    ..Default::default()
+                },
+            ));
         }
         Ok((Ensured::Restarted, self.deploy(name).await?))
     }

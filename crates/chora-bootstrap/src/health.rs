@@ -32,8 +32,24 @@ pub async fn wait(
     url: &str,
     retry: &Retry,
     timeout: Duration,
-    mut gone: impl FnMut() -> Option<String>,
+    gone: impl FnMut() -> Option<String>,
 ) -> Result<Duration, Unhealthy> {
+    wait_with(url, || check(http, url), retry, timeout, gone).await
+}
+
+/// [`wait`] with any one check (`probe`): a runtime's own (a Swarm unit's
+/// tasks), or an HTTP/TCP check of a URL. `what` names it in the error.
+pub async fn wait_with<F, Fut>(
+    what: &str,
+    mut probe: F,
+    retry: &Retry,
+    timeout: Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> Result<Duration, Unhealthy>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let start = Instant::now();
     let initial = Duration::from_secs_f64(retry.initial_delay);
     let max = Duration::from_secs_f64(retry.max_delay);
@@ -41,7 +57,7 @@ pub async fn wait(
     let mut streak = 0;
     let mut last = String::from("no answer yet");
     loop {
-        match check(http, url).await {
+        match probe().await {
             Ok(()) => {
                 streak += 1;
                 delay = initial;
@@ -54,7 +70,7 @@ pub async fn wait(
                 last = e;
                 if let Some(why) = gone() {
                     return Err(Unhealthy {
-                        url: url.to_owned(),
+                        url: what.to_owned(),
                         waited: start.elapsed(),
                         last: why,
                     });
@@ -63,7 +79,7 @@ pub async fn wait(
         }
         if start.elapsed() + delay > timeout {
             return Err(Unhealthy {
-                url: url.to_owned(),
+                url: what.to_owned(),
                 waited: start.elapsed(),
                 last,
             });

@@ -65,6 +65,16 @@ impl Ctx {
         )
     }
 
+    /// One health check of unit `name` (any phase), as its runtime checks
+    /// it: an HTTP or TCP check from here, or (a Swarm unit) its tasks.
+    pub async fn probe_unit(&self, name: &str) -> Result<(), String> {
+        let spec = self.spec(name);
+        let runtime = self.runtime_for(spec).await.map_err(|e| e.message)?;
+        let unit_spec = self.unit_spec(name, spec);
+        let url = spec.health_url().unwrap_or_default();
+        runtime.probe(&unit_spec, &url).await
+    }
+
     /// What the runtime runs for a phase 1-2 service.
     pub fn unit_spec(&self, name: &str, spec: &ServiceSpec) -> UnitSpec {
         let mut env = self.env_for(name, spec);
@@ -188,9 +198,9 @@ impl Ctx {
         })?;
         let url = self.health_url(spec, &*runtime, &unit_spec).await;
         let waited = tokio::select! {
-            r = crate::health::wait(
-                &self.http,
+            r = crate::health::wait_with(
                 &url,
+                || runtime.probe(&unit_spec, &url),
                 &self.config.retry,
                 self.health_timeout(spec),
                 || None,
@@ -233,14 +243,14 @@ impl Ctx {
         let spec = self.spec(name);
         if let Some(mut found) = self.find_local(name, record).await {
             let runtime = self.runtime_for(spec).await?;
-            let url = self
-                .health_url(spec, &*runtime, &self.unit_spec(name, spec))
-                .await;
+            let unit_spec = self.unit_spec(name, spec);
+            let url = self.health_url(spec, &*runtime, &unit_spec).await;
             let quick = crate::config::Retry {
                 required_consecutive: 1,
                 ..self.config.retry.clone()
             };
-            if crate::health::wait(&self.http, &url, &quick, Duration::from_secs(2), || None)
+            let probe = || runtime.probe(&unit_spec, &url);
+            if crate::health::wait_with(&url, probe, &quick, Duration::from_secs(2), || None)
                 .await
                 .is_ok()
             {

@@ -288,7 +288,7 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .await
                 .map_err(|m| format!("not back: {m}"))?;
             let url = spec.health_url().unwrap_or_default();
-            crate::health::wait(&ctx.http, &url, &ctx.config.retry, limit, || None)
+            crate::health::wait_with(&url, || ctx.probe_unit("analyzer"), &ctx.config.retry, limit, || None)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!(
@@ -342,9 +342,7 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             }
             let mut bad = Vec::new();
             for name in ctx.config.services.keys() {
-                if let Some(url) = ctx.unit_health_url(name).await
-                    && let Err(e) = crate::health::check(&ctx.http, &url).await
-                {
+                if let Err(e) = ctx.probe_unit(name).await {
                     bad.push(format!("{name} ({e})"));
                 }
             }
