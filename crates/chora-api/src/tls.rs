@@ -9,8 +9,18 @@
 //! `.init_array` entry, kept by the linker because it is `#[used]`.
 //! [`install_crypto_provider`] does the same and may be called any number of
 //! times (a server calls it before it builds its own rustls config).
+//!
+//! reqwest's default verifier also refuses to build when the machine has no CA
+//! certificate at all (a `FROM scratch` image), plain `http://` clients
+//! included. So every chora client is built from [`builder`] (or
+//! [`client_builder`] with a CA file): the system's roots are read once per
+//! process, and where there are none, only `https://` fails.
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -59,10 +69,7 @@ static INSTALL_BEFORE_MAIN: extern "C" fn() = {
 };
 
 /// The certificates of a PEM file (a CA to trust, or a chain), in file order.
-pub fn read_certificates(
-    path: &Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    use rustls::pki_types::CertificateDer;
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let pem = std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
@@ -82,21 +89,116 @@ pub fn read_certificates(
     Ok(certs)
 }
 
-/// A client builder that trusts the system's roots and, when given, the
-/// certificates of the PEM file `ca` besides them.
+/// The builder of every chora HTTP client: rustls trusting the system's roots
+/// (read once per process) and, when given, the certificates of the PEM file
+/// `ca` besides them.
+///
+/// Unlike reqwest's own default, it builds on a machine without any CA
+/// certificate (a `FROM scratch` image): plain `http://` works there, and an
+/// `https://` request fails saying that there is nothing to trust.
 pub fn client_builder(ca: Option<&Path>) -> Result<reqwest::ClientBuilder, TlsError> {
-    let builder = reqwest::Client::builder();
-    let Some(ca) = ca else { return Ok(builder) };
-    let certs = read_certificates(ca)?
-        .iter()
-        .map(|der| {
-            reqwest::Certificate::from_der(der).map_err(|e| TlsError::Invalid {
+    let config = client_config(ca)?;
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(rustls::ClientConfig::clone(&config)))
+}
+
+/// [`client_builder`] without a CA file.
+pub fn builder() -> reqwest::ClientBuilder {
+    client_builder(None).expect("no file to read")
+}
+
+/// The rustls client config behind [`client_builder`] (also for clients that
+/// are not reqwest, such as `chora probe`).
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    static SYSTEM: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    match ca {
+        None => Ok(SYSTEM
+            .get_or_init(|| Arc::new(config_with(Vec::new()).expect("no extra roots to refuse")))
+            .clone()),
+        Some(ca) => config_with(read_certificates(ca)?)
+            .map(Arc::new)
+            .map_err(|message| TlsError::Invalid {
                 path: ca.to_owned(),
-                message: e.to_string(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(builder.tls_certs_merge(certs))
+                message,
+            }),
+    }
+}
+
+fn config_with(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, String> {
+    install_crypto_provider();
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .expect("installed")
+        .clone();
+    let none_given = extra.is_empty();
+    let verifier: Arc<dyn ServerCertVerifier> =
+        match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone()) {
+            Ok(v) => Arc::new(v),
+            // The only way it fails without extra roots: the system has none.
+            Err(e) if none_given => {
+                tracing::debug!(error = %e, "no CA certificates on this machine: https:// cannot be verified");
+                Arc::new(NoRoots(provider.clone()))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The verifier of a machine with nothing to trust: refuses every server
+/// certificate, saying why.
+#[derive(Debug)]
+struct NoRoots(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoRoots {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(
+            "this machine has no CA certificates to verify the server with (install ca-certificates, or give a CA file)".into(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

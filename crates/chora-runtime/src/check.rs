@@ -63,7 +63,7 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_checks_connect_and_http_checks_want_2xx() {
-        let http = reqwest::Client::new();
+        let http = client(None).unwrap();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         assert!(is_checkable(&format!("tcp://{addr}")));

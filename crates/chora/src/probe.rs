@@ -229,24 +229,7 @@ fn exchange(
 
 /// The system's roots, and those of `ca`.
 fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    chora_api::tls::install_crypto_provider();
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .expect("installed")
-        .clone();
-    let extra = match ca {
-        Some(ca) => chora_api::tls::read_certificates(ca).map_err(|e| e.to_string())?,
-        None => Vec::new(),
-    };
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .map_err(|e| format!("cannot load the trusted roots: {e}"))?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    chora_api::tls::client_config(ca).map_err(|e| e.to_string())
 }
 
 /// The name the certificate must be for: the URL's host without its port.

@@ -303,7 +303,7 @@ pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
     rt.block_on(async move {
         let behalf = chora_runtime::behalf::OnBehalf::spawn(
             client,
-            reqwest::Client::builder()
+            chora_api::tls::builder()
                 .connect_timeout(std::time::Duration::from_millis(500))
                 .timeout(std::time::Duration::from_secs(2))
                 .build()
