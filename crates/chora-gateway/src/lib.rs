@@ -154,12 +154,12 @@ pub async fn run(
                     Plain::Serve => None,
                 },
             };
+            // Serving plain HTTP with nothing to intercept: the plain path is
+            // the one without HTTPS.
+            let side =
+                (side.challenges.is_some() || side.redirect_port.is_some()).then(|| Arc::new(side));
             let secure = (h.listener, h.tls.acceptor());
-            (
-                Some(secure),
-                Some(Arc::new(side)),
-                Some(h.tls.keep_current()),
-            )
+            (Some(secure), side, Some(h.tls.keep_current()))
         }
     };
     serve(listener, secure, plain, gw, app, shutdown).await;
