@@ -99,6 +99,25 @@ async fn wait_output(server: &Server, needle: &str, within: Duration) {
     }
 }
 
+/// Sends `req()` until the gateway routes it: its route table follows the
+/// Manifest asynchronously, with no signal of its own. Returns the first
+/// answer that is not 404 (not known yet) or 503 (no instance up yet).
+async fn until_routed<F, Fut>(mut req: F) -> reqwest::Response
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = req().await.unwrap();
+        if !matches!(r.status().as_u16(), 404 | 503) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "never routed: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A reqwest client that trusts the CAs in `pems` (besides the system's) and
 /// reports the certificate each response came with.
 fn client(pems: &[&Path]) -> reqwest::ClientBuilder {
@@ -278,11 +297,8 @@ async fn a_rustls_client_reaches_a_service_through_the_self_signed_gateway() {
         ],
         &NO_ROOTS,
     );
-    let r = http
-        .get(format!("https://{}/api/v1/echo/again", https_addr(&again)))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("https://{}/api/v1/echo/again", https_addr(&again));
+    let r = until_routed(|| http.get(&url).send()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(std::fs::read(&ca).unwrap(), ca_before);
     assert_eq!(
