@@ -47,6 +47,7 @@
 #      as many workers as nginx counts CPUs (the table says how many). BENCHMARKS.md's
 #      figures of record are pinned. PIN=0 lets everything share all the cores.
 # Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none), PIN (1; 0 on one CPU), TLS (1),
+#   HALF (1; 0 skips the half-load runs),
 #   MAX_OTHER (0.15 cores), QUIET_MAX (300 s), OUT (dir for raw output; default
 #   /tmp/chora-bench-gateway-<date>).
 set -euo pipefail
@@ -62,6 +63,7 @@ QUIET_MAX="${QUIET_MAX:-300}"
 OUT="${OUT:-/tmp/chora-bench-gateway-$(date +%F)}"
 SWEEP="${SWEEP:-}"
 TLS="${TLS:-1}"
+HALF="${HALF:-1}"
 NCPU=$(nproc)
 PIN="${PIN:-$([ "$NCPU" -ge 2 ] && command -v taskset >/dev/null && echo 1 || echo 0)}"
 BODY='{"text":"the quick brown fox jumps over the lazy dog"}'
@@ -336,9 +338,11 @@ GW_PEAK=$(med "$OUT/peak.tsv" gateway 3)
 HALF_RATE=$(awk -v r="$GW_PEAK" 'BEGIN{printf "%.0f", r/2}')
 log ""
 log "## Half load: $HALF_RATE req/s (50% of the gateway's median peak $GW_PEAK req/s)"
-for r in $(seq 1 "$N"); do
-  for t in "${TARGETS[@]}"; do run half "$t" "$r"; done
-done
+if [ "$HALF" = 1 ]; then
+  for r in $(seq 1 "$N"); do
+    for t in "${TARGETS[@]}"; do run half "$t" "$r"; done
+  done
+fi
 # The sweep: the same fixed-rate runs at other fractions of the gateway's peak, to
 # show where each proxy's added p99 crosses the 1 ms of the goal.
 declare -A SWEEP_RATE
@@ -389,7 +393,7 @@ TABLE="$OUT/table.md"
   G1=$(awk -v r="$RB" 'BEGIN{print (r>=80)?"met":"missed"}')
   G2=$(awk -v a="$ADD" 'BEGIN{print (a<=1.0)?"met":"missed"}')
   echo "- Throughput: gateway / nginx = $R1% (vs nginx-w1), $RA% (vs nginx-auto); goal >= 80% of the faster nginx ($NGBEST_NAME): **$G1** ($RB%)."
-  echo "- Added p99 at half load ($HALF_RATE req/s): gateway p99 $G99 ms - direct p99 $D99 ms = **$ADD ms**; goal <= 1 ms: **$G2**."
+  [ "$HALF" = 1 ] && echo "- Added p99 at half load ($HALF_RATE req/s): gateway p99 $G99 ms - direct p99 $D99 ms = **$ADD ms**; goal <= 1 ms: **$G2**."
   [ "$QUIET_NOTES" = 0 ] || echo "- $QUIET_NOTES run(s) started without the machine being idle (see raw output)."
   if [ -n "$SWEEP" ]; then
     echo ""
