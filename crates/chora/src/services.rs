@@ -140,6 +140,9 @@ HTTPS (plain HTTP then answers 308 to https, unless --http serve):
   chora gateway serve --listen 0.0.0.0:80 --tls-listen 0.0.0.0:443 \\
       --acme-directory https://acme-v02.api.letsencrypt.org/directory \\
       --acme-domain gw.example.org --acme-email ops@example.org
+  # a test ACME server (Debian's pebble) whose own HTTPS has a private CA
+  chora gateway serve --acme-directory https://127.0.0.1:14000/dir --acme-domain gw.test \\
+      --acme-ca pebble-ca.pem --acme-cache /var/lib/chora/tls
   # keep serving plain HTTP beside HTTPS on another port
   chora gateway serve --tls-self-signed .chora/tls --tls-listen 127.0.0.1:9443 --http serve
 

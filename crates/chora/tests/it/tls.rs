@@ -693,3 +693,46 @@ async fn pebble_issues_a_certificate_that_the_gateway_serves_caches_and_renews()
     assert!(!gateway.output().contains("PRIVATE KEY"));
     drop((pebble, challtestsrv));
 }
+
+#[test]
+fn gateway_help_shows_an_example_of_every_https_flag_and_refuses_half_a_source() {
+    let dir = chora_testkit::temp_dir();
+    let (code, out, _) = crate::run_chora(dir.path(), &["gateway", "serve", "--help"], &[]);
+    assert_eq!(code, 0);
+    let examples = out.split("Examples:").nth(1).expect("an Examples section");
+    for flag in [
+        "--tls-cert",
+        "--tls-key",
+        "--tls-self-signed",
+        "--tls-name",
+        "--tls-listen",
+        "--acme-directory",
+        "--acme-domain",
+        "--acme-email",
+        "--acme-ca",
+        "--acme-cache",
+        "--http serve",
+    ] {
+        assert!(examples.contains(flag), "no example of {flag}:\n{out}");
+    }
+
+    let gateway = |args: &[&str]| {
+        let mut all = vec!["gateway", "serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        crate::run_chora(dir.path(), &all, &[])
+    };
+    let (code, _, err) = gateway(&["--tls-listen", "127.0.0.1:0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs a certificate source"), "{err}");
+    let (code, _, err) = gateway(&["--tls-cert", "x.pem"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+    // A certificate that is not there fails the start, before the readiness line.
+    let (code, out, err) = gateway(&["--tls-cert", "x.pem", "--tls-key", "k.pem"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("[TLS_CONFIG]") && err.contains("x.pem"),
+        "{err}"
+    );
+}
