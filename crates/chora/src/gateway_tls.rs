@@ -1,7 +1,7 @@
 //! `chora gateway serve`'s HTTPS flags (DESIGN.md §15), and what they make:
 //! the certificate source and what plain HTTP does beside it.
 
-use crate::failure::{EXIT_CONFIG, Failure};
+use crate::failure::{EXIT_CONFIG, Failure, exit};
 use chora_gateway::tls::{Source, acme};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -159,7 +159,7 @@ impl TlsArgs {
         } else {
             if let Some(l) = self.tls_listen {
                 return Err(Failure::new(
-                    2,
+                    exit::USAGE,
                     "USAGE",
                     format!("--tls-listen {l} needs a certificate source"),
                 )

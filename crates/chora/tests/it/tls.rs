@@ -497,25 +497,6 @@ async fn plain_http_redirects_to_https_with_path_and_query_unless_told_to_serve(
     assert_eq!(r.status(), 200);
 }
 
-/// True when Debian's `pebble` and `pebble-challtestsrv` are installed. When
-/// they are not, the test fails under `CHORA_REQUIRE_PEBBLE=1` (CI) and
-/// otherwise says why it skips.
-fn pebble_available(test: &str) -> bool {
-    let found = ["pebble", "pebble-challtestsrv"].iter().all(|b| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(b).is_file()))
-    });
-    if !found {
-        if std::env::var("CHORA_REQUIRE_PEBBLE").as_deref() == Ok("1") {
-            panic!(
-                "{test}: pebble is required (CHORA_REQUIRE_PEBBLE=1) but not installed: apt-get install pebble"
-            );
-        }
-        eprintln!("SKIPPED {test}: pebble is not installed (apt-get install pebble)");
-    }
-    found
-}
-
 /// The address after `marker` in a line, up to the next space or `/`.
 fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let rest = line.split(marker).nth(1)?;
@@ -525,7 +506,9 @@ fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
 
 #[tokio::test]
 async fn pebble_issues_a_certificate_that_the_gateway_serves_caches_and_renews() {
-    if !pebble_available("pebble_issues_a_certificate_that_the_gateway_serves_caches_and_renews") {
+    if !chora_testkit::pebble_available(
+        "tls::pebble_issues_a_certificate_that_the_gateway_serves_caches_and_renews",
+    ) {
         return;
     }
     let manifest = Registry::start(&["--no-auth"]);
@@ -722,10 +705,10 @@ fn gateway_help_shows_an_example_of_every_https_flag_and_refuses_half_a_source()
         crate::run_chora(dir.path(), &all, &[])
     };
     let (code, _, err) = gateway(&["--tls-listen", "127.0.0.1:0"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("needs a certificate source"), "{err}");
     let (code, _, err) = gateway(&["--tls-cert", "x.pem"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("--tls-key"), "{err}");
     // A certificate that is not there fails the start, before the readiness line.
     let (code, out, err) = gateway(&["--tls-cert", "x.pem", "--tls-key", "k.pem"]);
