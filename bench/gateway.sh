@@ -22,6 +22,14 @@
 #      `loadgen --rate R --conns 32 --duration DUR` against each target (open loop,
 #      latency measured from each request's intended send time, as wrk2 does).
 #   5. Prints a markdown table (medians over the N rounds) and the issue's two goals.
+#   TLS (issue 24; TLS=0 skips it): the same gateway also serves HTTPS with a self-signed
+#   certificate (`--tls-self-signed`, ECDSA P-256, `--http serve` so the plain rows are
+#   unchanged), and each nginx serves HTTPS too (`listen … ssl`) with the same
+#   certificate and key files, TLSv1.2/1.3, its defaults otherwise. N rounds more of
+#   `wrk -t2 -c32` against https on each (gateway-tls, nginx-w1-tls, nginx-auto-tls):
+#   keep-alive (requests/s over TLS) and `-H 'Connection: close'` (a new connection and
+#   a full handshake per request: handshakes/s). A second table gives both, and the
+#   gateway's ratio to the faster nginx.
 #   Before every run it waits until no `wrk` runs and the machine is idle (<10% of all
 #   cores busy over 1 s; up to QUIET_MAX seconds, then it proceeds and says so), and
 #   after every run it reports the CPU used by the analyzer, the proxy, the load
@@ -38,7 +46,8 @@
 #      one core: the gateway and the analyzer size their runtimes to it, nginx-auto has
 #      as many workers as nginx counts CPUs (the table says how many). BENCHMARKS.md's
 #      figures of record are pinned. PIN=0 lets everything share all the cores.
-# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none), PIN (1; 0 on one CPU),
+# Env knobs: DUR (10s), N (3 rounds), CONNS (32), CHORA_BIN (skip the build), SWEEP (none), PIN (1; 0 on one CPU), TLS (1),
+#   HALF (1; 0 skips the half-load runs),
 #   MAX_OTHER (0.15 cores), QUIET_MAX (300 s), OUT (dir for raw output; default
 #   /tmp/chora-bench-gateway-<date>).
 set -euo pipefail
@@ -53,6 +62,8 @@ MAX_OTHER="${MAX_OTHER:-0.15}"
 QUIET_MAX="${QUIET_MAX:-300}"
 OUT="${OUT:-/tmp/chora-bench-gateway-$(date +%F)}"
 SWEEP="${SWEEP:-}"
+TLS="${TLS:-1}"
+HALF="${HALF:-1}"
 NCPU=$(nproc)
 PIN="${PIN:-$([ "$NCPU" -ge 2 ] && command -v taskset >/dev/null && echo 1 || echo 0)}"
 BODY='{"text":"the quick brown fox jumps over the lazy dog"}'
@@ -147,8 +158,13 @@ start manifest "${SRVP[@]}" "$CHORA" manifest serve --no-auth --listen 127.0.0.1
 MANIFEST="http://$ADDR"
 MANIFEST_URL="$MANIFEST" start analyzer "${SRVP[@]}" "$CHORA" capability serve --name analyzer --listen 127.0.0.1:0
 ANALYZER_ADDR=$ADDR; ANALYZER_PID=$LAST_PID
-start gateway "${SRVP[@]}" "$CHORA" gateway serve --listen 127.0.0.1:0 --manifest-url "$MANIFEST"
+GW_TLS_ARGS=()
+[ "$TLS" = 1 ] && GW_TLS_ARGS=(--tls-self-signed "$WORK/tls" --tls-listen 127.0.0.1:0 --http serve)
+start gateway "${SRVP[@]}" "$CHORA" gateway serve --listen 127.0.0.1:0 --manifest-url "$MANIFEST" "${GW_TLS_ARGS[@]}"
 GATEWAY_ADDR=$ADDR; GATEWAY_PID=$LAST_PID
+# the readiness line: … (https://ADDR, CA PATH)
+GATEWAY_TLS_ADDR=$(sed -nE 's|.*\(https://([^,)]+).*|\1|p' "$WORK/gateway.out" | head -1)
+[ "$TLS" = 1 ] && [ -z "$GATEWAY_TLS_ADDR" ] && { echo "bench/gateway.sh: no https address in the gateway's readiness line" >&2; cat "$WORK/gateway.out" >&2; exit 1; }
 ok=0
 for _ in $(seq 1 300); do
   if curl -sf -o /dev/null -XPOST -H 'Content-Type: application/json' \
@@ -158,8 +174,24 @@ done
 [ "$ok" = 1 ] || { echo "bench/gateway.sh: the gateway never routed to the analyzer (30 s)" >&2; exit 1; }
 
 mkdir -p "$WORK/nginx-tmp"
-start_nginx() {  # start_nginx LABEL WORKERS PORT
-  local label=$1 workers=$2 port=$3 conf="$WORK/nginx-$1.conf"
+start_nginx() {  # start_nginx LABEL WORKERS PORT [TLS_PORT]
+  local label=$1 workers=$2 port=$3 tls_port=${4:-} conf="$WORK/nginx-$1.conf" tls_server=""
+  # HTTPS with the gateway's own certificate and key files, the same routes
+  [ -n "$tls_port" ] && tls_server="
+  server {
+    listen 127.0.0.1:$tls_port ssl;
+    ssl_certificate $WORK/tls/gateway.pem;
+    ssl_certificate_key $WORK/tls/gateway-key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://analyzer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Request-Id \$request_id;
+    }
+  }"
   cat > "$conf" <<EOF
 daemon off;
 worker_processes $workers;
@@ -189,7 +221,7 @@ http {
       proxy_set_header X-Forwarded-Proto \$scheme;
       proxy_set_header X-Request-Id \$request_id;
     }
-  }
+  }$tls_server
 }
 EOF
   nginx -t -q -c "$conf" -p "$WORK" -e "$WORK/nginx-$label.log"
@@ -203,8 +235,10 @@ EOF
   done
   echo "bench/gateway.sh: nginx ($label) does not answer" >&2; exit 1
 }
-NGINX1_PORT=$(free_port); start_nginx w1 1 "$NGINX1_PORT"; NGINX1_PID=$LAST_PID
-NGINXA_PORT=$(free_port); start_nginx auto auto "$NGINXA_PORT"; NGINXA_PID=$LAST_PID
+NGINX1_TLS_PORT=""; NGINXA_TLS_PORT=""
+if [ "$TLS" = 1 ]; then read -r NGINX1_TLS_PORT NGINXA_TLS_PORT <<<"$(free_ports 2)"; fi
+NGINX1_PORT=$(free_port); start_nginx w1 1 "$NGINX1_PORT" "$NGINX1_TLS_PORT"; NGINX1_PID=$LAST_PID
+NGINXA_PORT=$(free_port); start_nginx auto auto "$NGINXA_PORT" "$NGINXA_TLS_PORT"; NGINXA_PID=$LAST_PID
 
 TARGETS=(direct gateway nginx-w1 nginx-auto)
 declare -A URL PROXY_PIDS
@@ -212,8 +246,15 @@ URL[direct]="http://$ANALYZER_ADDR/analyze"
 URL[gateway]="http://$GATEWAY_ADDR/api/v1/analyzer/analyze"
 URL[nginx-w1]="http://127.0.0.1:$NGINX1_PORT/analyze"
 URL[nginx-auto]="http://127.0.0.1:$NGINXA_PORT/analyze"
+TLS_TARGETS=()
+if [ "$TLS" = 1 ]; then
+  TLS_TARGETS=(gateway-tls nginx-w1-tls nginx-auto-tls)
+  URL[gateway-tls]="https://$GATEWAY_TLS_ADDR/api/v1/analyzer/analyze"
+  URL[nginx-w1-tls]="https://127.0.0.1:$NGINX1_TLS_PORT/analyze"
+  URL[nginx-auto-tls]="https://127.0.0.1:$NGINXA_TLS_PORT/analyze"
+fi
 proxy_pids() {  # the proxy's processes (nginx: master + workers)
-  case $1 in
+  case ${1%-tls} in
     direct) ;;
     gateway) echo "$GATEWAY_PID" ;;
     nginx-w1) echo "$NGINX1_PID" $(pgrep -P "$NGINX1_PID") ;;
@@ -232,14 +273,17 @@ log "# $PIN_NOTE"
 [ "$PIN" = 1 ] && log "# gateway affinity: $(taskset -pc "$GATEWAY_PID" | sed 's/.*: //')"
 log ""
 log "## Sanity: one request to each target"
-for t in "${TARGETS[@]}"; do
-  log "$t: $(curl -s -XPOST -H 'Content-Type: application/json' -w ' -> %{http_code}' "${URL[$t]}" -d "$BODY")"
+CACERT=(); [ "$TLS" = 1 ] && CACERT=(--cacert "$WORK/tls/ca.pem")
+for t in "${TARGETS[@]}" "${TLS_TARGETS[@]}"; do
+  log "$t: $(curl -s "${CACERT[@]}" -XPOST -H 'Content-Type: application/json' -w ' -> %{http_code}' "${URL[$t]}" -d "$BODY")"
 done
+[ "$TLS" = 1 ] && log "# TLS: $(openssl x509 -in "$WORK/tls/gateway.pem" -noout -text 2>/dev/null | grep -m1 'Public Key Algorithm' | sed 's/^ *//'), $(echo | openssl s_client -connect "$GATEWAY_TLS_ADDR" -CAfile "$WORK/tls/ca.pem" 2>/dev/null | grep -m1 -E '^New,' || echo '?') (gateway); $(echo | openssl s_client -connect "127.0.0.1:$NGINX1_TLS_PORT" -CAfile "$WORK/tls/ca.pem" 2>/dev/null | grep -m1 -E '^New,' || echo '?') (nginx)"
 
 # ---------------------------------------------------------------- runs
-# run KIND TARGET ROUND [RATE]: KIND=peak (wrk), or half / sweep-F (loadgen at RATE,
+# run KIND TARGET ROUND [RATE]: KIND=peak (wrk), tls-ka (wrk, keep-alive), tls-hs (wrk,
+# Connection: close: a handshake per request), or half / sweep-F (loadgen at RATE,
 # default $HALF_RATE). Appends a line to $OUT/KIND.tsv: target round rps p50 p99 non2xx errors proxy_cpu analyzer_cpu load_cpu other_cpu note
-: > "$OUT/peak.tsv"; : > "$OUT/half.tsv"
+: > "$OUT/peak.tsv"; : > "$OUT/half.tsv"; : > "$OUT/tls-ka.tsv"; : > "$OUT/tls-hs.tsv"
 run() {
   local kind=$1 t=$2 round=$3 rate=${4:-${HALF_RATE:-}} attempt out pp b0 b1 a0 a1 p0 p1 c0 c1 t0 t1 cpu other line rc
   pp=$(proxy_pids "$t")
@@ -249,8 +293,10 @@ run() {
     log "=== $kind | $t | round $round | attempt $attempt ==="
     wait_quiet
     b0=$(busy_jiffies); a0=$(pids_jiffies "$ANALYZER_PID"); p0=$(pids_jiffies $pp); child_secs_to 0; c0=$(child_secs 0); t0=$(date +%s.%N)
-    if [ "$kind" = peak ]; then
+    if [ "$kind" = peak ] || [ "$kind" = tls-ka ]; then
       "${LOADP[@]}" wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$HERE/wrk/post_analyze.lua" "${URL[$t]}" > "$out" 2>&1 &
+    elif [ "$kind" = tls-hs ]; then
+      "${LOADP[@]}" wrk -t2 -c"$CONNS" -d"$DUR" --latency -H 'Connection: close' -s "$HERE/wrk/post_analyze.lua" "${URL[$t]}" > "$out" 2>&1 &
     else
       "${LOADP[@]}" "$LOADGEN" --url "${URL[$t]}" --body "$BODY" --rate "$rate" --conns "$CONNS" --duration "$DUR_S" --warmup 2 > "$out" 2>&1 &
     fi
@@ -273,13 +319,16 @@ run() {
   line=$(grep '^RESULT' "$out")
   field() { sed -nE "s/.* $1=([0-9.a-z]+).*/\1/p" <<<"$line"; }
   local errs
-  if [ "$kind" = peak ]; then errs=$(field sock_errors); else errs=$(field errors); fi
+  case $kind in peak|tls-*) errs=$(field sock_errors) ;; *) errs=$(field errors) ;; esac
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$(field rps)" "$(field p50_ms)" "$(field p99_ms)" \
     "$(field non2xx)" "$errs" "$pc" "$ac" "$lc" "$other" "$note" >> "$OUT/$kind.tsv"
 }
 
 for r in $(seq 1 "$N"); do
   for t in "${TARGETS[@]}"; do run peak "$t" "$r"; done
+done
+for r in $(seq 1 "$N"); do
+  for t in "${TLS_TARGETS[@]}"; do run tls-ka "$t" "$r"; run tls-hs "$t" "$r"; done
 done
 # median of column COL over the rounds of TARGET in FILE
 # (over the clean rounds only, when there is one: a round kept after 3 noisy attempts counts only if all are noisy)
@@ -289,9 +338,11 @@ GW_PEAK=$(med "$OUT/peak.tsv" gateway 3)
 HALF_RATE=$(awk -v r="$GW_PEAK" 'BEGIN{printf "%.0f", r/2}')
 log ""
 log "## Half load: $HALF_RATE req/s (50% of the gateway's median peak $GW_PEAK req/s)"
-for r in $(seq 1 "$N"); do
-  for t in "${TARGETS[@]}"; do run half "$t" "$r"; done
-done
+if [ "$HALF" = 1 ]; then
+  for r in $(seq 1 "$N"); do
+    for t in "${TARGETS[@]}"; do run half "$t" "$r"; done
+  done
+fi
 # The sweep: the same fixed-rate runs at other fractions of the gateway's peak, to
 # show where each proxy's added p99 crosses the 1 ms of the goal.
 declare -A SWEEP_RATE
@@ -342,7 +393,7 @@ TABLE="$OUT/table.md"
   G1=$(awk -v r="$RB" 'BEGIN{print (r>=80)?"met":"missed"}')
   G2=$(awk -v a="$ADD" 'BEGIN{print (a<=1.0)?"met":"missed"}')
   echo "- Throughput: gateway / nginx = $R1% (vs nginx-w1), $RA% (vs nginx-auto); goal >= 80% of the faster nginx ($NGBEST_NAME): **$G1** ($RB%)."
-  echo "- Added p99 at half load ($HALF_RATE req/s): gateway p99 $G99 ms - direct p99 $D99 ms = **$ADD ms**; goal <= 1 ms: **$G2**."
+  [ "$HALF" = 1 ] && echo "- Added p99 at half load ($HALF_RATE req/s): gateway p99 $G99 ms - direct p99 $D99 ms = **$ADD ms**; goal <= 1 ms: **$G2**."
   [ "$QUIET_NOTES" = 0 ] || echo "- $QUIET_NOTES run(s) started without the machine being idle (see raw output)."
   if [ -n "$SWEEP" ]; then
     echo ""
@@ -359,13 +410,39 @@ TABLE="$OUT/table.md"
         "$(us gateway 8)" "$(us nginx-auto 8)" "$(us gateway 9)" "$(us gateway 10)"
     done
   fi
-  noisy=$(cat "$OUT/peak.tsv" "$OUT/half.tsv" | awk -F'\t' '$12!=""' | wc -l)
+  if [ "$TLS" = 1 ]; then
+    echo ""
+    echo "TLS (medians over $N round(s), \`wrk -t2 -c$CONNS -d$DUR\`; handshakes: the same with \`-H 'Connection: close'\`, a new connection and a full handshake per request):"
+    echo ""
+    echo "| target | TLS keep-alive req/s | p99 ms | proxy CPU µs/req | TLS handshakes/s | p99 ms | proxy CPU µs/handshake | load generator CPU (cores) | non-2xx / errors (all runs) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    per() { awk -v c="$(med "$1" "$2" 8)" -v r="$(med "$1" "$2" 3)" 'BEGIN{printf "%.1f", c*1e6/r}'; }
+    for t in "${TLS_TARGETS[@]}"; do
+      printf '| %s | %.0f | %s | %s | %.0f | %s | %s | %s | %s / %s |\n' "$t" \
+        "$(med "$OUT/tls-ka.tsv" "$t" 3)" "$(med "$OUT/tls-ka.tsv" "$t" 5)" "$(per "$OUT/tls-ka.tsv" "$t")" \
+        "$(med "$OUT/tls-hs.tsv" "$t" 3)" "$(med "$OUT/tls-hs.tsv" "$t" 5)" "$(per "$OUT/tls-hs.tsv" "$t")" "$(med "$OUT/tls-hs.tsv" "$t" 10)" \
+        "$(( $(sum "$OUT/tls-ka.tsv" "$t" 6) + $(sum "$OUT/tls-hs.tsv" "$t" 6) ))" \
+        "$(( $(sum "$OUT/tls-ka.tsv" "$t" 7) + $(sum "$OUT/tls-hs.tsv" "$t" 7) ))"
+    done
+    echo ""
+    for kind in tls-ka tls-hs; do
+      g=$(med "$OUT/$kind.tsv" gateway-tls 3); a=$(med "$OUT/$kind.tsv" nginx-w1-tls 3); b=$(med "$OUT/$kind.tsv" nginx-auto-tls 3)
+      best=$(awk -v a="$a" -v b="$b" 'BEGIN{print (a>b)?a:b}'); bestn=$(awk -v a="$a" -v b="$b" 'BEGIN{print (a>b)?"nginx-w1-tls":"nginx-auto-tls"}')
+      r=$(awk -v g="$g" -v n="$best" 'BEGIN{printf "%.0f", 100*g/n}')
+      what=$([ "$kind" = tls-ka ] && echo "TLS keep-alive req/s" || echo "TLS handshakes/s")
+      echo "- $what: gateway / faster nginx ($bestn) = $r%; goal >= 100%: **$(awk -v r="$r" 'BEGIN{print (r>=100)?"met":"missed"}')**."
+    done
+    echo "- With a new connection per request the load generator's own handshakes (one core) may be the limit; then CPU per handshake compares the servers."
+  fi
+  noisy=$(cat "$OUT/peak.tsv" "$OUT/half.tsv" "$OUT/tls-ka.tsv" "$OUT/tls-hs.tsv" | awk -F'\t' '$12!=""' | wc -l)
   [ "$noisy" = 0 ] || echo "- $noisy run(s) kept although other processes used > $MAX_OTHER cores (3 attempts exhausted); medians leave them out where a clean round exists."
 } > "$TABLE"
 log ""
 log "## Per-run rows (target round rps p50 p99 non2xx errors proxy_cpu analyzer_cpu load_cpu other_cpu note)"
 log "### peak"; cat "$OUT/peak.tsv" | tee -a "$RESULTS"
 log "### half"; cat "$OUT/half.tsv" | tee -a "$RESULTS"
+log "### tls-ka"; cat "$OUT/tls-ka.tsv" | tee -a "$RESULTS"
+log "### tls-hs"; cat "$OUT/tls-hs.tsv" | tee -a "$RESULTS"
 log ""
 log "## Result"
 tee -a "$RESULTS" < "$TABLE"

@@ -8,6 +8,7 @@
 //! orchestrator's wire types are [`orchestrator`], spoken by
 //! [`OrchestratorClient`]; [`bootstrap_state`] is the one model of the
 //! bootstrap's state file, which the bootstrap writes and the dashboard reads.
+//! [`tls`] installs the process's rustls provider and trusts extra CAs.
 
 pub mod auth;
 pub mod bootstrap_state;
@@ -19,6 +20,7 @@ pub mod login;
 pub mod manifest;
 pub mod orchestrator;
 pub mod orchestrator_client;
+pub mod tls;
 
 pub use client::{ClientError, ManifestClient};
 pub use keeper::Keeper;

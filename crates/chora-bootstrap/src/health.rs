@@ -16,7 +16,7 @@ pub struct Unhealthy {
 
 /// A client for health checks: short timeouts, no pooling surprises.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    chora_api::tls::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(2))
         .build()

@@ -165,7 +165,7 @@ fn body_limit(cap: Capability) -> usize {
 
 /// Shared by services that call others over HTTP.
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    chora_api::tls::builder()
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(30))
         .build()

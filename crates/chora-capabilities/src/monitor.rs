@@ -20,7 +20,7 @@ struct Monitor {
 pub fn router(config: &Config) -> Result<Router, crate::CapabilityError> {
     let st = Arc::new(Monitor {
         manifest: ManifestClient::new([config.manifest_url.as_str()])?,
-        http: reqwest::Client::builder()
+        http: chora_api::tls::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(1))
             .build()

@@ -7,19 +7,30 @@
 //! 504 — all as JSON errors. Bodies stream both ways; a small request body is
 //! kept so that a refused connection can be retried. Upstream connections are
 //! pooled. The route table comes from [`table::follow`].
+//!
+//! The proxy itself is [`proxy`]'s; this file holds the server around it.
+//!
+//! With [`Https`], a second listener serves the same routes over TLS ([`tls`]):
+//! its connections go through the same accept loop, hyper connection and proxy,
+//! with `X-Forwarded-Proto: https`. The plain listener then answers every
+//! request with a 308 to the same path and query on https ([`Plain::Redirect`],
+//! the default), except the gateway's own `/health` and `/metrics`, or keeps
+//! serving ([`Plain::Serve`]); either way it answers ACME http-01 challenges
+//! first.
 
+mod proxy;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chora_service::ApiError;
 use chora_service::register::{SelfRegistration, keep_registered};
-use http_body_util::BodyExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,10 +38,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-/// Request bodies up to this size are kept for a retry on another instance.
-const RETRY_BODY: u64 = 256 * 1024;
+use std::time::Duration;
 
 /// Everything `chora gateway serve` needs besides its listener.
 #[derive(Debug, Clone)]
@@ -41,6 +49,24 @@ pub struct Config {
     pub api_key: Option<String>,
     /// How long an upstream may take to answer (504 beyond).
     pub upstream_timeout: Duration,
+}
+
+/// HTTPS beside the plain listener.
+pub struct Https {
+    /// Bound by the caller, as the plain one is.
+    pub listener: tokio::net::TcpListener,
+    pub tls: tls::Tls,
+    /// What the plain listener does meanwhile.
+    pub plain: Plain,
+}
+
+/// What the plain-HTTP listener does while HTTPS is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    /// 308 to the same path and query on https (ACME challenges aside).
+    Redirect,
+    /// Serve every route over plain HTTP too.
+    Serve,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +100,7 @@ struct Gateway {
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    https: Option<Https>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
@@ -116,7 +143,28 @@ pub async fn run(
         dependencies: vec!["manifest".into()],
         instance_id: std::env::var("CHORA_INSTANCE_ID").ok(),
     })?;
-    serve(listener, gw, app, shutdown).await;
+    let (secure, plain, certs) = match https {
+        None => (None, None, None),
+        Some(h) => {
+            let side = PlainSide {
+                challenges: h.tls.challenges(),
+                redirect_port: match h.plain {
+                    Plain::Redirect => Some(h.listener.local_addr()?.port()),
+                    Plain::Serve => None,
+                },
+            };
+            // Serving plain HTTP with nothing to intercept: the plain path is
+            // the one without HTTPS.
+            let side =
+                (side.challenges.is_some() || side.redirect_port.is_some()).then(|| Arc::new(side));
+            let secure = (h.listener, h.tls.acceptor());
+            (Some(secure), side, Some(h.tls.keep_current()))
+        }
+    };
+    serve(listener, secure, plain, gw, app, shutdown).await;
+    if let Some(c) = certs {
+        c.abort();
+    }
     follower.abort();
     if let Err(e) = keeper.shutdown().await {
         tracing::warn!(error = %e, "could not deregister from the Manifest");
@@ -124,14 +172,19 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts connections until `shutdown`, then lets the open ones finish.
+/// Accepts connections on both listeners until `shutdown`, then lets the open
+/// ones finish.
 ///
 /// The proxy path is the hot path: it goes straight from hyper's HTTP/1
 /// connection to [`proxy`], without the router, the per-connection protocol
 /// sniffing of `axum::serve`, or its per-connection shutdown `select!`. The other
-/// routes (`/health`, `/metrics`, the JSON fallbacks) go to `rest`.
+/// routes (`/health`, `/metrics`, the JSON fallbacks) go to `rest`. A TLS
+/// connection is the same hyper connection over the TLS stream; its handshake
+/// runs in the connection's task.
 async fn serve(
     listener: tokio::net::TcpListener,
+    secure: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    plain: Option<Arc<PlainSide>>,
     gw: Arc<Gateway>,
     rest: Router,
     shutdown: impl Future<Output = ()>,
@@ -140,12 +193,19 @@ async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let rest = hyper_util::service::TowerToHyperService::new(rest);
     let mut shutdown = std::pin::pin!(shutdown);
+    // Handshakes in progress give up when shutdown begins.
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     // TCP_NODELAY on each connection; accept errors (out of file descriptors and
     // the like) are waited out, as axum::serve does.
     let mut listener = chora_service::nodelay(listener);
+    let (mut tls_listener, acceptor) = match secure {
+        Some((l, a)) => (Some(chora_service::nodelay(l)), Some(a)),
+        None => (None, None),
+    };
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        let (tcp, peer, tls) = tokio::select! {
+            (tcp, peer) = axum::serve::Listener::accept(&mut listener) => (tcp, peer, None),
+            (tcp, peer) = accept_on(&mut tls_listener) => (tcp, peer, acceptor.clone()),
             () = &mut shutdown => break,
         };
         let front = Front {
@@ -153,19 +213,65 @@ async fn serve(
             rest: rest.clone(),
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP is a header value"),
+            proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
+            plain: if tls.is_some() { None } else { plain.clone() },
         };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), front);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "connection ended with an error");
+        match tls {
+            None => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), front);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let watcher = graceful.watcher();
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        s = handshake => s,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    let stream = match stream {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), front);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
+    drop(tls_listener);
+    stopping.send_replace(true);
     graceful.shutdown().await;
     reaper.abort();
+}
+
+/// The next connection on `listener`; never, when there is none.
+async fn accept_on(
+    listener: &mut Option<chora_service::Nodelay>,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    match listener {
+        Some(l) => axum::serve::Listener::accept(l).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One client connection's service: the proxy for `/api/v1/{service}…`, the
@@ -176,6 +282,71 @@ struct Front {
     rest: hyper_util::service::TowerToHyperService<Router>,
     /// The peer's address as an `X-Forwarded-For` value, made once per connection.
     peer_ip: HeaderValue,
+    /// `X-Forwarded-Proto`: `http` or `https`.
+    proto: HeaderValue,
+    /// A plain connection while HTTPS is on.
+    plain: Option<Arc<PlainSide>>,
+}
+
+/// What a plain connection answers itself while HTTPS is on.
+struct PlainSide {
+    /// ACME http-01 challenges, answered first.
+    challenges: Option<Arc<tls::acme::Challenges>>,
+    /// The HTTPS port to redirect to; `None` serves plain HTTP too.
+    redirect_port: Option<u16>,
+}
+
+impl PlainSide {
+    /// The answer to `req` when it is not served as usual.
+    fn intercept<B>(&self, req: &Request<B>) -> Option<Response> {
+        let path = req.uri().path();
+        if let Some(challenges) = &self.challenges
+            && let Some(token) = path.strip_prefix(tls::acme::CHALLENGE_PREFIX)
+        {
+            return Some(match challenges.answer(token) {
+                Some(answer) => ([(header::CONTENT_TYPE, "text/plain")], answer).into_response(),
+                None => ApiError::not_found("no such ACME challenge").into_response(),
+            });
+        }
+        let port = self.redirect_port?;
+        // The gateway's own health and metrics stay on plain HTTP: health
+        // checks and Prometheus find the gateway at its registered http://
+        // address, and neither carries proxied traffic.
+        if matches!(path, "/health" | "/metrics") {
+            return None;
+        }
+        Some(redirect(req, port))
+    }
+}
+
+/// 308 to the same host, path and query on https at `port`.
+fn redirect<B>(req: &Request<B>, port: u16) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(host_only)
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost");
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    match HeaderValue::try_from(location) {
+        Ok(v) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, v)]).into_response(),
+        Err(_) => ApiError::bad_request("the Host header cannot make a URL").into_response(),
+    }
+}
+
+/// `host[:port]` without the port (`[v6]` keeps its brackets).
+fn host_only(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for Front {
@@ -185,9 +356,14 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Front {
         std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(plain) = &self.plain
+            && let Some(resp) = plain.intercept(&req)
+        {
+            return Box::pin(std::future::ready(Ok(resp)));
+        }
         if proxied(req.uri().path()) {
-            let (gw, peer_ip) = (self.gw.clone(), self.peer_ip.clone());
-            Box::pin(async move { Ok(proxy(gw, peer_ip, req.map(Body::new)).await) })
+            let (gw, peer_ip, proto) = (self.gw.clone(), self.peer_ip.clone(), self.proto.clone());
+            Box::pin(async move { Ok(proxy::proxy(gw, peer_ip, proto, req.map(Body::new)).await) })
         } else {
             Box::pin(self.rest.call(req))
         }
@@ -219,226 +395,4 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         "registry": if connected { "connected" } else { "unreachable: serving the last known routes" },
     }))
     .into_response()
-}
-
-/// Hop-by-hop headers, never forwarded.
-const HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn strip_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of eight lookups.
-    if !h.keys().any(|k| HOP.contains(k)) {
-        return;
-    }
-    for name in &HOP {
-        h.remove(name);
-    }
-}
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The request body: kept in memory when small (so it can be sent twice), else
-/// streamed.
-enum ReqBody {
-    Kept(axum::body::Bytes),
-    Stream(Body),
-}
-
-async fn proxy(gw: Arc<Gateway>, peer_ip: HeaderValue, req: Request) -> Response {
-    let start = Instant::now();
-    let (mut parts, body) = req.into_parts();
-    // The upstream request gets its own URI; this one is only read.
-    let uri = std::mem::take(&mut parts.uri);
-    let rest = uri.path().strip_prefix("/api/v1/").unwrap_or_default();
-    let (service, tail) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let query = uri.query();
-
-    let table = gw.routes.get();
-    let (resp, label) = match table.services.get(service) {
-        None => (
-            ApiError::not_found(format!("no service `{service}` is registered")).into_response(),
-            "_unknown",
-        ),
-        Some(r) if r.up.is_empty() => (
-            ApiError::unavailable("no_instance", format!("no instance of `{service}` is up"))
-                .into_response(),
-            service,
-        ),
-        Some(r) => {
-            let request_id = parts
-                .headers
-                .get(&X_REQUEST_ID)
-                .cloned()
-                .unwrap_or_else(new_request_id);
-            let small = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(|n| n <= RETRY_BODY)
-                .unwrap_or(!parts.headers.contains_key(header::TRANSFER_ENCODING));
-            strip_hop(&mut parts.headers);
-            parts.headers.remove(header::HOST);
-            let xff = match parts
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => {
-                    let ip = peer_ip.to_str().expect("made from an IP");
-                    HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
-                }
-                None => Some(peer_ip),
-            };
-            if let Some(v) = xff {
-                parts.headers.insert(&X_FORWARDED_FOR, v);
-            }
-            parts
-                .headers
-                .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-            parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-
-            let mut body = if small {
-                match body.collect().await {
-                    Ok(c) => ReqBody::Kept(c.to_bytes()),
-                    Err(e) => {
-                        let r = ApiError::bad_request(format!("cannot read the request body: {e}"))
-                            .into_response();
-                        return finish(&gw, service, r, start);
-                    }
-                }
-            } else {
-                ReqBody::Stream(body)
-            };
-            let first = r.next.fetch_add(1, Ordering::Relaxed);
-            let mut attempt = 0;
-            let mut resp = loop {
-                let upstream = &r.up[(first + attempt) % r.up.len()];
-                let base = &upstream.base;
-                let target = upstream
-                    .target
-                    .as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|t| {
-                        let mut pq = String::with_capacity(
-                            t.prefix.len() + tail.len() + query.map_or(0, |q| q.len() + 1),
-                        );
-                        pq.push_str(&t.prefix);
-                        pq.push_str(tail);
-                        if let Some(q) = query {
-                            pq.push('?');
-                            pq.push_str(q);
-                        }
-                        Ok((t, Uri::try_from(pq).map_err(|e| e.to_string())?))
-                    });
-                let (target, uri) = match target {
-                    Ok(t) => t,
-                    Err(e) => {
-                        break ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "bad_upstream",
-                            format!("`{base}` is not a usable address: {e}"),
-                        )
-                        .into_response();
-                    }
-                };
-                let b = match &mut body {
-                    ReqBody::Kept(bytes) => Body::from(bytes.clone()),
-                    ReqBody::Stream(s) => std::mem::take(s),
-                };
-                // Another attempt needs the head again; only then is it copied.
-                let retry_possible = attempt + 1 < r.up.len().min(2);
-                let head = if retry_possible {
-                    parts.clone()
-                } else {
-                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-                };
-                let mut up = axum::http::Request::from_parts(head, b);
-                *up.uri_mut() = uri;
-                *up.version_mut() = axum::http::Version::HTTP_11;
-                up.headers_mut().insert(header::HOST, target.host.clone());
-                let sent = gw.upstreams.send(&target.authority, up);
-                match tokio::time::timeout(gw.timeout, sent).await {
-                    Ok(Ok(mut resp)) => {
-                        strip_hop(resp.headers_mut());
-                        break resp;
-                    }
-                    Ok(Err(e)) => {
-                        let retry =
-                            e.is_connect() && matches!(body, ReqBody::Kept(_)) && retry_possible;
-                        if retry {
-                            tracing::debug!(%service, upstream = %base, error = %e, "cannot connect; retrying on another instance");
-                            attempt += 1;
-                            continue;
-                        }
-                        break ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream_failed",
-                            format!(
-                                "`{service}` at {base} failed: {}",
-                                chora_api::root_cause(&e)
-                            ),
-                        )
-                        .into_response();
-                    }
-                    Err(_) => {
-                        break ApiError::new(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "upstream_timeout",
-                            format!("`{service}` did not answer within {:?}", gw.timeout),
-                        )
-                        .into_response();
-                    }
-                }
-            };
-            resp.headers_mut().insert(&X_REQUEST_ID, request_id);
-            (resp, service)
-        }
-    };
-    finish(&gw, label, resp, start)
-}
-
-/// A fresh `X-Request-Id`: 32 hex digits, a random per-process prefix and a
-/// counter. Unique, not secret, and without a system call per request.
-fn new_request_id() -> HeaderValue {
-    use std::sync::OnceLock;
-    use std::sync::atomic::AtomicU64;
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| chora_api::random_hex(8));
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut id = [0u8; 32];
-    id[..16].copy_from_slice(&prefix.as_bytes()[..16]);
-    for (i, b) in id[16..].iter_mut().enumerate() {
-        *b = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&id).expect("hex is a header value")
-}
-
-fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {
-    gw.latency
-        .get_or_create(&ServiceLabels {
-            service: service.to_owned(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    gw.requests
-        .get_or_create(&RequestLabels {
-            service: service.to_owned(),
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
 }

@@ -109,7 +109,7 @@ pub async fn run(
             docker,
             default: config.runtime,
         },
-        http: reqwest::Client::builder()
+        http: chora_api::tls::builder()
             .connect_timeout(std::time::Duration::from_millis(500))
             .timeout(std::time::Duration::from_secs(2))
             .build()

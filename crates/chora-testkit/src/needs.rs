@@ -24,6 +24,7 @@
 //! | an ssh client, for `chora infra`'s test hosts | `DEBOOTSTRAP` | openssh-client |
 //! | debootstrap, to build those hosts' root filesystem (once: it is cached) | `DEBOOTSTRAP` | debootstrap |
 //! | root, to run debootstrap (likewise only while nothing is cached) | `ROOT` | - |
+//! | `pebble` and `pebble-challtestsrv`, an ACME server for the gateway's TLS | `PEBBLE` | pebble |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -204,6 +205,22 @@ pub fn ssh_available(test: &str) -> bool {
 pub fn debootstrap_available(test: &str) -> bool {
     let missing = which("debootstrap").is_none().then(String::new);
     DEBOOTSTRAP.met(test, missing)
+}
+
+pub const PEBBLE: Need = Need {
+    what: "pebble",
+    require: "PEBBLE",
+    install: "apt-get install pebble",
+};
+
+/// Debian's `pebble` (Let's Encrypt's ACME test server) and its
+/// `pebble-challtestsrv` are installed.
+pub fn pebble_available(test: &str) -> bool {
+    let missing = ["pebble", "pebble-challtestsrv"]
+        .into_iter()
+        .find(|p| which(p).is_none())
+        .map(|p| format!("{p} is not on the PATH"));
+    PEBBLE.met(test, missing)
 }
 
 /// The tests run as root; `why` says what for.

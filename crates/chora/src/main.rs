@@ -4,6 +4,7 @@
 mod bootstrap;
 mod cli;
 mod failure;
+mod gateway_tls;
 mod image;
 mod infra;
 mod manifest;

@@ -1,26 +1,34 @@
 //! `chora probe URL`: exit 0 when URL answers 2xx, 1 otherwise. It is the
 //! HEALTHCHECK of images that have no curl, run every second, so it stays cheap:
 //! no async runtime, one blocking connection, the status line and nothing more.
+//! `https://` goes through rustls on that same blocking connection, trusting the
+//! system's roots and `--ca`.
 
 use crate::failure::{Failure, exit};
 use clap::Args;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  chora probe http://127.0.0.1:8500/health\n  \
-    chora probe tcp://127.0.0.1:2379 --timeout 1\n\n\
+    chora probe tcp://127.0.0.1:2379 --timeout 1\n  \
+    chora probe https://localhost:8443/health --ca .chora/tls/ca.pem\n\n\
     As a Docker health check: HEALTHCHECK CMD [\"/usr/local/bin/chora\", \"probe\", \"http://127.0.0.1:8500/health\"]"
 )]
 pub struct ProbeArgs {
-    /// http://HOST[:PORT][/PATH] (healthy on a 2xx answer) or tcp://HOST:PORT
+    /// http(s)://HOST[:PORT][/PATH] (healthy on a 2xx answer) or tcp://HOST:PORT
     /// (healthy when it accepts a connection)
     url: String,
     /// Seconds the whole probe may take
     #[arg(long, default_value_t = 2.0)]
     timeout: f64,
+    /// A CA file (PEM) to trust for https:// besides the system's roots
+    #[arg(long, env = "CHORA_PROBE_CA", value_name = "PATH")]
+    ca: Option<PathBuf>,
 }
 
 pub fn run(a: ProbeArgs) -> Result<(), Failure> {
@@ -35,7 +43,7 @@ pub fn run(a: ProbeArgs) -> Result<(), Failure> {
                 ),
             )
         })?;
-    probe(&a.url, timeout).map_err(|why| fail(&a.url, why))
+    probe(&a.url, timeout, a.ca.as_deref()).map_err(|why| fail(&a.url, why))
 }
 
 fn fail(url: &str, why: String) -> Failure {
@@ -44,14 +52,20 @@ fn fail(url: &str, why: String) -> Failure {
 
 #[derive(Debug)]
 enum Target<'a> {
-    Http { authority: &'a str, path: &'a str },
-    Tcp { authority: &'a str },
+    Http {
+        authority: &'a str,
+        path: &'a str,
+        tls: bool,
+    },
+    Tcp {
+        authority: &'a str,
+    },
 }
 
 fn parse(url: &str) -> Result<Target<'_>, String> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or("not a URL (http://HOST:PORT/PATH or tcp://HOST:PORT)")?;
+        .ok_or("not a URL (http(s)://HOST:PORT/PATH or tcp://HOST:PORT)")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -60,11 +74,14 @@ fn parse(url: &str) -> Result<Target<'_>, String> {
         return Err("no host in the URL".into());
     }
     match scheme {
-        "http" => Ok(Target::Http { authority, path }),
+        "http" | "https" => Ok(Target::Http {
+            authority,
+            path,
+            tls: scheme == "https",
+        }),
         "tcp" => Ok(Target::Tcp { authority }),
-        "https" => Err("https is not supported by chora probe (use http:// or tcp://)".into()),
         other => Err(format!(
-            "unsupported scheme {other}:// (use http:// or tcp://)"
+            "unsupported scheme {other}:// (use http://, https:// or tcp://)"
         )),
     }
 }
@@ -116,46 +133,47 @@ fn connect(
 }
 
 /// Probes `url` once; `Err` says why it is not healthy.
-pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
+pub fn probe(url: &str, timeout: Duration, ca: Option<&Path>) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     match parse(url)? {
         Target::Tcp { authority } => {
             connect(&addresses(authority, None)?, deadline, timeout).map(drop)
         }
-        Target::Http { authority, path } => {
-            let mut s = connect(&addresses(authority, Some(80))?, deadline, timeout)?;
-            let io = |e: std::io::Error| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    format!("no answer within {}s", timeout.as_secs_f64())
-                }
-                _ => format!("connection failed: {e}"),
-            };
+        Target::Http {
+            authority,
+            path,
+            tls,
+        } => {
+            // Read the CA before connecting: a bad file is the answer, not a timeout.
+            let config = tls.then(|| tls_config(ca)).transpose()?;
+            let port = if tls { 443 } else { 80 };
+            let s = connect(&addresses(authority, Some(port))?, deadline, timeout)?;
             let _ = s.set_nodelay(true);
-            s.set_write_timeout(Some(remaining(deadline, timeout)?))
-                .map_err(io)?;
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: chora-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
             );
-            s.write_all(request.as_bytes()).map_err(io)?;
-            // Read until the status line is complete; the rest is not needed.
-            let mut head = Vec::with_capacity(256);
-            let mut buf = [0u8; 512];
-            while !head.contains(&b'\n') && head.len() < 8192 {
-                s.set_read_timeout(Some(remaining(deadline, timeout)?))
-                    .map_err(io)?;
-                let n = s.read(&mut buf).map_err(io)?;
-                if n == 0 {
-                    return Err("the connection closed before an answer".into());
+            let status = match config {
+                None => exchange(
+                    s.try_clone().map_err(|e| e.to_string())?,
+                    &s,
+                    &request,
+                    deadline,
+                    timeout,
+                )?,
+                Some(config) => {
+                    let name = server_name(authority)?;
+                    let conn = rustls::ClientConnection::new(config, name)
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    let socket = s.try_clone().map_err(|e| e.to_string())?;
+                    exchange(
+                        rustls::StreamOwned::new(conn, s),
+                        &socket,
+                        &request,
+                        deadline,
+                        timeout,
+                    )?
                 }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let line = String::from_utf8_lossy(&head);
-            let line = line.lines().next().unwrap_or("").trim();
-            let status: u16 = line
-                .strip_prefix("HTTP/")
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+            };
             if (200..300).contains(&status) {
                 Ok(())
             } else {
@@ -163,6 +181,65 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Sends `request` on `stream` (whose socket is `socket`, for the timeouts) and
+/// reads the status code of the answer.
+fn exchange(
+    mut stream: impl Read + Write,
+    socket: &TcpStream,
+    request: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {}s", timeout.as_secs_f64())
+        }
+        _ => format!("connection failed: {e}"),
+    };
+    socket
+        .set_write_timeout(Some(remaining(deadline, timeout)?))
+        .map_err(io)?;
+    socket
+        .set_read_timeout(Some(remaining(deadline, timeout)?))
+        .map_err(io)?;
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    stream.flush().map_err(io)?;
+    // Read until the status line is complete; the rest is not needed.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 8192 {
+        socket
+            .set_read_timeout(Some(remaining(deadline, timeout)?))
+            .map_err(io)?;
+        let n = stream.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Err("the connection closed before an answer".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("").trim();
+    line.strip_prefix("HTTP/")
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))
+}
+
+/// The system's roots, and those of `ca`.
+fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    chora_api::tls::client_config(ca).map_err(|e| e.to_string())
+}
+
+/// The name the certificate must be for: the URL's host without its port.
+fn server_name(authority: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("`{host}` cannot be checked against a certificate: {e}"))
 }
 
 #[cfg(test)]
@@ -175,14 +252,24 @@ mod tests {
             parse("http://127.0.0.1:8500/health"),
             Ok(Target::Http {
                 authority: "127.0.0.1:8500",
-                path: "/health"
+                path: "/health",
+                tls: false
             })
         ));
         assert!(matches!(
             parse("http://localhost"),
             Ok(Target::Http {
                 authority: "localhost",
-                path: "/"
+                path: "/",
+                tls: false
+            })
+        ));
+        assert!(matches!(
+            parse("https://localhost:8443/health"),
+            Ok(Target::Http {
+                authority: "localhost:8443",
+                path: "/health",
+                tls: true
             })
         ));
         assert!(matches!(
@@ -192,9 +279,17 @@ mod tests {
             })
         ));
         assert!(
-            parse("https://x/")
+            parse("ftp://x/")
                 .unwrap_err()
-                .contains("https is not supported")
+                .contains("unsupported scheme")
+        );
+        assert_eq!(
+            server_name("[::1]:8443").unwrap(),
+            rustls::pki_types::ServerName::try_from("::1").unwrap()
+        );
+        assert_eq!(
+            server_name("gw.example").unwrap(),
+            rustls::pki_types::ServerName::try_from("gw.example").unwrap()
         );
         assert!(parse("127.0.0.1:80").unwrap_err().contains("not a URL"));
         assert!(parse("http:///x").unwrap_err().contains("no host"));

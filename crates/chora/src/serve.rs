@@ -17,20 +17,51 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    serve_on(
+        service,
+        &[listen],
+        |_| detail.to_owned(),
+        |mut listeners, shutdown| serve(listeners.remove(0), shutdown),
+    )
+}
+
+/// [`serve`] with several listeners (the gateway's HTTPS beside its HTTP):
+/// binds each of `listen` in order, before the readiness line, which names the
+/// first address and `detail(every bound address)`.
+pub fn serve_on<D, F, Fut, E>(
+    service: &'static str,
+    listen: &[&str],
+    detail: D,
+    serve: F,
+) -> Result<(), Failure>
+where
+    D: FnOnce(&[std::net::SocketAddr]) -> String,
+    F: FnOnce(
+        Vec<tokio::net::TcpListener>,
+        std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let rt = crate::rt::runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| bind_failure(listen, e))?;
-        let addr = listener.local_addr().map_err(|e| {
-            Failure::new(
-                exit::FAILURE,
-                "BIND_FAILED",
-                format!("cannot read the bound address: {e}"),
-            )
-        })?;
-        chora_service::print_ready(service, addr, detail);
-        serve(listener, Box::pin(crate::rt::shutdown_signal()))
+        let mut listeners = Vec::with_capacity(listen.len());
+        let mut addrs = Vec::with_capacity(listen.len());
+        for l in listen {
+            let listener = tokio::net::TcpListener::bind(l)
+                .await
+                .map_err(|e| bind_failure(l, e))?;
+            addrs.push(listener.local_addr().map_err(|e| {
+                Failure::new(
+                    exit::FAILURE,
+                    "BIND_FAILED",
+                    format!("cannot read the bound address: {e}"),
+                )
+            })?);
+            listeners.push(listener);
+        }
+        chora_service::print_ready(service, addrs[0], &detail(&addrs));
+        serve(listeners, Box::pin(crate::rt::shutdown_signal()))
             .await
             .map_err(|e| {
                 Failure::new(

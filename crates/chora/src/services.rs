@@ -1,7 +1,7 @@
 //! `chora orchestrator serve`, `chora gateway serve`, `chora capability serve`.
 
 use crate::failure::{Failure, exit};
-use crate::serve::{load_credentials, no_credentials, serve};
+use crate::serve::{load_credentials, no_credentials, serve, serve_on};
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -122,11 +122,33 @@ pub struct GatewayArgs {
 #[derive(Debug, Subcommand)]
 enum GatewayCommand {
     /// Run the API gateway: /api/v1/{service}/… to an up instance of {service}
-    #[command(
-        after_help = "Example:\n  chora gateway serve --listen 127.0.0.1:8700 --manifest-url http://127.0.0.1:8500\n  curl -XPOST localhost:8700/api/v1/analyzer/analyze -d '{\"text\":\"hello\"}'"
-    )]
+    #[command(after_help = GATEWAY_EXAMPLES)]
     Serve(GatewayServe),
 }
+
+const GATEWAY_EXAMPLES: &str = "Examples:
+  chora gateway serve --listen 127.0.0.1:8700 --manifest-url http://127.0.0.1:8500
+  curl -XPOST localhost:8700/api/v1/analyzer/analyze -d '{\"text\":\"hello\"}'
+
+HTTPS (plain HTTP then answers 308 to https, unless --http serve):
+  # your own certificate, picked up again when renamed over on disk
+  chora gateway serve --tls-cert /etc/chora/gw.pem --tls-key /etc/chora/gw-key.pem
+  # a CA made once under .chora/tls; trust .chora/tls/ca.pem
+  chora gateway serve --tls-self-signed .chora/tls --tls-name gw.internal
+  curl --cacert .chora/tls/ca.pem https://localhost:8443/health
+  # certificates from an ACME server (http-01: port 80 must reach --listen)
+  chora gateway serve --listen 0.0.0.0:80 --tls-listen 0.0.0.0:443 \\
+      --acme-directory https://acme-v02.api.letsencrypt.org/directory \\
+      --acme-domain gw.example.org --acme-email ops@example.org
+  # a test ACME server (Debian's pebble) whose own HTTPS has a private CA
+  chora gateway serve --acme-directory https://127.0.0.1:14000/dir --acme-domain gw.test \\
+      --acme-ca pebble-ca.pem --acme-cache /var/lib/chora/tls
+  # keep serving plain HTTP beside HTTPS on another port
+  chora gateway serve --tls-self-signed .chora/tls --tls-listen 127.0.0.1:9443 --http serve
+
+Each flag has an environment variable (CHORA_TLS_CERT, CHORA_TLS_KEY,
+CHORA_TLS_SELF_SIGNED, CHORA_TLS_NAMES, CHORA_TLS_LISTEN, CHORA_ACME_DIRECTORY,
+CHORA_ACME_DOMAINS, CHORA_ACME_EMAIL, CHORA_ACME_CA, CHORA_ACME_CACHE, CHORA_HTTP).";
 
 #[derive(Debug, Args)]
 struct GatewayServe {
@@ -138,6 +160,8 @@ struct GatewayServe {
     /// Seconds an upstream may take to answer before the gateway answers 504
     #[arg(long, default_value_t = 30.0)]
     upstream_timeout: f64,
+    #[command(flatten)]
+    tls: crate::gateway_tls::TlsArgs,
 }
 
 pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
@@ -156,9 +180,33 @@ pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
         api_key: std::env::var("CHORA_API_KEY").ok(),
         upstream_timeout,
     };
-    serve("gateway", &a.listen, "", |l, s| {
-        chora_gateway::run(config, l, s)
-    })
+    let Some(https) = a.tls.https()? else {
+        return serve("gateway", &a.listen, "", |l, s| {
+            chora_gateway::run(config, l, None, s)
+        });
+    };
+    let tls = crate::gateway_tls::prepare(https.source)?;
+    let ca = tls.ca.clone();
+    let detail = |addrs: &[std::net::SocketAddr]| match &ca {
+        Some(ca) => {
+            tracing::info!(ca = %ca.display(), "clients trust the gateway's certificate through this CA");
+            format!("https://{}, CA {}", addrs[1], ca.display())
+        }
+        None => format!("https://{}", addrs[1]),
+    };
+    serve_on(
+        "gateway",
+        &[&a.listen, &https.listen],
+        detail,
+        |mut l, s| {
+            let secure = chora_gateway::Https {
+                listener: l.pop().expect("two listeners"),
+                tls,
+                plain: https.plain,
+            };
+            chora_gateway::run(config, l.pop().expect("two listeners"), Some(secure), s)
+        },
+    )
 }
 
 #[derive(Debug, Args)]
@@ -258,7 +306,7 @@ pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
     rt.block_on(async move {
         let behalf = chora_runtime::behalf::OnBehalf::spawn(
             client,
-            reqwest::Client::builder()
+            chora_api::tls::builder()
                 .connect_timeout(std::time::Duration::from_millis(500))
                 .timeout(std::time::Duration::from_secs(2))
                 .build()

@@ -84,7 +84,7 @@ impl ManifestClient {
                 return Err(ClientError::BadUrl(u.clone()));
             }
         }
-        let http = reqwest::Client::builder()
+        let http = crate::tls::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)

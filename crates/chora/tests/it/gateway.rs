@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 /// An upstream on 127.0.0.1: `/big?n=N` answers N bytes; anything else answers
 /// JSON describing the request it got (method, path, query, headers, and the
 /// length and byte sum of its body). Counts the connections it accepted.
-struct Upstream {
-    url: String,
-    accepted: Arc<AtomicUsize>,
+pub(crate) struct Upstream {
+    pub(crate) url: String,
+    pub(crate) accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,7 +27,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn upstream() -> Upstream {
+pub(crate) async fn upstream() -> Upstream {
     async fn describe(req: Request) -> axum::response::Response {
         let (parts, body) = req.into_parts();
         if parts.uri.path() == "/big" {

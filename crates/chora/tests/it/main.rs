@@ -20,6 +20,7 @@ mod prepare;
 mod prod;
 mod staging;
 mod staging_day_two;
+mod tls;
 mod ui;
 
 use chora_testkit::{Server, spawn_server};

@@ -1,0 +1,244 @@
+//! The proxy path: one request to an `up` instance of its service (DESIGN.md
+//! §5): hop-by-hop headers dropped, `X-Forwarded-For`, `X-Forwarded-Proto` and
+//! `X-Request-Id` set, a refused connection retried once on another instance,
+//! the upstream's answer streamed back; per-service counters and latency.
+
+use crate::Gateway;
+use crate::{RequestLabels, ServiceLabels};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chora_service::ApiError;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Request bodies up to this size are kept for a retry on another instance.
+const RETRY_BODY: u64 = 256 * 1024;
+
+/// Hop-by-hop headers, never forwarded.
+const HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of eight lookups.
+    if !h.keys().any(|k| HOP.contains(k)) {
+        return;
+    }
+    for name in &HOP {
+        h.remove(name);
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The request body: kept in memory when small (so it can be sent twice), else
+/// streamed.
+enum ReqBody {
+    Kept(axum::body::Bytes),
+    Stream(Body),
+}
+
+pub(crate) async fn proxy(
+    gw: Arc<Gateway>,
+    peer_ip: HeaderValue,
+    proto: HeaderValue,
+    req: Request,
+) -> Response {
+    let start = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    // The upstream request gets its own URI; this one is only read.
+    let uri = std::mem::take(&mut parts.uri);
+    let rest = uri.path().strip_prefix("/api/v1/").unwrap_or_default();
+    let (service, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let query = uri.query();
+
+    let table = gw.routes.get();
+    let (resp, label) = match table.services.get(service) {
+        None => (
+            ApiError::not_found(format!("no service `{service}` is registered")).into_response(),
+            "_unknown",
+        ),
+        Some(r) if r.up.is_empty() => (
+            ApiError::unavailable("no_instance", format!("no instance of `{service}` is up"))
+                .into_response(),
+            service,
+        ),
+        Some(r) => {
+            let request_id = parts
+                .headers
+                .get(&X_REQUEST_ID)
+                .cloned()
+                .unwrap_or_else(new_request_id);
+            let small = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|n| n <= RETRY_BODY)
+                .unwrap_or(!parts.headers.contains_key(header::TRANSFER_ENCODING));
+            strip_hop(&mut parts.headers);
+            parts.headers.remove(header::HOST);
+            let xff = match parts
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => {
+                    let ip = peer_ip.to_str().expect("made from an IP");
+                    HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+                }
+                None => Some(peer_ip),
+            };
+            if let Some(v) = xff {
+                parts.headers.insert(&X_FORWARDED_FOR, v);
+            }
+            parts.headers.insert(&X_FORWARDED_PROTO, proto);
+            parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+
+            let mut body = if small {
+                match body.collect().await {
+                    Ok(c) => ReqBody::Kept(c.to_bytes()),
+                    Err(e) => {
+                        let r = ApiError::bad_request(format!("cannot read the request body: {e}"))
+                            .into_response();
+                        return finish(&gw, service, r, start);
+                    }
+                }
+            } else {
+                ReqBody::Stream(body)
+            };
+            let first = r.next.fetch_add(1, Ordering::Relaxed);
+            let mut attempt = 0;
+            let mut resp = loop {
+                let upstream = &r.up[(first + attempt) % r.up.len()];
+                let base = &upstream.base;
+                let target = upstream
+                    .target
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|t| {
+                        let mut pq = String::with_capacity(
+                            t.prefix.len() + tail.len() + query.map_or(0, |q| q.len() + 1),
+                        );
+                        pq.push_str(&t.prefix);
+                        pq.push_str(tail);
+                        if let Some(q) = query {
+                            pq.push('?');
+                            pq.push_str(q);
+                        }
+                        Ok((t, Uri::try_from(pq).map_err(|e| e.to_string())?))
+                    });
+                let (target, uri) = match target {
+                    Ok(t) => t,
+                    Err(e) => {
+                        break ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "bad_upstream",
+                            format!("`{base}` is not a usable address: {e}"),
+                        )
+                        .into_response();
+                    }
+                };
+                let b = match &mut body {
+                    ReqBody::Kept(bytes) => Body::from(bytes.clone()),
+                    ReqBody::Stream(s) => std::mem::take(s),
+                };
+                // Another attempt needs the head again; only then is it copied.
+                let retry_possible = attempt + 1 < r.up.len().min(2);
+                let head = if retry_possible {
+                    parts.clone()
+                } else {
+                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                };
+                let mut up = axum::http::Request::from_parts(head, b);
+                *up.uri_mut() = uri;
+                *up.version_mut() = axum::http::Version::HTTP_11;
+                up.headers_mut().insert(header::HOST, target.host.clone());
+                let sent = gw.upstreams.send(&target.authority, up);
+                match tokio::time::timeout(gw.timeout, sent).await {
+                    Ok(Ok(mut resp)) => {
+                        strip_hop(resp.headers_mut());
+                        break resp;
+                    }
+                    Ok(Err(e)) => {
+                        let retry =
+                            e.is_connect() && matches!(body, ReqBody::Kept(_)) && retry_possible;
+                        if retry {
+                            tracing::debug!(%service, upstream = %base, error = %e, "cannot connect; retrying on another instance");
+                            attempt += 1;
+                            continue;
+                        }
+                        break ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_failed",
+                            format!(
+                                "`{service}` at {base} failed: {}",
+                                chora_api::root_cause(&e)
+                            ),
+                        )
+                        .into_response();
+                    }
+                    Err(_) => {
+                        break ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            format!("`{service}` did not answer within {:?}", gw.timeout),
+                        )
+                        .into_response();
+                    }
+                }
+            };
+            resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+            (resp, service)
+        }
+    };
+    finish(&gw, label, resp, start)
+}
+
+/// A fresh `X-Request-Id`: 32 hex digits, a random per-process prefix and a
+/// counter. Unique, not secret, and without a system call per request.
+fn new_request_id() -> HeaderValue {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| chora_api::random_hex(8));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&prefix.as_bytes()[..16]);
+    for (i, b) in id[16..].iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a header value")
+}
+
+fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {
+    gw.latency
+        .get_or_create(&ServiceLabels {
+            service: service.to_owned(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    gw.requests
+        .get_or_create(&RequestLabels {
+            service: service.to_owned(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
