@@ -11,7 +11,8 @@
 //!   it), [`local`] and [`registrar`] (phases 1-2 through the
 //!   runtime seam), [`deploy`] (phase 3 through the orchestrator),
 //!   [`runtimes`], [`substitute`], [`etcd_members`], [`images`],
-//!   [`monitoring`] (the Prometheus chora runs), [`health`], [`validate`]
+//!   [`monitoring`] (the Prometheus chora runs), [`edge`] (the gateway's
+//!   HTTPS), [`health`], [`validate`]
 //!   (phase 4 and `chora bootstrap validate`).
 //! - Commands on a system: [`status`], [`teardown`] (rollback, reset),
 //!   [`stop`], [`config_cmd`], [`ui`]; the operator's day two: [`logs`],
@@ -29,6 +30,7 @@ pub mod config_cmd;
 pub mod control;
 pub mod ctx;
 pub mod deploy;
+pub mod edge;
 pub mod etcd_members;
 pub mod etcdlock;
 pub mod exit;

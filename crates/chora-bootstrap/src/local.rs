@@ -85,7 +85,7 @@ impl Ctx {
             labels.insert(LABEL_SERVICE.to_owned(), r.service.clone());
             labels.insert(LABEL_REPLICA.to_owned(), r.n.to_string());
         }
-        UnitSpec {
+        let mut unit = UnitSpec {
             name: name.to_owned(),
             argv: self.argv(spec).unwrap_or_default(),
             image: spec.image.as_deref().map(|i| self.substitute(i)),
@@ -103,7 +103,12 @@ impl Ctx {
                 .collect(),
             labels,
             ..Default::default()
-        }
+        };
+        // The gateway's HTTPS: its TLS files and port.
+        let (mounts, ports) = self.tls_mounts(spec);
+        unit.volumes.extend(mounts);
+        unit.more_ports = ports;
+        unit
     }
 
     /// The unit of a phase 1-2 service started earlier, if it still runs: by its

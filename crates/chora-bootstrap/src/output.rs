@@ -57,7 +57,12 @@ pub fn closing_block(ctx: &crate::ctx::Ctx, state: &chora_api::bootstrap_state::
     let _ = writeln!(s, "  {} services unhealthy", running - healthy);
     let _ = writeln!(s, "\nNext steps:");
     let mut steps = vec!["View system status: chora bootstrap status".to_owned()];
-    if let Some(g) = ctx.url_of("gateway") {
+    if let Some((https, ca)) = ctx.gateway_https() {
+        let trust = ca
+            .map(|c| format!(" (trust its CA: {})", c.display()))
+            .unwrap_or_default();
+        steps.push(format!("Access Gateway: {https}{trust}"));
+    } else if let Some(g) = ctx.url_of("gateway") {
         steps.push(format!("Access Gateway: {g}"));
     }
     if let Some(o) = ctx.url_of("orchestrator") {

@@ -98,6 +98,7 @@ impl Ctx {
             env.entry("CHORA_DATA_DIR".into())
                 .or_insert_with(|| self.home.data().display().to_string());
         }
+        env.extend(self.tls_env(spec, in_container));
         // The orchestrator draws the dashboard's charts from Prometheus.
         if name == "orchestrator"
             && let Some(url) = self.prometheus_url_for(in_container)

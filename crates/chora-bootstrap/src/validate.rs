@@ -227,8 +227,9 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             Ok(format!("all {} services registered and up", names.len()))
         }
         "gateway_routing" => {
-            let gw = ctx
-                .url_of("gateway")
+            // Over HTTPS when plain HTTP only redirects there.
+            let (gw, http) = ctx
+                .gateway_for_checks()
                 .ok_or("no `gateway` service in the config")?;
             if ctx.config.service("analyzer").is_none() {
                 return Ok("skipped: no analyzer in the config".into());
@@ -236,8 +237,7 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
             let deadline = Instant::now() + limit;
             loop {
                 let t = Instant::now();
-                let r = ctx
-                    .http
+                let r = http
                     .post(format!("{gw}/api/v1/analyzer/analyze"))
                     .json(&serde_json::json!({"text": "chora validation request"}))
                     .send()
@@ -288,9 +288,15 @@ async fn builtin(ctx: &Ctx, name: &str, limit: Duration) -> Result<String, Strin
                 .await
                 .map_err(|m| format!("not back: {m}"))?;
             let url = spec.health_url().unwrap_or_default();
-            crate::health::wait_with(&url, || ctx.probe_unit("analyzer"), &ctx.config.retry, limit, || None)
-                .await
-                .map_err(|e| e.to_string())?;
+            crate::health::wait_with(
+                &url,
+                || ctx.probe_unit("analyzer"),
+                &ctx.config.retry,
+                limit,
+                || None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(format!(
                 "stopped analyzer (left discovery in {}), started it, healthy again after {}",
                 took(stopped),

@@ -133,6 +133,9 @@ pub struct UnitSpec {
     /// The port inside the container (default: `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_port: Option<u16>,
+    /// More ports it listens on, published as they are (the gateway's HTTPS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     /// Extra labels (never secrets).

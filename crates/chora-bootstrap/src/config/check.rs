@@ -32,6 +32,19 @@ impl Config {
             if !chora_api::manifest::is_valid_name(name) {
                 return Err(at("the name must match ^[a-z0-9][a-z0-9._-]{0,62}$".into()));
             }
+            if name != "gateway"
+                && (spec.tls.is_some() || spec.tls_port.is_some() || spec.http.is_some())
+            {
+                return Err(at(
+                    "`tls`, `tls_port` and `http` are the gateway's (HTTPS at the edge)".into(),
+                ));
+            }
+            if spec.tls.is_none() && (spec.tls_port.is_some() || spec.http.is_some()) {
+                return Err(at(
+                    "`tls_port` and `http` need `tls` (self-signed, {cert, key} or {acme: …})"
+                        .into(),
+                ));
+            }
             if !(1..=3).contains(&spec.phase) {
                 return Err(at(format!(
                     "`phase` is {} but must be 1, 2 or 3",

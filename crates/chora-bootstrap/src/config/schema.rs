@@ -33,7 +33,7 @@ pub enum DeployVia {
 }
 
 /// One service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// 1 core, 2 infrastructure, 3 capabilities.
@@ -79,9 +79,61 @@ pub struct ServiceSpec {
     /// service into one entry per replica (see [`Replica`]).
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// The gateway: HTTPS at the edge (DESIGN.md §15): `self-signed`,
+    /// `{cert, key}` or `{acme: {directory, domains, email, ca}}`.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// The gateway: where HTTPS listens (default 8443).
+    #[serde(default)]
+    pub tls_port: Option<u16>,
+    /// The gateway with `tls`: plain HTTP `redirect`s to HTTPS (the default)
+    /// or `serve`s as well.
+    #[serde(default)]
+    pub http: Option<HttpMode>,
+    /// A CA file to trust for this service's `https://` health endpoint (for
+    /// the gateway with `tls`: for its HTTPS).
+    #[serde(default)]
+    pub ca: Option<String>,
     /// Set by parsing on the entries it makes: which service this is a copy of.
     #[serde(skip)]
     pub replica: Option<Replica>,
+}
+
+/// Where the gateway's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Tls {
+    /// `self-signed`: a CA and a certificate chora makes under `.chora/tls/`.
+    Named(TlsNamed),
+    /// `{cert: PATH, key: PATH}`: files, picked up again when replaced.
+    Files { cert: String, key: String },
+    /// `{acme: {…}}`: from an ACME server, renewed before expiry.
+    Acme { acme: Acme },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsNamed {
+    SelfSigned,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    pub directory: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    /// A CA file to trust for the directory itself (pebble's, in tests).
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    Redirect,
+    Serve,
 }
 
 /// One copy of a replicated service (or a member of the etcd cluster chora

@@ -89,8 +89,7 @@ fn prometheus_unit(
         register: Some(Register::Chora),
         volumes,
         container_port,
-        replicas: None,
-        replica: None,
+        ..Default::default()
     }
 }
 
@@ -142,12 +141,12 @@ fn etcd_member(e: &Etcd, units: &[String], n: u32, project: &str) -> ServiceSpec
         register: Some(Register::Itself),
         volumes: vec![spanned(format!("{unit}-data:/data"))],
         container_port: Some(2379),
-        replicas: None,
         replica: Some(Replica {
             service: ETCD.into(),
             n,
             unregistered: true,
         }),
+        ..Default::default()
     }
 }
 

@@ -76,7 +76,12 @@ impl DockerRuntime {
         }
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
-        if let (Some(port), Some(inner)) = (spec.port, spec.inner_port()) {
+        let published = spec
+            .port
+            .zip(spec.inner_port())
+            .into_iter()
+            .chain(spec.more_ports.iter().map(|p| (*p, *p)));
+        for (port, inner) in published {
             let key = format!("{inner}/tcp");
             exposed.push(key.clone());
             port_bindings.insert(

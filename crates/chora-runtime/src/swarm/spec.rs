@@ -77,15 +77,19 @@ impl SwarmRuntime {
         {
             aliases.push(s.clone());
         }
-        let ports = match (spec.port, spec.inner_port()) {
-            (Some(p), Some(inner)) if spec.placement.publish => vec![EndpointPortConfig {
+        let ports: Vec<EndpointPortConfig> = spec
+            .port
+            .zip(spec.inner_port())
+            .into_iter()
+            .chain(spec.more_ports.iter().map(|p| (*p, *p)))
+            .filter(|_| spec.placement.publish)
+            .map(|(p, inner)| EndpointPortConfig {
                 target_port: Some(inner.into()),
                 published_port: Some(p.into()),
                 publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
                 ..Default::default()
-            }],
-            _ => Vec::new(),
-        };
+            })
+            .collect();
         let mode = if spec.placement.global {
             ServiceSpecMode {
                 global: Some(Default::default()),

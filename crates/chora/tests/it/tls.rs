@@ -719,3 +719,66 @@ fn gateway_help_shows_an_example_of_every_https_flag_and_refuses_half_a_source()
         "{err}"
     );
 }
+
+/// `services.gateway.tls: self-signed` in a bootstrapped system: the gateway
+/// serves HTTPS on `tls_port` with the CA chora made (0600 keys in a 0700
+/// directory under the home), plain HTTP redirects there, validation goes
+/// over HTTPS, and the closing block names the CA to trust.
+#[tokio::test]
+async fn a_bootstrapped_gateway_with_tls_self_signed_serves_https_and_validation_uses_it() {
+    let site = tokio::task::spawn_blocking(crate::bootstrap::Site::new)
+        .await
+        .unwrap();
+    let tls_port = free_port();
+    let gw = site.port("gateway");
+    let config = site.template().replace(
+        &format!("    health_endpoint: http://127.0.0.1:{gw}/health\n    timeout: 30\n    dependencies: [manifest]"),
+        &format!("    health_endpoint: http://127.0.0.1:{gw}/health\n    timeout: 30\n    tls: self-signed\n    tls_port: {tls_port}\n    dependencies: [manifest]"),
+    );
+    assert_ne!(config, site.template());
+    site.write_config(&config);
+    let home = site.home();
+    let out = site.command(&["bootstrap"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = home.join("tls/ca.pem");
+    assert!(
+        stdout.contains(&format!(
+            "Access Gateway: https://127.0.0.1:{tls_port} (trust its CA: {})",
+            ca.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Gateway routing"), "{stdout}");
+    assert_eq!(mode(&home.join("tls")), 0o700);
+    assert_eq!(mode(&home.join("tls/ca-key.pem")), 0o600);
+    let https = client(&[&ca]).build().unwrap();
+    let r = https
+        .post(format!(
+            "https://127.0.0.1:{tls_port}/api/v1/analyzer/analyze"
+        ))
+        .json(&json!({"text": "over tls"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = plain
+        .post(format!("http://127.0.0.1:{gw}/api/v1/analyzer/analyze"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://127.0.0.1:{tls_port}/api/v1/analyzer/analyze").as_str()
+    );
+    drop(site);
+}
