@@ -41,6 +41,10 @@ pub struct DeploySpec {
     /// before the old one is brought back (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<u32>,
+    /// A CA file (on the orchestrator's machine) to trust for an `https://`
+    /// health endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// Who keeps a service registered in the Manifest.

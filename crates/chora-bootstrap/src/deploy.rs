@@ -64,6 +64,7 @@ impl Ctx {
                 .collect(),
             container_port: spec.container_port,
             health_timeout: Some(timeout.as_secs().clamp(1, 3600) as u32),
+            ca: self.health_ca(spec),
         };
         let fail = |m: String| {
             StepError::new(format!("deploying `{name}` failed: {m}"))

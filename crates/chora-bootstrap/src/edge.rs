@@ -147,4 +147,11 @@ impl Ctx {
             _ => Some((g.url()?, self.http.clone())),
         }
     }
+
+    /// The CA file a service's `https://` health endpoint is checked with
+    /// (`ca:`), absolute.
+    pub fn health_ca(&self, spec: &ServiceSpec) -> Option<String> {
+        let ca = spec.ca.as_deref()?;
+        Some(self.config_relative(ca).display().to_string())
+    }
 }

@@ -108,6 +108,7 @@ impl Ctx {
         let (mounts, ports) = self.tls_mounts(spec);
         unit.volumes.extend(mounts);
         unit.more_ports = ports;
+        unit.ca = self.health_ca(spec);
         unit
     }
 

@@ -55,6 +55,9 @@ impl Ctx {
             self.manifest_url(),
         ];
         argv.extend(follow);
+        if let Some(ca) = self.health_ca(spec) {
+            argv.extend(["--ca".to_string(), ca]);
+        }
         let mut env = BTreeMap::new();
         if let Some(key) = self.credentials.as_ref().and_then(|c| c.api_key(name)) {
             env.insert("CHORA_API_KEY".into(), key.to_owned());

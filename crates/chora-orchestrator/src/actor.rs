@@ -118,7 +118,16 @@ impl Actor {
                 dependencies: self.spec.dependencies.clone(),
                 every: self.ctx.policy.check_every,
             };
-            self.behalf = Some(OnBehalf::spawn(client, self.ctx.http.clone(), b));
+            // An https:// health endpoint with a CA of its own.
+            let http = match self.spec.ca.as_deref() {
+                Some(ca) => chora_runtime::check::client(Some(std::path::Path::new(ca)))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(service = %self.spec.name, error = %e, "cannot use its CA");
+                        self.ctx.http.clone()
+                    }),
+                None => self.ctx.http.clone(),
+            };
+            self.behalf = Some(OnBehalf::spawn(client, http, b));
         }
         self.unit = Some(unit);
         self.started = Some(Instant::now());

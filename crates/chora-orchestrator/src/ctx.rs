@@ -224,6 +224,7 @@ impl Ctx {
         if place.stand_in {
             unit.labels.insert(LABEL_STAND_IN.into(), "true".into());
         }
+        unit.ca = spec.ca.clone();
         if let Some(url) = runtime.advertise(&unit) {
             unit.env.insert("CHORA_ADVERTISE_URL".into(), url);
         }

@@ -146,6 +146,10 @@ pub struct UnitSpec {
     /// service's HEALTHCHECK, `chora probe URL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// A CA file to trust for its `https://` health URL (besides the
+    /// system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
     /// Where it runs on a cluster; one machine's runtimes ignore it.
     #[serde(default, skip_serializing_if = "Placement::is_default")]
     pub placement: Placement,
@@ -387,7 +391,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn probe<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let url = self.reach(spec, url).await;
-            crate::check::check(probe_client(), &url).await
+            match &spec.ca {
+                Some(ca) => {
+                    let http = crate::check::client(Some(std::path::Path::new(ca)))?;
+                    crate::check::check(&http, &url).await
+                }
+                None => crate::check::check(probe_client(), &url).await,
+            }
         })
     }
 }

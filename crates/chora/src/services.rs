@@ -291,11 +291,16 @@ pub struct KeepRegisteredArgs {
     /// The unit to follow: process:PID:START_TIME or container:ID
     #[arg(long)]
     unit: String,
+    /// A CA file to trust for an https:// health URL
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
     let usage = |m: &str| Failure::new(exit::USAGE, "USAGE", m.to_owned());
     let unit = chora_runtime::UnitId::parse_arg(&a.unit).map_err(|m| usage(&m))?;
+    let http = chora_runtime::check::client(a.ca.as_deref())
+        .map_err(|m| Failure::new(exit::CONFIG, "CONFIG_ERROR", m))?;
     let mut client = chora_api::ManifestClient::new([a.manifest_url.as_str()])
         .map_err(|e| usage(&e.to_string()))?
         .with_timeout(std::time::Duration::from_secs(2));
@@ -306,11 +311,7 @@ pub fn keep_registered(a: KeepRegisteredArgs) -> Result<(), Failure> {
     rt.block_on(async move {
         let behalf = chora_runtime::behalf::OnBehalf::spawn(
             client,
-            chora_api::tls::builder()
-                .connect_timeout(std::time::Duration::from_millis(500))
-                .timeout(std::time::Duration::from_secs(2))
-                .build()
-                .expect("a plain HTTP client builds"),
+            http,
             chora_runtime::behalf::Behalf {
                 name: a.name.clone(),
                 id: a.id,

@@ -723,7 +723,8 @@ fn gateway_help_shows_an_example_of_every_https_flag_and_refuses_half_a_source()
 /// `services.gateway.tls: self-signed` in a bootstrapped system: the gateway
 /// serves HTTPS on `tls_port` with the CA chora made (0600 keys in a 0700
 /// directory under the home), plain HTTP redirects there, validation goes
-/// over HTTPS, and the closing block names the CA to trust.
+/// over HTTPS, and the closing block names the CA to trust. Its health
+/// endpoint is `https://` too, checked with `ca:`.
 #[tokio::test]
 async fn a_bootstrapped_gateway_with_tls_self_signed_serves_https_and_validation_uses_it() {
     let site = tokio::task::spawn_blocking(crate::bootstrap::Site::new)
@@ -733,7 +734,7 @@ async fn a_bootstrapped_gateway_with_tls_self_signed_serves_https_and_validation
     let gw = site.port("gateway");
     let config = site.template().replace(
         &format!("    health_endpoint: http://127.0.0.1:{gw}/health\n    timeout: 30\n    dependencies: [manifest]"),
-        &format!("    health_endpoint: http://127.0.0.1:{gw}/health\n    timeout: 30\n    tls: self-signed\n    tls_port: {tls_port}\n    dependencies: [manifest]"),
+        &format!("    health_endpoint: https://127.0.0.1:{tls_port}/health\n    ca: \"${{CHORA_HOME}}/tls/ca.pem\"\n    timeout: 30\n    tls: self-signed\n    tls_port: {tls_port}\n    dependencies: [manifest]"),
     );
     assert_ne!(config, site.template());
     site.write_config(&config);
