@@ -9,6 +9,13 @@
 //! drops, pass or fail. Hosts start with the capabilities a Docker daemon needs
 //! inside them (`--privileged` is refused on the CI machines) and /dev/net/tun
 //! for wireguard-go.
+//!
+//! A host can run containers, as a real one can: it has a cgroup namespace of
+//! its own (`--cgroupns=private`), and its cgroup hierarchies, which Docker
+//! mounts read-only into a container that is not privileged, are mounted
+//! again read-write ([`CGROUPS_RW`]) before anything starts in it. That is
+//! the test harness emulating a real host; chora itself does nothing of the
+//! kind.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,14 +71,63 @@ fn recipe_hash() -> String {
 
 static BUILD: Mutex<()> = Mutex::new(());
 
+/// Where the root filesystem of the current recipe is (or will be) cached.
+fn rootfs_path() -> PathBuf {
+    cache_dir().join(format!("rootfs-{}.tar", recipe_hash()))
+}
+
+/// Whether test hosts can be made here: a Docker engine, an ssh client, and
+/// their root filesystem, cached or built now by debootstrap, as root. When
+/// not, the test should return: this prints one line saying why, or panics
+/// under `CHORA_REQUIRE_DEBOOTSTRAP=1` / `CHORA_REQUIRE_ROOT=1` (and
+/// `CHORA_REQUIRE_DOCKER=1` for Docker, through [`crate::docker_available`]).
+pub fn available(test: &str) -> bool {
+    if !crate::docker_available(test) {
+        return false;
+    }
+    let found = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing = if !found("ssh") {
+        Some((
+            "DEBOOTSTRAP",
+            "an ssh client (apt-get install openssh-client)",
+        ))
+    } else if rootfs_path().exists() {
+        None
+    } else if !found("debootstrap") {
+        Some(("DEBOOTSTRAP", "debootstrap (apt-get install debootstrap)"))
+    // SAFETY: geteuid has no preconditions.
+    } else if unsafe { libc::geteuid() } != 0 {
+        Some((
+            "ROOT",
+            "root (debootstrap builds the test hosts' root filesystem)",
+        ))
+    } else {
+        None
+    };
+    let Some((require, what)) = missing else {
+        return true;
+    };
+    if std::env::var(format!("CHORA_REQUIRE_{require}")).as_deref() == Ok("1") {
+        panic!("{test}: needs {what} (CHORA_REQUIRE_{require}=1)");
+    }
+    eprintln!("{test}: skipped: needs {what}");
+    false
+}
+
 /// The cached root filesystem tarball, built now if missing (a few minutes:
 /// debootstrap downloads from deb.debian.org). Concurrent builders, in this
 /// process or another, wait for one another (a lock file).
 pub fn rootfs() -> PathBuf {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = cache_dir();
+    let tar = rootfs_path();
+    let dir = tar.parent().expect("in the cache dir").to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
-    let tar = dir.join(format!("rootfs-{}.tar", recipe_hash()));
     if tar.exists() {
         return tar;
     }
@@ -155,6 +211,26 @@ impl Drop for TestNet {
     }
 }
 
+/// Mounts the host's cgroup hierarchies read-write again, each over itself,
+/// inside its own cgroup namespace: cgroup v1 (one mount per controller;
+/// `name=systemd` for systemd's), a cgroup2 `unified` beside them, or a
+/// cgroup2-only /sys/fs/cgroup.
+pub const CGROUPS_RW: &str = r#"fstype() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); t = $(i+1) } END { print t }' /proc/self/mountinfo; }
+if [ "$(fstype /sys/fs/cgroup)" = cgroup2 ]; then
+  umount /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+  for d in /sys/fs/cgroup/*; do
+    [ -L "$d" ] && continue
+    c=${d##*/}
+    case "$(fstype "$d")" in
+      cgroup) case "$c" in systemd) o=none,name=systemd ;; *) o=$c ;; esac
+              umount "$d" && mount -t cgroup -o "$o" cgroup "$d" ;;
+      cgroup2) umount "$d" && mount -t cgroup2 cgroup2 "$d" ;;
+    esac
+  done
+fi
+"#;
+
 /// How a host starts.
 #[derive(Debug, Clone, Default)]
 pub struct HostSpec {
@@ -188,6 +264,7 @@ impl TestHost {
             "--label",
             "chora-test=infra",
             "--init",
+            "--cgroupns=private",
             "--cap-add",
             "ALL",
             "--cap-drop",
@@ -212,6 +289,7 @@ impl TestHost {
             ip,
             user: spec.sudo_user.clone().unwrap_or_else(|| "root".into()),
         };
+        host.sh(CGROUPS_RW);
         let mut setup = String::from(
             "set -e\nssh-keygen -A >/dev/null\nmkdir -p /run/sshd /root/.ssh\nchmod 700 /root/.ssh\n",
         );
