@@ -14,6 +14,9 @@
 //! 3. per host that got through round 2: `verify` (`docker info` as the SSH
 //!    user, every mesh peer answers a ping).
 //!
+//! [`tunnel`] is the way to a host's Docker from here (a forwarded socket over
+//! SSH) and to images there without a registry.
+//!
 //! Every step is check → act → verify ([`steps`]), so a second run changes
 //! nothing and says `ok`, and a step whose SSH connection was lost can be run
 //! again on a new one (`on_host!`). [`bootstrap`] returns a [`Report`]; the binary front
@@ -33,6 +36,10 @@ pub mod report;
 pub mod ssh;
 pub mod state;
 pub mod steps;
+pub mod tunnel;
+
+/// The Docker client the tunnel gives ([`tunnel::DockerTunnel::docker`]).
+pub use bollard;
 
 pub use inventory::{Inventory, InventoryError};
 pub use report::{HostReport, HostStatus, Report, Status, StepReport};
