@@ -48,9 +48,10 @@ fn assert_all_ok(report: &Value, names: &[&str]) {
 
 /// Three fresh hosts, two managers and a worker (a non-root sudo user): the
 /// swarm forms on the mesh addresses with each host's labels, its ports answer
-/// on the mesh only, each host ran a container, a re-run changes nothing; a
-/// host that someone put in a swarm of its own fails alone, and joins again
-/// once it left that swarm. Then the Docker tunnel and the image loader.
+/// on the mesh only, each host ran a container, a re-run changes nothing, a
+/// frozen host is down within 5 s; a host that someone put in a swarm of its
+/// own fails alone, and joins again once it left that swarm. Then the Docker
+/// tunnel and the image loader.
 #[test]
 fn three_hosts_form_one_swarm_on_the_mesh_and_a_host_in_another_swarm_fails_alone() {
     let test = "infra_swarm::three_hosts_form_one_swarm_on_the_mesh_and_a_host_in_another_swarm_fails_alone";
@@ -174,9 +175,31 @@ fn three_hosts_form_one_swarm_on_the_mesh_and_a_host_in_another_swarm_fails_alon
         "{out}"
     );
 
+    // A lost host (its machine frozen) is marked down within 5 s.
+    let s3 = kit.host("s-3");
+    let state_of_s3 = || s1.sh("docker node inspect s-3 --format '{{.Status.State}}'");
+    {
+        let _frozen = Paused::new(&s3.container);
+        let t = std::time::Instant::now();
+        while state_of_s3() != "down" {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "s-3 is still not down"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let took = t.elapsed();
+        eprintln!("a lost host is down after {:.1}s", took.as_secs_f64());
+        assert!(took <= Duration::from_secs(5), "down after {took:?}");
+    }
+    let t = std::time::Instant::now();
+    while state_of_s3() != "ready" {
+        assert!(t.elapsed() < Duration::from_secs(30), "s-3 is not back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Someone takes s-3 out and starts a swarm of its own there, on its
     // public address: it fails alone, named, and is left alone.
-    let s3 = kit.host("s-3");
     s3.sh(&format!(
         "docker swarm leave >/dev/null && docker swarm init --advertise-addr {ip} --listen-addr {ip}:2377 >/dev/null",
         ip = s3.ip
@@ -239,6 +262,23 @@ fn three_hosts_form_one_swarm_on_the_mesh_and_a_host_in_another_swarm_fails_alon
     assert_eq!(hostnames, "s-1 Ready\ns-2 Ready\ns-3 Ready", "{hostnames}");
 
     tunnel_and_images(&inv);
+}
+
+/// A test host frozen (`docker pause`: its dockerd stops heartbeating, as a
+/// machine that lost power would); thawed on drop.
+struct Paused<'a>(&'a str);
+
+impl<'a> Paused<'a> {
+    fn new(container: &'a str) -> Paused<'a> {
+        docker(&["pause", container]);
+        Paused(container)
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        let _ = docker_try(&["unpause", self.0]);
+    }
 }
 
 /// An image tag made in the local engine for the test; removed on drop.
