@@ -556,6 +556,18 @@ impl Inventory {
         self.swarm.is_some_and(|s| index < s.managers)
     }
 
+    /// The mesh's IPv4 network: WireGuard's `cidr`, Tailscale's CGNAT range
+    /// (100.64.0.0/10); `None` without a mesh.
+    pub fn mesh_network(&self) -> Option<(Ipv4Addr, u8)> {
+        match &self.network {
+            NetworkSpec::None => None,
+            NetworkSpec::WireGuard {
+                network, prefix, ..
+            } => Some((*network, *prefix)),
+            NetworkSpec::Tailscale { .. } => Some((Ipv4Addr::new(100, 64, 0, 0), 10)),
+        }
+    }
+
     /// The mesh address of the host at `index` (WireGuard: in host order).
     pub fn mesh_address(&self, index: usize) -> Option<(Ipv4Addr, u8)> {
         match &self.network {

@@ -412,24 +412,15 @@ async fn form_swarm(
         }
         ready.push(k);
     }
-    let mesh: std::collections::BTreeSet<String> = runs
-        .iter()
-        .filter_map(|r| r.mesh_ip.clone())
-        .chain(
-            (0..inv.hosts.len()).filter_map(|i| inv.mesh_address(i).map(|(ip, _)| ip.to_string())),
-        )
-        .collect();
-    let mesh_net = match &inv.network {
-        inventory::NetworkSpec::WireGuard {
-            network, prefix, ..
-        } => Some((*network, *prefix)),
-        _ => Some((std::net::Ipv4Addr::new(100, 64, 0, 0), 10)),
-    };
+    let (network, prefix) = inv
+        .mesh_network()
+        .expect("a swarm has a mesh (inventory.rs)");
+    let mesh = swarm::decide::MeshNet { network, prefix };
     let settings = swarm::Settings {
         iface: provider.interface(),
         mesh_unit: provider.unit(),
         mesh,
-        pool: swarm::address_pool(mesh_net),
+        pool: swarm::address_pool(mesh),
         dry: opts.dry_run,
     };
     let mut members = Vec::new();

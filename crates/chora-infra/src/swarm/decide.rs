@@ -1,8 +1,9 @@
 //! Which swarm is this inventory's, and where each host stands: pure
 //! functions of what the hosts said, so that they are tested without hosts.
 //!
-//! A swarm counts as **ours** when every manager a host knows of listens on a
-//! mesh address of the inventory and the host itself advertises its own mesh
+//! A swarm counts as **ours** when every manager a host knows of listens on an
+//! address inside the mesh's network (the inventory's WireGuard CIDR, or
+//! Tailscale's 100.64.0.0/10) and the host itself advertises its own mesh
 //! address: chora only ever makes swarms like that, and a swarm made by hand
 //! (`docker swarm init` with the public address) or another fleet's is not
 //! one. Swarms are told apart by cluster id (a manager sees it; a worker is
@@ -12,7 +13,26 @@
 //! any other is `in another swarm` and left alone, like one in a foreign swarm.
 
 use bollard::models::{LocalNodeState, SwarmInfo};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// The mesh's IPv4 network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshNet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl MeshNet {
+    /// Whether `ip` (an address, without a port) is inside it.
+    pub fn contains(&self, ip: &str) -> bool {
+        let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+            return false;
+        };
+        let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network) & mask
+    }
+}
 
 /// What a host's `GET /info` says of its swarm.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,9 +122,8 @@ pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// Places every host (see the module head). `mesh` holds the mesh address of
-/// every host of the inventory that has one, ready or not.
-pub fn plan(hosts: &[Input<'_>], mesh: &BTreeSet<String>) -> Plan {
+/// Places every host (see the module head).
+pub fn plan(hosts: &[Input<'_>], mesh: MeshNet) -> Plan {
     // Managers of ours that answered: node id → cluster id.
     let clusters: BTreeMap<&str, &str> = hosts
         .iter()
@@ -224,7 +243,10 @@ mod tests {
 
     fn run(seens: &[Seen]) -> Plan {
         let ips: Vec<String> = (1..=seens.len()).map(|i| format!("10.77.0.{i}")).collect();
-        let mesh: BTreeSet<String> = (1..=5).map(|i| format!("10.77.0.{i}")).collect();
+        let mesh = MeshNet {
+            network: Ipv4Addr::new(10, 77, 0, 0),
+            prefix: 24,
+        };
         let inputs: Vec<Input<'_>> = seens
             .iter()
             .enumerate()
@@ -235,7 +257,17 @@ mod tests {
                 seen: s,
             })
             .collect();
-        plan(&inputs, &mesh)
+        plan(&inputs, mesh)
+    }
+
+    #[test]
+    fn mesh_networks_hold_their_addresses() {
+        let ts = MeshNet {
+            network: Ipv4Addr::new(100, 64, 0, 0),
+            prefix: 10,
+        };
+        assert!(ts.contains("100.101.2.3") && !ts.contains("100.128.0.1"));
+        assert!(!ts.contains("fd7a::1") && !ts.contains(""));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use bollard::Docker;
 use bollard::models::{SwarmInitRequest, SwarmJoinRequest, SwarmSpec, SwarmSpecDispatcher};
 use decide::{Class, Input, Seen};
 use futures_util::future::join_all;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How often a node heartbeats its manager: a node is marked down after three
@@ -95,8 +95,8 @@ pub struct Settings<'a> {
     /// The mesh interface and the systemd unit that brings it up.
     pub iface: &'a str,
     pub mesh_unit: &'a str,
-    /// Every inventory host's mesh address known this run.
-    pub mesh: BTreeSet<String>,
+    /// The mesh's network: a swarm whose managers are all inside it is ours.
+    pub mesh: decide::MeshNet,
     /// The overlay networks' address pool (clear of the mesh's).
     pub pool: String,
     pub dry: bool,
@@ -256,7 +256,7 @@ async fn act(r: &mut Round<'_, '_>, s: &Settings<'_>) -> Option<usize> {
             seen: r.seen(i),
         })
         .collect();
-    let plan = decide::plan(&inputs, &s.mesh);
+    let plan = decide::plan(&inputs, s.mesh);
     let mut inactive = Vec::new();
     let mut ours = Vec::new();
     for (&i, c) in live.iter().zip(plan.classes) {
@@ -486,14 +486,14 @@ async fn heartbeat(r: &mut Round<'_, '_>, control: usize, dry: bool) -> bool {
 /// An address pool for the overlay networks that stays clear of the mesh's
 /// network (Docker's default, 10.0.0.0/8, could cover a mesh such as
 /// 10.77.0.0/24).
-pub fn address_pool(mesh: Option<(std::net::Ipv4Addr, u8)>) -> String {
+pub fn address_pool(mesh: decide::MeshNet) -> String {
     const POOLS: [(&str, [u8; 4], u8); 3] = [
         ("10.128.0.0/9", [10, 128, 0, 0], 9),
         ("10.0.0.0/9", [10, 0, 0, 0], 9),
         ("172.16.0.0/12", [172, 16, 0, 0], 12),
     ];
     let overlaps = |net: [u8; 4], len: u8| {
-        let Some((m, mlen)) = mesh else { return false };
+        let (m, mlen) = (mesh.network, mesh.prefix);
         let shorter = len.min(mlen) as u32;
         let mask = if shorter == 0 {
             0
@@ -516,18 +516,15 @@ mod tests {
 
     #[test]
     fn the_overlay_pool_avoids_the_mesh() {
-        assert_eq!(
-            address_pool(Some((Ipv4Addr::new(10, 77, 0, 0), 24))),
-            "10.128.0.0/9"
-        );
-        assert_eq!(
-            address_pool(Some((Ipv4Addr::new(10, 200, 0, 0), 16))),
-            "10.0.0.0/9"
-        );
-        assert_eq!(
-            address_pool(Some((Ipv4Addr::new(10, 0, 0, 0), 8))),
-            "172.16.0.0/12"
-        );
-        assert_eq!(address_pool(None), "10.128.0.0/9");
+        let pool = |a, b, c, d, prefix| {
+            address_pool(decide::MeshNet {
+                network: Ipv4Addr::new(a, b, c, d),
+                prefix,
+            })
+        };
+        assert_eq!(pool(10, 77, 0, 0, 24), "10.128.0.0/9");
+        assert_eq!(pool(10, 200, 0, 0, 16), "10.0.0.0/9");
+        assert_eq!(pool(10, 0, 0, 0, 8), "172.16.0.0/12");
+        assert_eq!(pool(100, 64, 0, 0, 10), "10.128.0.0/9");
     }
 }
