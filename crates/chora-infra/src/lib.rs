@@ -299,7 +299,7 @@ async fn join(
     run
 }
 
-/// Round 3 for one host: ping `peers` (name, mesh address) and `docker info`.
+/// Round 3 for one host: Docker runs a container, `peers` (name, mesh address) answer a ping.
 async fn verify(
     mut run: HostRun,
     peers: Arc<Vec<(String, String)>>,

@@ -370,7 +370,7 @@ pub async fn docker(
     }
 }
 
-/// The `verify` script, run as the SSH user: `docker info`; then, at once,
+/// The `verify` script, run as the SSH user: `docker version`; then, at once,
 /// every mesh peer pinged (a few tries: a fresh tunnel needs its first
 /// handshake) and one container run with no registry: `/bin/echo` and the
 /// libraries `ldd` names for it (the host's own glibc, so any Debian or Ubuntu
@@ -386,11 +386,11 @@ fn verify_script(nonce: &str, peers: &[(String, String)]) -> String {
         ));
     }
     format!(
-        r#"v=$(docker info --format '{{{{.ServerVersion}}}}' 2>&1) || {{ echo "$v" >&2; exit 3; }}
+        r#"v=$(docker version --format '{{{{.Server.Version}}}}' 2>&1) || {{ echo "$v" >&2; exit 3; }}
 echo "version=$v"
 d=$(mktemp -d /tmp/chora-verify.XXXXXX) || exit 1
 tag="chora-verify:$$"; name="chora-verify-$$"
-trap 'docker rm -f "$name" >/dev/null 2>&1; docker rmi "$tag" >/dev/null 2>&1; rm -rf "$d"' EXIT
+trap 'docker rmi "$tag" >/dev/null 2>&1 || {{ docker rm -f "$name" >/dev/null 2>&1; docker rmi "$tag" >/dev/null 2>&1; }}; rm -rf "$d"' EXIT
 touch "$d/unanswered"
 (
 :
@@ -428,7 +428,7 @@ pub async fn verify(r: &Remote, peers: &[(String, String)]) -> StepResult {
     };
     let user = &r.host.user;
     let Some(version) = field("version") else {
-        return Err(format!("`docker info` as {user} failed: {}", out.tail()));
+        return Err(format!("Docker does not answer {user}: {}", out.tail()));
     };
     let ran = field("ran").unwrap_or_default();
     if ran != format!("chora-ran-{nonce}") {

@@ -213,7 +213,12 @@ pub async fn form(members: &[Member<'_>], s: &Settings<'_>) -> Vec<StepResult> {
     let within = if s.dry { Duration::ZERO } else { VERIFY_WITHIN };
     let report = match control {
         Some(c) if r.ok(c) => nodes::verify(&mut r, c, &check, within).await,
-        _ => vec![None; n],
+        _ => {
+            for i in 0..n {
+                r.fail(i, "not verified: no manager of the swarm answered".into());
+            }
+            vec![None; n]
+        }
     };
     let mut results = Vec::with_capacity(n);
     for i in 0..n {

@@ -86,9 +86,9 @@ pub(super) async fn reconcile(r: &mut Round<'_, '_>, control: usize, ours: &[usi
                     .join(", ")
             ));
         }
-        let role = node_role(node);
         // The manager chora works through stays one until another answers.
-        if role != m.role() && (m.manager || i != control) {
+        let role_changes = node_role(node) != m.role() && (m.manager || i != control);
+        if role_changes {
             what.push(format!(
                 "{} to {}",
                 if m.manager { "promoted" } else { "demoted" },
@@ -99,13 +99,14 @@ pub(super) async fn reconcile(r: &mut Round<'_, '_>, control: usize, ours: &[usi
             if dry {
                 r.done[i].push(format!("would set {}", what.join(", ")));
             } else {
+                let role = match (role_changes, m.manager) {
+                    (false, _) => spec.role,
+                    (true, true) => Some(NodeSpecRoleEnum::MANAGER),
+                    (true, false) => Some(NodeSpecRoleEnum::WORKER),
+                };
                 let new = NodeSpec {
                     labels: Some(labels),
-                    role: Some(if m.manager {
-                        NodeSpecRoleEnum::MANAGER
-                    } else {
-                        NodeSpecRoleEnum::WORKER
-                    }),
+                    role,
                     ..spec
                 };
                 let version = node.version.as_ref().and_then(|v| v.index).unwrap_or(0) as i64;
@@ -142,10 +143,13 @@ pub(super) async fn reconcile(r: &mut Round<'_, '_>, control: usize, ours: &[usi
             }
             match remove_node(&d, old).await {
                 Ok(()) => r.done[i].push(format!("removed its old node {}", short(&old_id))),
-                Err(e) => r.done[i].push(format!(
-                    "could not remove its old node {}: {e}",
-                    short(&old_id)
-                )),
+                Err(e) => r.fail(
+                    i,
+                    format!(
+                        "its old node {} (down) cannot be removed: {e}",
+                        short(&old_id)
+                    ),
+                ),
             }
         }
     }
