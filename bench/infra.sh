@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# chora infra benchmark (issue 16): `chora infra bootstrap` on three fresh test
-# hosts (containers with their own sshd on a private Docker network, Debian
-# bookworm from debootstrap, one with a non-root sudo user), WireGuard mesh,
-# Docker from deb.debian.org:
+# chora infra benchmark (issues 16, 23): `chora infra bootstrap` on three fresh
+# test hosts (containers with their own sshd and dockerd on a private Docker
+# network, Debian bookworm from debootstrap, one with a non-root sudo user),
+# WireGuard mesh, Docker from deb.debian.org, the swarm (three managers):
 #
-#   cold   every step: Docker and WireGuard installed, keys made, mesh up
-#   warm   the same inventory again: every step `ok`, nothing changed
+#   cold   every step: Docker and WireGuard installed, keys made, mesh up, a
+#          container run on each host, the swarm formed
+#   warm   the same inventory again: every step `ok`, nothing changed (the
+#          container is run again: that is how `verify` knows Docker works)
 #
 # each with the hosts in parallel (--parallel 10) and one at a time
-# (--parallel 1), on fresh hosts for each mode. Goals: cold < 90 s, warm < 5 s.
+# (--parallel 1), on fresh hosts for each mode. The last two columns are the
+# slowest host's `verify` and the `swarm` round (one for all hosts). Goals:
+# cold < 90 s, warm < 5 s.
 #
 #   bench/infra.sh                 # ~4 minutes (two cold runs dominate)
 #   WARM_RUNS=5 bench/infra.sh     # warm runs per mode (median printed)

@@ -1,6 +1,6 @@
-//! The inventory (DESIGN.md §11): which hosts, how to reach them, what to install.
-//! Loading checks everything before any host is contacted and names the file,
-//! line and field of each mistake (exit 7).
+//! The inventory (DESIGN.md §11, §13): which hosts, how to reach them, what to
+//! install, and the swarm they form. Loading checks everything before any host
+//! is contacted and names the file, line and field of each mistake (exit 7).
 //!
 //! The YAML is read into serde shapes (`Raw*`, unknown keys refused, values
 //! that need a line kept `Spanned`), then checked into an [`Inventory`]; a
@@ -16,10 +16,11 @@
 //!   host: host *i* (in inventory order) is network + *i* + 1.
 //! - Defaults: port 22, user root, 10 s connect timeout, 15 s keep-alive, 3
 //!   connection attempts, Docker from the distribution, no mesh network, 300 s
-//!   for the dpkg lock.
+//!   for the dpkg lock, a swarm of 3 managers (`swarm: false` for none).
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +47,8 @@ struct RawInventory {
     network: Option<Spanned<RawNetwork>>,
     #[serde(default)]
     apt: RawApt,
+    #[serde(default)]
+    swarm: Option<Spanned<RawSwarm>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +60,8 @@ struct RawHost {
     port: Option<u16>,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    labels: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -110,6 +115,48 @@ struct RawTailscale {
     tags: Vec<String>,
 }
 
+/// `swarm:` as written: `false` (no swarm), `true` or empty (the defaults), or
+/// a map of its settings.
+#[derive(Debug, Clone)]
+enum RawSwarm {
+    Off,
+    On(RawSwarmMap),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwarmMap {
+    #[serde(default)]
+    managers: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for RawSwarm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawSwarm, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSwarm;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`false`, or a map such as {managers: 3}")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawSwarm, E> {
+                Ok(if on {
+                    RawSwarm::On(RawSwarmMap::default())
+                } else {
+                    RawSwarm::Off
+                })
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<RawSwarm, E> {
+                Ok(RawSwarm::On(RawSwarmMap::default()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawSwarm, A::Error> {
+                RawSwarmMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawSwarm::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// One host to prepare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -117,6 +164,8 @@ pub struct Host {
     pub address: String,
     pub port: u16,
     pub user: String,
+    /// Node labels it carries in the swarm, besides `io.chora.host=<name>`.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How to reach the hosts.
@@ -178,6 +227,22 @@ impl NetworkSpec {
     }
 }
 
+/// The Docker Swarm the hosts form (DESIGN.md §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwarmSpec {
+    /// The first `managers` hosts in inventory order are managers, the rest
+    /// workers.
+    pub managers: usize,
+}
+
+impl Default for SwarmSpec {
+    fn default() -> SwarmSpec {
+        SwarmSpec {
+            managers: DEFAULT_MANAGERS,
+        }
+    }
+}
+
 /// A checked inventory.
 #[derive(Debug, Clone)]
 pub struct Inventory {
@@ -187,10 +252,40 @@ pub struct Inventory {
     pub docker: DockerInstall,
     pub network: NetworkSpec,
     pub apt_lock_timeout: Duration,
+    /// `None`: `swarm: false`.
+    pub swarm: Option<SwarmSpec>,
 }
 
 pub const DEFAULT_CIDR: &str = "10.77.0.0/24";
 pub const DEFAULT_LOCK_TIMEOUT: u64 = 300;
+pub const DEFAULT_MANAGERS: usize = 3;
+/// Node labels under this prefix are chora's own (`io.chora.host`).
+pub const RESERVED_LABELS: &str = "io.chora.";
+
+/// Why a node label key or value cannot be used, if it cannot.
+fn label_problem(key: &str, value: &str) -> Option<String> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    if !key_ok {
+        return Some(format!(
+            "label `{key}`: letters, digits, `.`, `_`, `-` and `/` only, 1 to 128 of them"
+        ));
+    }
+    if key.starts_with(RESERVED_LABELS) {
+        return Some(format!(
+            "label `{key}`: `{RESERVED_LABELS}*` labels are chora's own"
+        ));
+    }
+    if value.len() > 1024 || value.chars().any(char::is_control) {
+        return Some(format!(
+            "label `{key}`: the value must be one line of at most 1024 bytes"
+        ));
+    }
+    None
+}
 
 /// `~/x` → `$HOME/x`; relative paths are taken from the inventory's directory.
 fn expand(path: &str, base: &Path) -> PathBuf {
@@ -283,11 +378,21 @@ impl Inventory {
             if v.port == Some(0) {
                 return Err(at("port: 0 is not a port".into()));
             }
+            let labels = match &v.labels {
+                Some(l) => {
+                    if let Some(p) = l.value.iter().find_map(|(k, v)| label_problem(k, v)) {
+                        return Err(err(l.referenced, format!("hosts[{i}]: labels: {p}")));
+                    }
+                    l.value.clone()
+                }
+                None => BTreeMap::new(),
+            };
             hosts.push(Host {
                 name: v.name.clone(),
                 address: v.address.clone(),
                 port: v.port.unwrap_or(22),
                 user: v.user.clone().unwrap_or_else(|| "root".into()),
+                labels,
             });
         }
         let identity_file = match &raw.ssh.identity_file {
@@ -401,6 +506,41 @@ impl Inventory {
                 }
             }
         };
+        let swarm = match raw.swarm.as_ref() {
+            Some(Spanned {
+                value: RawSwarm::Off,
+                ..
+            }) => None,
+            given => {
+                let managers = match given.map(|s| &s.value) {
+                    Some(RawSwarm::On(RawSwarmMap {
+                        managers: Some(m), ..
+                    })) => {
+                        if m.value < 1 {
+                            return Err(err(
+                                m.referenced,
+                                format!("swarm.managers: {} (1 or more)", m.value),
+                            ));
+                        }
+                        m.value as usize
+                    }
+                    _ => DEFAULT_MANAGERS,
+                };
+                if network == NetworkSpec::None {
+                    let loc = given
+                        .map(|s| s.referenced)
+                        .or(raw.network.as_ref().map(|n| n.referenced));
+                    let (line, column) = loc.map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+                    return Err(InventoryError {
+                        file: file.to_owned(),
+                        line,
+                        column,
+                        message: "swarm: the swarm runs on the mesh (each host advertises its mesh address), and `network.provider` is none: set `network.provider` (wireguard or tailscale), or `swarm: false`".into(),
+                    });
+                }
+                Some(SwarmSpec { managers })
+            }
+        };
         Ok(Inventory {
             file: file.to_owned(),
             hosts,
@@ -410,7 +550,26 @@ impl Inventory {
             apt_lock_timeout: Duration::from_secs(
                 raw.apt.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
             ),
+            swarm,
         })
+    }
+
+    /// Whether the host at `index` is a swarm manager (the first
+    /// `swarm.managers` hosts in inventory order are).
+    pub fn is_manager(&self, index: usize) -> bool {
+        self.swarm.is_some_and(|s| index < s.managers)
+    }
+
+    /// The mesh's IPv4 network: WireGuard's `cidr`, Tailscale's CGNAT range
+    /// (100.64.0.0/10); `None` without a mesh.
+    pub fn mesh_network(&self) -> Option<(Ipv4Addr, u8)> {
+        match &self.network {
+            NetworkSpec::None => None,
+            NetworkSpec::WireGuard {
+                network, prefix, ..
+            } => Some((*network, *prefix)),
+            NetworkSpec::Tailscale { .. } => Some((Ipv4Addr::new(100, 64, 0, 0), 10)),
+        }
     }
 
     /// The mesh address of the host at `index` (WireGuard: in host order).
@@ -478,6 +637,62 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         assert!(e.message.contains("/nonexistent/key"), "{e}");
+    }
+
+    const WG: &str = "network: {provider: wireguard}\n";
+
+    #[test]
+    fn the_swarm_is_on_by_default_with_three_managers() {
+        let inv = parse(&format!(
+            "hosts:\n  - {{name: a, address: 192.0.2.1, labels: {{zone: eu, chora.etcd: 1}}}}\n  - {{name: b, address: 192.0.2.2}}\n{WG}"
+        ))
+        .unwrap();
+        assert_eq!(inv.swarm, Some(SwarmSpec { managers: 3 }));
+        assert!(inv.is_manager(1) && !inv.is_manager(3));
+        assert_eq!(inv.hosts[0].labels["zone"], "eu");
+        assert_eq!(inv.hosts[0].labels["chora.etcd"], "1");
+        assert!(inv.hosts[1].labels.is_empty());
+        let two = parse(&format!(
+            "hosts:\n  - {{name: a, address: 192.0.2.1}}\n{WG}swarm: {{managers: 2}}\n"
+        ))
+        .unwrap();
+        assert_eq!(two.swarm, Some(SwarmSpec { managers: 2 }));
+        let off = parse("hosts:\n  - {name: a, address: 192.0.2.1}\nswarm: false\n").unwrap();
+        assert_eq!(off.swarm, None);
+        assert!(!off.is_manager(0));
+    }
+
+    #[test]
+    fn swarm_mistakes_name_line_and_field() {
+        let e = parse(&format!(
+            "hosts:\n  - {{name: a, address: 192.0.2.1}}\n{WG}swarm:\n  managers: 3\n  manager: 2\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("manager"), "{e}");
+        let e = parse(&format!(
+            "hosts:\n  - {{name: a, address: 192.0.2.1}}\n{WG}swarm: {{managers: 0}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("swarm.managers"), "{e}");
+        let e =
+            parse("hosts:\n  - {name: a, address: 192.0.2.1}\nswarm: {managers: 1}\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("swarm: false"), "{e}");
+        let e = parse("hosts:\n  - {name: a, address: 192.0.2.1}\n").unwrap_err();
+        assert!(e.message.contains("network.provider"), "{e}");
+        let e = parse(&format!(
+            "hosts:\n  - name: a\n    address: 192.0.2.1\n    labels: {{io.chora.host: b}}\n{WG}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("chora's own"), "{e}");
+        let e = parse(&format!(
+            "hosts:\n  - {{name: a, address: 192.0.2.1, labels: {{\"a b\": c}}}}\n{WG}"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("label `a b`"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `chora infra`: fresh Debian/Ubuntu hosts, reached over SSH, get Docker
-//! (installed, running, usable by the SSH user) and join one mesh network
-//! (DESIGN.md §11).
+//! (installed, running, usable by the SSH user), join one mesh network
+//! (DESIGN.md §11) and form one Docker Swarm on it (§13).
 //!
-//! A run goes in three rounds over the inventory's hosts, each round in
+//! A run goes in four rounds over the inventory's hosts, each round in
 //! parallel (at most `parallel` hosts at once), and one host's failure never
 //! stops another's:
 //!
@@ -11,8 +11,15 @@
 //!    `tailscale`);
 //! 2. per host that got through round 1: `mesh` (join the mesh with the other
 //!    hosts that did);
-//! 3. per host that got through round 2: `verify` (`docker info` as the SSH
-//!    user, every mesh peer answers a ping).
+//! 3. per host that got through round 2: `verify` (Docker runs a container
+//!    for the SSH user, every mesh peer answers a ping);
+//! 4. the hosts that got through round 3 together: `swarm` ([`swarm`]: one
+//!    swarm on the mesh addresses, managers first in inventory order), unless
+//!    the inventory says `swarm: false`.
+//!
+//! [`tunnel`] is the way to a host's Docker from here (a forwarded socket over
+//! SSH) and to images there without a registry, for whoever deploys onto the
+//! swarm.
 //!
 //! Every step is check → act → verify ([`steps`]), so a second run changes
 //! nothing and says `ok`, and a step whose SSH connection was lost can be run
@@ -33,6 +40,11 @@ pub mod report;
 pub mod ssh;
 pub mod state;
 pub mod steps;
+pub mod swarm;
+pub mod tunnel;
+
+/// The Docker client the tunnel gives ([`tunnel::DockerTunnel::docker`]).
+pub use bollard;
 
 pub use inventory::{Inventory, InventoryError};
 pub use report::{HostReport, HostStatus, Report, Status, StepReport};
@@ -70,7 +82,14 @@ pub enum Event {
 }
 
 /// The steps that get a `Begin` event (the others take a few milliseconds).
-const SLOW: [&str; 5] = ["apt-lock", "docker", "wireguard", "tailscale", "mesh"];
+const SLOW: [&str; 6] = [
+    "apt-lock",
+    "docker",
+    "wireguard",
+    "tailscale",
+    "mesh",
+    "swarm",
+];
 
 type Sink = Arc<dyn Fn(Event) + Send + Sync>;
 
@@ -280,7 +299,7 @@ async fn join(
     run
 }
 
-/// Round 3 for one host: ping `peers` (name, mesh address) and `docker info`.
+/// Round 3 for one host: Docker runs a container, `peers` (name, mesh address) answer a ping.
 async fn verify(
     mut run: HostRun,
     peers: Arc<Vec<(String, String)>>,
@@ -351,6 +370,94 @@ where
     done
 }
 
+/// Round 4: the hosts still ok form the swarm (see [`swarm`]). A host with
+/// changes still pending (dry run) is only told what would happen.
+async fn form_swarm(
+    runs: &mut [HostRun],
+    inv: &Inventory,
+    provider: &dyn Provider,
+    opts: &Options,
+    sink: &Sink,
+) {
+    let started = Instant::now();
+    for run in runs.iter().filter(|r| r.ok()) {
+        run.begin(sink, "swarm");
+    }
+    // Masters idle since verify may be stale; pending hosts wait for the changes.
+    let mut ready = Vec::new();
+    for (k, run) in runs.iter_mut().enumerate() {
+        if !run.ok() {
+            continue;
+        }
+        if opts.dry_run && run.pending {
+            let role = if inv.is_manager(run.index) {
+                "manager"
+            } else {
+                "worker"
+            };
+            let r = Ok((
+                Status::Changed,
+                format!("would join the swarm as a {role} after the changes above"),
+                (),
+            ));
+            run.end(sink, "swarm", started, r);
+            continue;
+        }
+        let Some(remote) = run.remote.as_mut() else {
+            continue;
+        };
+        if let Err(e) = remote.freshen().await {
+            run.end::<()>(sink, "swarm", started, Err(format!("reconnecting: {e}")));
+            continue;
+        }
+        ready.push(k);
+    }
+    let (network, prefix) = inv
+        .mesh_network()
+        .expect("a swarm has a mesh (inventory.rs)");
+    let mesh = swarm::decide::MeshNet { network, prefix };
+    let settings = swarm::Settings {
+        iface: provider.interface(),
+        mesh_unit: provider.unit(),
+        mesh,
+        pool: swarm::address_pool(mesh),
+        dry: opts.dry_run,
+    };
+    let mut members = Vec::new();
+    let mut unknown = Vec::new();
+    for &k in &ready {
+        let run = &runs[k];
+        match (run.remote.as_ref(), run.mesh_ip.clone()) {
+            (Some(remote), Some(mesh_ip)) => members.push(swarm::Member {
+                index: run.index,
+                host: &run.host,
+                remote,
+                mesh_ip,
+                manager: inv.is_manager(run.index),
+            }),
+            _ => unknown.push(k),
+        }
+    }
+    let results = swarm::form(&members, &settings).await;
+    let order: Vec<usize> = ready
+        .iter()
+        .copied()
+        .filter(|k| !unknown.contains(k))
+        .collect();
+    drop(members);
+    for (k, r) in order.into_iter().zip(results) {
+        runs[k].end(sink, "swarm", started, r);
+    }
+    for k in unknown {
+        runs[k].end::<()>(
+            sink,
+            "swarm",
+            started,
+            Err("its mesh address is not known".into()),
+        );
+    }
+}
+
 /// Prepares every host of the inventory (or, with `dry_run`, says what it would
 /// do). Never fails as a whole: the report says what happened to each host.
 pub async fn bootstrap(
@@ -413,10 +520,15 @@ pub async fn bootstrap(
             .filter_map(|r| r.mesh_ip.clone().map(|ip| (r.host.name.clone(), ip)))
             .collect(),
     );
-    let runs = round(runs, opts.parallel, |run| {
+    let mut runs = round(runs, opts.parallel, |run| {
         verify(run, peers.clone(), opts.clone(), sink.clone())
     })
     .await;
+    if inv.swarm.is_some()
+        && let Some(p) = &provider
+    {
+        form_swarm(&mut runs, &inv, p.as_ref(), opts, &sink).await;
+    }
     let mut hosts = Vec::new();
     for mut run in runs {
         if let Some(r) = run.remote.take() {

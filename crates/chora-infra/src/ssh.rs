@@ -12,11 +12,16 @@
 //! master idle for [`STALE`] before its next step, and a command that finds the
 //! master gone says so ([`Remote::lost`]) so that the step can be run again on a
 //! new connection.
+//!
+//! A master also forwards local unix sockets to sockets on the host
+//! ([`Remote::forward_socket`]): that is how chora talks to a host's Docker
+//! (`crate::tunnel`).
 
 use crate::inventory::{Host, SshOptions};
-use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use std::sync::Mutex;
+use openssh::{ControlPersist, ForwardType, KnownHosts, Session, SessionBuilder, Socket, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -115,7 +120,7 @@ impl Output {
 
 /// A connected host: the master connection and whether commands need `sudo -n`.
 pub struct Remote {
-    session: Session,
+    session: Arc<Session>,
     pub host: Host,
     /// Run privileged scripts through `sudo -n` (the SSH user is not root).
     pub sudo: bool,
@@ -184,7 +189,7 @@ pub async fn connect(host: &Host, opts: &SshOptions) -> Result<Remote, ConnectEr
         match connect_once(host, opts).await {
             Ok(session) => {
                 return Ok(Remote {
-                    session,
+                    session: Arc::new(session),
                     host: host.clone(),
                     sudo: host.user != "root",
                     opts: opts.clone(),
@@ -317,8 +322,113 @@ impl Remote {
     }
 
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        if let Ok(session) = Arc::try_unwrap(self.session) {
+            let _ = session.close().await;
+        }
+        // Else a keep-alive still holds it: its drop closes the master.
     }
+
+    /// Forwards a new local unix socket to the unix socket `remote` on the
+    /// host, through this master: a connection to [`Forward::path`] is a
+    /// channel on it, opened on the host as the SSH user. The socket is made by
+    /// ssh in a fresh 0700 directory under /tmp (short: a socket path is
+    /// limited to 108 bytes) and is 0600 (ssh's `StreamLocalBindMask`, set
+    /// again here); the directory goes when the [`Forward`] drops, the
+    /// forwarding itself with the master or [`Forward::close`].
+    pub async fn forward_socket(&self, remote: &str) -> Result<Forward, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("chora-fwd.")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("cannot make a directory for the socket under /tmp: {e}"))?;
+        let path = dir.path().join("s");
+        self.session
+            .request_port_forward(
+                ForwardType::Local,
+                Socket::UnixSocket {
+                    path: path.as_path().into(),
+                },
+                Socket::UnixSocket {
+                    path: Path::new(remote).into(),
+                },
+            )
+            .await
+            .map_err(|e| {
+                let why = source_text(&e);
+                format!("ssh: cannot forward a socket to {remote}: {e} {why}")
+                    .trim()
+                    .to_owned()
+            })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("the forwarded socket {}: {e}", path.display()))?;
+        }
+        Ok(Forward {
+            path,
+            remote: remote.to_owned(),
+            _dir: dir,
+        })
+    }
+
+    /// Keeps this master from exiting while idle ([`IDLE_EXIT`]) for as long
+    /// as the returned guard lives: a remote `cat` reading its stdin, a
+    /// channel. When chora dies the pipe closes, `cat` ends and the master
+    /// exits a minute later, as it does for a run.
+    pub async fn keep_alive(&self) -> Result<KeepAlive, String> {
+        let mut cmd = openssh::Session::to_command(self.session.clone(), "cat");
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .await
+            .map_err(|e| format!("ssh: cannot keep the connection open: {e}"))?;
+        let stdin = child.stdin().take();
+        Ok(KeepAlive {
+            _stdin: stdin,
+            _child: child,
+        })
+    }
+}
+
+/// A local unix socket forwarded to a socket on the host
+/// ([`Remote::forward_socket`]); its directory is removed on drop.
+#[derive(Debug)]
+pub struct Forward {
+    path: PathBuf,
+    remote: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Forward {
+    /// The local socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops forwarding on `remote`'s master (which otherwise keeps listening
+    /// on the removed path until it exits) and removes the socket.
+    pub async fn close(self, remote: &Remote) {
+        let _ = remote
+            .session
+            .close_port_forward(
+                ForwardType::Local,
+                Socket::UnixSocket {
+                    path: self.path.as_path().into(),
+                },
+                Socket::UnixSocket {
+                    path: Path::new(&self.remote).into(),
+                },
+            )
+            .await;
+    }
+}
+
+/// Holds a master open ([`Remote::keep_alive`]).
+pub struct KeepAlive {
+    _stdin: Option<openssh::ChildStdin>,
+    _child: openssh::Child<Arc<Session>>,
 }
 
 #[cfg(test)]

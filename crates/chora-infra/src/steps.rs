@@ -381,45 +381,86 @@ pub async fn docker(
     }
 }
 
-/// `verify`: Docker answers the SSH user (no sudo), and every mesh peer answers
-/// a ping (a few tries: a fresh tunnel needs its first handshake).
-pub async fn verify(r: &Remote, peers: &[(String, String)]) -> StepResult {
-    let out = r
-        .run_as_user("docker info --format '{{.ServerVersion}}'")
-        .await?;
-    if !out.ok() {
-        return Err(format!(
-            "`docker info` as {} failed: {}",
-            r.host.user,
-            out.tail()
-        ));
-    }
-    let version = out.stdout.trim().to_owned();
-    if peers.is_empty() {
-        return Ok((
-            Status::Ok,
-            format!("docker info as {}: {version}", r.host.user),
-            (),
-        ));
-    }
-    let mut script = String::from("fail=\"\"\n");
+/// The `verify` script, run as the SSH user: `docker version`; then, at once,
+/// every mesh peer pinged (a few tries: a fresh tunnel needs its first
+/// handshake) and one container run with no registry: `/bin/echo` and the
+/// libraries `ldd` names for it (the host's own glibc, so any Debian or Ubuntu
+/// architecture works), imported as a one-layer image and run with no
+/// network. The container goes with `--rm`, the image and the temp dir by the
+/// trap, whatever failed. Prints `version=`, `ran=` (what the container
+/// printed, `{nonce}` making it this run's own) and `unanswered=` lines.
+fn verify_script(nonce: &str, peers: &[(String, String)]) -> String {
+    let mut pings = String::new();
     for (name, ip) in peers {
-        script.push_str(&format!(
-            "ok=\"\"; for i in 1 2 3 4 5 6 7 8 9 10; do ping -c1 -W1 {ip} >/dev/null 2>&1 && {{ ok=1; break; }}; done; [ -n \"$ok\" ] || fail=\"$fail {name}({ip})\"\n"
+        pings.push_str(&format!(
+            "ok=\"\"; for i in 1 2 3 4 5 6 7 8 9 10; do ping -c1 -W1 {ip} >/dev/null 2>&1 && {{ ok=1; break; }}; done; [ -n \"$ok\" ] || echo \"{name}({ip})\" >>\"$d/unanswered\"\n"
         ));
     }
-    script.push_str("[ -z \"$fail\" ] || { echo \"no answer from$fail\"; exit 1; }\n");
-    let out = r.run_as_user(&script).await?;
-    if !out.ok() {
-        return Err(format!("mesh peers do not answer: {}", out.stdout.trim()));
+    format!(
+        r#"v=$(docker version --format '{{{{.Server.Version}}}}' 2>&1) || {{ echo "$v" >&2; exit 3; }}
+echo "version=$v"
+d=$(mktemp -d /tmp/chora-verify.XXXXXX) || exit 1
+tag="chora-verify:$$"; name="chora-verify-$$"
+trap 'docker rmi "$tag" >/dev/null 2>&1 || {{ docker rm -f "$name" >/dev/null 2>&1; docker rmi "$tag" >/dev/null 2>&1; }}; rm -rf "$d"' EXIT
+touch "$d/unanswered"
+(
+:
+{pings}) &
+mkdir "$d/root"
+for f in /bin/echo $(ldd /bin/echo | grep -o '/[^ ]*'); do
+  mkdir -p "$d/root${{f%/*}}" && cp -L "$f" "$d/root$f" || {{ echo "cannot copy $f for the test image" >&2; exit 1; }}
+done
+tar -C "$d/root" -cf - . | docker import - "$tag" >"$d/log" 2>&1 || {{ echo "docker import failed: $(tail -1 "$d/log")" >&2; wait; exit 1; }}
+echo "ran=$(docker run --rm --name "$name" --network none "$tag" /bin/echo "chora-ran-{nonce}" 2>&1 | tr '\n' ' ')"
+wait
+echo "unanswered=$(tr '\n' ' ' <"$d/unanswered")"
+"#
+    )
+}
+
+fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{}", std::process::id(), t.subsec_nanos())
+}
+
+/// `verify`: Docker answers the SSH user (no sudo) and really runs a
+/// container for them, and every mesh peer answers a ping (one script, see
+/// [`verify_script`]).
+pub async fn verify(r: &Remote, peers: &[(String, String)]) -> StepResult {
+    let nonce = nonce();
+    let out = r.run_as_user(&verify_script(&nonce, peers)).await?;
+    let field = |k: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(|v| v.trim().to_owned())
+    };
+    let user = &r.host.user;
+    let Some(version) = field("version") else {
+        return Err(format!("Docker does not answer {user}: {}", out.tail()));
+    };
+    let ran = field("ran").unwrap_or_default();
+    if ran != format!("chora-ran-{nonce}") {
+        let why = if ran.is_empty() { out.tail() } else { ran };
+        return Err(format!(
+            "Docker {version} answers {user} but cannot run a container: {why}"
+        ));
+    }
+    let docker = format!("Docker {version} ran a container as {user}");
+    let unanswered = field("unanswered").unwrap_or_default();
+    if !unanswered.is_empty() {
+        return Err(format!(
+            "{docker}, but mesh peers do not answer: {unanswered}"
+        ));
+    }
+    if peers.is_empty() {
+        return Ok((Status::Ok, docker, ()));
     }
     Ok((
         Status::Ok,
-        format!(
-            "docker info as {}: {version}; {} mesh peer(s) answer",
-            r.host.user,
-            peers.len()
-        ),
+        format!("{docker}; {} mesh peer(s) answer", peers.len()),
         (),
     ))
 }
@@ -427,6 +468,20 @@ pub async fn verify(r: &Remote, peers: &[(String, String)]) -> StepResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verify_script_is_sh() {
+        let peers = [("b".to_owned(), "10.77.0.2".to_owned())];
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &verify_script("1-2", &peers)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     #[test]
     fn facts_parse() {

@@ -1,5 +1,6 @@
 //! `chora infra bootstrap | status`: fresh hosts over SSH get Docker and a mesh
-//! network (DESIGN.md §11). The work is `chora-infra`'s; this prints it.
+//! network (DESIGN.md §11) and form a Docker Swarm on it (§13). The work is
+//! `chora-infra`'s; this prints it.
 
 use crate::failure::{EXIT_CONFIG, Failure, exit};
 use chora_infra::{Event, Inventory, Report, Status};
@@ -31,12 +32,12 @@ enum TableOrJson {
 
 #[derive(Debug, Subcommand)]
 enum InfraCommand {
-    /// Install Docker and join the mesh network on every host of the inventory
+    /// Install Docker, join the mesh network and form the swarm on every host of the inventory
     #[command(
         after_help = "Example:\n  chora infra bootstrap --inventory hosts.yml\n  chora infra bootstrap --inventory hosts.yml --dry-run\n\nExit codes: 0 every host ready, 1 a host failed (the others are done), 7 invalid inventory."
     )]
     Bootstrap {
-        /// The inventory (YAML): hosts, ssh, docker, network
+        /// The inventory (YAML): hosts, ssh, docker, network, swarm
         #[arg(long)]
         inventory: PathBuf,
         /// Hosts prepared at once
@@ -163,8 +164,12 @@ pub fn run(a: InfraArgs) -> Result<(), Failure> {
             let color = color();
             if !json {
                 let verb = if dry_run { "Planning" } else { "Bootstrapping" };
+                let swarm = match inv.swarm {
+                    Some(s) => format!("{} manager(s)", s.managers.min(inv.hosts.len())),
+                    None => "off".into(),
+                };
                 println!(
-                    "{verb} {} host(s) from {} (network: {}, docker: {})\n{}",
+                    "{verb} {} host(s) from {} (network: {}, docker: {}, swarm: {swarm})\n{}",
                     inv.hosts.len(),
                     inventory.display(),
                     inv.network.provider(),

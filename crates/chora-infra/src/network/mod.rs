@@ -41,6 +41,14 @@ pub trait Provider: Send + Sync {
     /// The provider's name, also the name of its install step.
     fn name(&self) -> &'static str;
 
+    /// The mesh's network interface on a host (the swarm's ports answer on it
+    /// only).
+    fn interface(&self) -> &'static str;
+
+    /// The systemd unit that brings the mesh up at boot (Docker starts after
+    /// it, so that the swarm can listen on the mesh address).
+    fn unit(&self) -> &'static str;
+
     /// Software and identity on the host; returns its public key, if any.
     fn install<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, StepResult<Option<String>>>;
 

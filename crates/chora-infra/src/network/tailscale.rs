@@ -244,6 +244,14 @@ impl Provider for Tailscale {
         "tailscale"
     }
 
+    fn interface(&self) -> &'static str {
+        "tailscale0"
+    }
+
+    fn unit(&self) -> &'static str {
+        "tailscaled.service"
+    }
+
     fn install<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, StepResult<Option<String>>> {
         Box::pin(self.do_install(ctx))
     }

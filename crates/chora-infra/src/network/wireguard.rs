@@ -249,6 +249,14 @@ impl Provider for WireGuard {
         "wireguard"
     }
 
+    fn interface(&self) -> &'static str {
+        IFACE
+    }
+
+    fn unit(&self) -> &'static str {
+        "wg-quick@chora0.service"
+    }
+
     fn install<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, StepResult<Option<String>>> {
         Box::pin(self.do_install(ctx))
     }

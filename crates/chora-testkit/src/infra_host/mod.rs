@@ -12,6 +12,13 @@
 //!
 //! Ask [`available`] first: it checks all of that can happen here, and skips
 //! (or, under `CHORA_REQUIRE_*`, fails) the test with the reason when not.
+//!
+//! A host can run containers, as a real one can: it has a cgroup namespace of
+//! its own (`--cgroupns=private`), and its cgroup hierarchies, which Docker
+//! mounts read-only into a container that is not privileged, are mounted
+//! again read-write ([`CGROUPS_RW`]) before anything starts in it. That is
+//! the test harness emulating a real host; chora itself does nothing of the
+//! kind.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -175,6 +182,26 @@ impl Drop for TestNet {
     }
 }
 
+/// Mounts the host's cgroup hierarchies read-write again, each over itself,
+/// inside its own cgroup namespace: cgroup v1 (one mount per controller;
+/// `name=systemd` for systemd's), a cgroup2 `unified` beside them, or a
+/// cgroup2-only /sys/fs/cgroup.
+pub const CGROUPS_RW: &str = r#"fstype() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); t = $(i+1) } END { print t }' /proc/self/mountinfo; }
+if [ "$(fstype /sys/fs/cgroup)" = cgroup2 ]; then
+  umount /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+  for d in /sys/fs/cgroup/*; do
+    [ -L "$d" ] && continue
+    c=${d##*/}
+    case "$(fstype "$d")" in
+      cgroup) case "$c" in systemd) o=none,name=systemd ;; *) o=$c ;; esac
+              umount "$d" && mount -t cgroup -o "$o" cgroup "$d" ;;
+      cgroup2) umount "$d" && mount -t cgroup2 cgroup2 "$d" ;;
+    esac
+  done
+fi
+"#;
+
 /// How a host starts.
 #[derive(Debug, Clone, Default)]
 pub struct HostSpec {
@@ -208,6 +235,7 @@ impl TestHost {
             "--label",
             "chora-test=infra",
             "--init",
+            "--cgroupns=private",
             "--cap-add",
             "ALL",
             "--cap-drop",
@@ -232,6 +260,7 @@ impl TestHost {
             ip,
             user: spec.sudo_user.clone().unwrap_or_else(|| "root".into()),
         };
+        host.sh(CGROUPS_RW);
         let mut setup = String::from(
             "set -e\nssh-keygen -A >/dev/null\nmkdir -p /run/sshd /root/.ssh\nchmod 700 /root/.ssh\n",
         );

@@ -1,19 +1,21 @@
 //! `chora infra bootstrap | status` against real hosts: containers running
 //! their own sshd on a private Docker network (chora-testkit's `infra_host`),
-//! where chora really installs Docker and WireGuard from deb.debian.org.
+//! where chora really installs Docker and WireGuard from deb.debian.org and
+//! forms the swarm (its own checks are in `infra_swarm`).
 
 use crate::run_chora;
+use chora_testkit::infra_host;
 use chora_testkit::infra_host::{HostKit, HostSpec};
 use serde_json::Value;
 use std::path::Path;
 
-fn infra(dir: &Path, args: &[&str]) -> (i32, String, String) {
+pub fn infra(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let home = dir.join(".chora");
     run_chora(dir, args, &[("CHORA_HOME", home.to_str().unwrap())])
 }
 
 /// `chora infra bootstrap --format json` → (exit code, report, stderr).
-fn bootstrap(kit: &HostKit, inventory: &Path) -> (i32, Value, String) {
+pub fn bootstrap(kit: &HostKit, inventory: &Path) -> (i32, Value, String) {
     let (code, out, err) = infra(
         kit.path(),
         &[
@@ -34,7 +36,7 @@ fn bootstrap(kit: &HostKit, inventory: &Path) -> (i32, Value, String) {
     (code, report, err)
 }
 
-fn host<'a>(report: &'a Value, name: &str) -> &'a Value {
+pub fn host<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["hosts"]
         .as_array()
         .unwrap()
@@ -43,7 +45,7 @@ fn host<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no host {name} in the report"))
 }
 
-fn step<'a>(host: &'a Value, name: &str) -> &'a Value {
+pub fn step<'a>(host: &'a Value, name: &str) -> &'a Value {
     host["steps"]
         .as_array()
         .unwrap()
@@ -52,7 +54,7 @@ fn step<'a>(host: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name} for {}: {host}", host["name"]))
 }
 
-fn statuses(host: &Value) -> Vec<(String, String)> {
+pub fn statuses(host: &Value) -> Vec<(String, String)> {
     host["steps"]
         .as_array()
         .unwrap()
@@ -66,7 +68,7 @@ fn statuses(host: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-const STEPS: [&str; 7] = [
+pub const STEPS: [&str; 8] = [
     "ssh",
     "facts",
     "apt-lock",
@@ -74,6 +76,7 @@ const STEPS: [&str; 7] = [
     "wireguard",
     "mesh",
     "verify",
+    "swarm",
 ];
 
 /// Docker usable by the SSH user, and every other host's mesh address answers.
@@ -96,12 +99,12 @@ fn assert_docker_and_mesh(kit: &HostKit, names: &[&str]) {
 /// Five hosts in one run: three fresh ones (one with a non-root sudo user, one
 /// whose dpkg lock another process holds for 20 s: it waits and succeeds), one
 /// whose sshd is down and one whose host key does not match known_hosts. Then the two are fixed and
-/// the run repeated, then repeated again with nothing left to do.
+/// the run repeated (they join the mesh, and the swarm as its workers), then
+/// repeated again with nothing left to do.
 #[test]
 fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
-    if !chora_testkit::infra_host::available(
-        "infra::hosts_get_docker_and_a_wireguard_mesh_with_partial_failures",
-    ) {
+    if !infra_host::available("infra::hosts_get_docker_and_a_wireguard_mesh_with_partial_failures")
+    {
         return;
     }
     let spec = |name: &str| HostSpec {
@@ -161,9 +164,11 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
         assert_eq!(h["status"], "ready", "{h}");
         let got: Vec<String> = statuses(h).into_iter().map(|(s, _)| s).collect();
         assert_eq!(got, STEPS, "{h}");
-        for s in ["docker", "wireguard", "mesh"] {
+        for s in ["docker", "wireguard", "mesh", "swarm"] {
             assert_eq!(step(h, s)["status"], "changed", "{h}");
         }
+        let verify = step(h, "verify")["detail"].as_str().unwrap();
+        assert!(verify.contains("ran a container"), "{verify}");
     }
     let waited = step(host(&report, "app-2"), "apt-lock");
     assert_eq!(waited["status"], "ok", "{waited}");
@@ -214,9 +219,11 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
     for n in ["nossh", "badkey"] {
         let h = host(&report, n);
         assert_eq!(h["status"], "ready", "{h}");
-        for s in ["docker", "wireguard", "mesh"] {
+        for s in ["docker", "wireguard", "mesh", "swarm"] {
             assert_eq!(step(h, s)["status"], "changed", "{h}");
         }
+        let swarm = step(h, "swarm")["detail"].as_str().unwrap();
+        assert!(swarm.contains("joined as a worker"), "{swarm}");
     }
     for n in ["app-1", "app-2", "app-3"] {
         let h = host(&report, n);
@@ -226,6 +233,16 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
         }
     }
     assert_docker_and_mesh(&kit, &all);
+    // The default swarm: the first three hosts manage it, the two that came
+    // late work in it.
+    let nodes = kit
+        .host("app-1")
+        .sh("docker node ls --format '{{.Hostname}} {{if .ManagerStatus}}manager{{else}}worker{{end}} {{.Status}}' | sort");
+    assert_eq!(
+        nodes,
+        "app-1 manager Ready\napp-2 manager Ready\napp-3 manager Ready\nbadkey worker Ready\nnossh worker Ready",
+        "{nodes}"
+    );
 
     // Run 3: nothing to do, every step of every host `ok`.
     let (code, report, _) = bootstrap(&kit, &inv);
@@ -277,7 +294,11 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
 
     // Docker's own apt repository cannot be reached from here either: the
     // docker step fails, saying so, and nothing after it runs.
-    let repo = kit.inventory("repo.yml", &["repo"], "docker: {install: docker-repo}\n");
+    let repo = kit.inventory(
+        "repo.yml",
+        &["repo"],
+        "docker: {install: docker-repo}\nswarm: false\n",
+    );
     let (code, report, _) = bootstrap(&kit, &repo);
     assert_eq!(code, 1);
     let h = host(&report, "repo");
@@ -304,7 +325,7 @@ fn known_hosts_strict_or_accept_new(kit: &HostKit) {
         std::fs::write(
             &path,
             format!(
-                "hosts:\n  - {{name: app-1, address: {}}}\nssh:\n  identity_file: {}\n  known_hosts: {}\n  accept_new: {accept_new}\nnetwork: {{provider: none}}\n",
+                "hosts:\n  - {{name: app-1, address: {}}}\nssh:\n  identity_file: {}\n  known_hosts: {}\n  accept_new: {accept_new}\nnetwork: {{provider: none}}\nswarm: false\n",
                 h.ip,
                 kit.key.display(),
                 empty.display()
@@ -375,13 +396,28 @@ fn bad_inventories_exit_7_naming_line_and_field() {
     assert!(err.contains("nope.yml"), "{err}");
 }
 
+/// The longest a step took on any host of a report, in seconds.
+fn step_secs(report: &Value, name: &str) -> f64 {
+    report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["steps"].as_array()?.iter().find(|s| s["step"] == name))
+        .filter_map(|s| s["duration_ms"].as_u64())
+        .max()
+        .unwrap_or(0) as f64
+        / 1000.0
+}
+
 /// The benchmark of `bench/infra.sh` (ignored in `cargo test`): three fresh
-/// hosts cold (every step) and warm (nothing to do), hosts in parallel and one
-/// at a time. Prints one table row per measurement.
+/// hosts cold (every step, the swarm formed: three managers) and warm
+/// (nothing to do), hosts in parallel and one at a time. Prints one table row
+/// per measurement, with what its slowest `verify` (a container run on every
+/// host) and `swarm` step took.
 #[test]
 #[ignore = "a benchmark: bench/infra.sh runs it"]
 fn bench_cold_and_warm() {
-    if !chora_testkit::infra_host::available("infra::bench_cold_and_warm") {
+    if !infra_host::available("infra::bench_cold_and_warm") {
         return;
     }
     let warm_runs: usize = std::env::var("WARM_RUNS")
@@ -417,29 +453,45 @@ fn bench_cold_and_warm() {
             "--parallel",
             parallel,
         ];
+        // (wall seconds, steps changed, slowest verify, slowest swarm)
         let timed = || {
             let t = std::time::Instant::now();
             let (code, out, err) = infra(kit.path(), &args);
             let took = t.elapsed().as_secs_f64();
             assert_eq!(code, 0, "{out}\n{err}");
             let report: Value = serde_json::from_str(&out).unwrap();
-            (took, report["summary"]["changed"].as_u64().unwrap())
+            (
+                took,
+                report["summary"]["changed"].as_u64().unwrap(),
+                step_secs(&report, "verify"),
+                step_secs(&report, "swarm"),
+            )
         };
-        let (cold, changed) = timed();
-        rows.push(format!("| cold | {mode} | 3 | {cold:.1} | {changed} |"));
-        let mut warm: Vec<f64> = Vec::new();
-        for _ in 0..warm_runs {
-            let (t, changed) = timed();
-            assert_eq!(changed, 0);
-            warm.push(t);
-        }
-        warm.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let median = warm[warm.len() / 2];
+        let (cold, changed, verify, swarm) = timed();
         rows.push(format!(
-            "| warm (median of {warm_runs}) | {mode} | 3 | {median:.2} | 0 |"
+            "| cold | {mode} | 3 | {cold:.1} | {changed} | {verify:.2} | {swarm:.2} |"
+        ));
+        let mut warm = Vec::new();
+        for _ in 0..warm_runs {
+            let run = timed();
+            assert_eq!(run.1, 0);
+            warm.push(run);
+        }
+        let median = |f: fn(&(f64, u64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = warm.iter().map(f).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        rows.push(format!(
+            "| warm (median of {warm_runs}) | {mode} | 3 | {:.2} | 0 | {:.2} | {:.2} |",
+            median(|r| r.0),
+            median(|r| r.2),
+            median(|r| r.3)
         ));
     }
-    println!("\n| run | hosts | n | seconds | steps changed |\n| --- | --- | --- | --- | --- |");
+    println!(
+        "\n| run | hosts | n | seconds | steps changed | verify s | swarm s |\n| --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in rows {
         println!("{r}");
     }

@@ -11,6 +11,7 @@ mod fencing;
 mod gateway;
 mod image;
 mod infra;
+mod infra_swarm;
 mod manifest_api;
 mod manifest_auth;
 mod manifest_cli;
