@@ -69,18 +69,5 @@ impl Ctx {
 
 /// `3.4.23` from `etcd --version` ("etcd Version: 3.4.23").
 pub fn etcd_version(binary: &Path) -> Option<String> {
-    let out = std::process::Command::new(binary)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version:"))?
-        .trim();
-    (!v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
-    .then(|| v.to_owned())
+    crate::images::version_of(binary, "etcd Version:")
 }

@@ -11,6 +11,27 @@ use crate::failure::StepError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// What `binary --version` prints after `prefix` on a line of its own, up to
+/// the first space, as an image tag can hold it (`+` becomes `-`).
+pub fn version_of(binary: &Path, prefix: &str) -> Option<String> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))?
+        .split_whitespace()
+        .next()?
+        .replace('+', "-");
+    (!v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+    .then_some(v)
+}
+
 /// An image made from a binary of this machine.
 pub struct BinaryImage {
     /// `etcd`, `prometheus`: the tag is `chora-<what>:<version>`.
@@ -120,5 +141,40 @@ impl Ctx {
                 built.size as f64 / 1e6
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(dir: &Path, name: &str, says: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\nprintf '%s\\n' '{says}'\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_version_is_read_as_a_tag_can_hold_it() {
+        let d = tempfile::tempdir().unwrap();
+        let etcd = fake(d.path(), "etcd", "etcd Version: 3.4.23");
+        assert_eq!(
+            version_of(&etcd, "etcd Version:").as_deref(),
+            Some("3.4.23")
+        );
+        let prom = fake(
+            d.path(),
+            "prometheus",
+            "prometheus, version 2.42.0+ds (branch: debian/sid)",
+        );
+        assert_eq!(
+            version_of(&prom, "prometheus, version ").as_deref(),
+            Some("2.42.0-ds")
+        );
+        assert_eq!(version_of(&prom, "etcd Version:"), None, "not that program");
+        let odd = fake(d.path(), "odd", "etcd Version: 3.4/../x");
+        assert_eq!(version_of(&odd, "etcd Version:"), None, "not a tag");
     }
 }

@@ -12,24 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// `2.42.0-ds` from `prometheus --version` ("prometheus, version 2.42.0+ds
-/// (branch: …)"), as a tag can hold it.
+/// (branch: …)").
 pub fn prometheus_version(binary: &Path) -> Option<String> {
-    let out = std::process::Command::new(binary)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("prometheus, version "))?
-        .split_whitespace()
-        .next()?
-        .replace('+', "-");
-    (!v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
-    .then_some(v)
+    crate::images::version_of(binary, "prometheus, version ")
 }
 
 impl Ctx {

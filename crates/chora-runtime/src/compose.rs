@@ -236,10 +236,6 @@ impl Runtime for ComposeRuntime {
         spec.port.map(|p| format!("http://127.0.0.1:{p}"))
     }
 
-    fn reach<'a>(&'a self, _spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
-        Box::pin(async move { url.to_owned() })
-    }
-
     /// The compose file says where its services listen; chora only publishes.
     fn bind(&self, spec: &UnitSpec) -> String {
         format!("0.0.0.0:{}", spec.inner_port().unwrap_or(0))

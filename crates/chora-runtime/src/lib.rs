@@ -376,7 +376,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// `url`, written as seen from this machine (`127.0.0.1:<port>`, or the
     /// unit's name where it publishes no port), as this runtime's caller
     /// reaches it.
-    fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String>;
+    /// Default: as written (a runtime whose units are reached at their
+    /// published address from here).
+    fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
+        let _ = spec;
+        Box::pin(async move { url.to_owned() })
+    }
     /// The address a unit of `spec` listens on (`127.0.0.1:<port>` for a
     /// process; every interface of a container, on its inner port).
     fn bind(&self, spec: &UnitSpec) -> String;

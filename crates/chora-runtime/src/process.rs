@@ -267,10 +267,6 @@ impl Runtime for ProcessRuntime {
         spec.port.map(|p| format!("http://127.0.0.1:{p}"))
     }
 
-    fn reach<'a>(&'a self, _spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
-        Box::pin(async move { url.to_owned() })
-    }
-
     fn bind(&self, spec: &UnitSpec) -> String {
         format!("127.0.0.1:{}", spec.port.unwrap_or(0))
     }
