@@ -13,7 +13,9 @@
 
 pub mod bootstrap;
 pub mod feed;
+pub mod model;
 pub mod page;
+pub mod rows;
 pub mod session;
 
 use crate::http::AppState;

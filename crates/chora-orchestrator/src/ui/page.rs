@@ -1,9 +1,9 @@
 //! The dashboard's HTML, rendered on the server: the whole page for `GET /ui`
 //! (readable without JavaScript), and the same row and bootstrap fragments that
-//! the event stream carries, so the page's script only swaps them in.
+//! the event stream carries, so the page's script only swaps them in. The one
+//! renderer: the feed sends what this file draws.
 
-use super::bootstrap::BootstrapView;
-use super::feed::{Meta, Model, Row};
+use super::model::{BootstrapView, Meta, Model, Row, sse};
 use std::fmt::Write;
 
 /// `&`, `<`, `>`, `"` and `'` escaped for text and attribute values.
@@ -194,6 +194,25 @@ pub fn banner(m: &Meta) -> String {
         if m.manifest_reachable { " hidden" } else { "" },
         esc(&m.manifest_url)
     )
+}
+
+/// The `snapshot` event: everything, with the number of the last update.
+pub fn snapshot_event(m: &Model) -> String {
+    let rows = m.ordered();
+    let html: String = rows.iter().map(|r| row(r, None)).collect();
+    let doc = serde_json::json!({
+        "seq": m.seq,
+        "now": chora_api::rfc3339(std::time::SystemTime::now()),
+        "rows": rows,
+        "html": html,
+        "meta": meta_json(&m.meta),
+    });
+    sse("snapshot", m.seq, &doc.to_string())
+}
+
+/// The `meta` event's data: the model's meta and the bootstrap panel's HTML.
+pub fn meta_json(m: &Meta) -> serde_json::Value {
+    serde_json::json!({ "meta": m, "html": bootstrap(m.bootstrap.as_ref()) })
 }
 
 /// The whole page.
