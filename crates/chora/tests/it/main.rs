@@ -16,6 +16,7 @@ mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
 mod prod;
+mod prometheus;
 mod staging;
 mod ui;
 
