@@ -133,13 +133,15 @@
       fetch("/ui/session", { cache: "no-store" })
         .then((r) => {
           if (r.status === 401) setConn("expired", "session expired: run chora bootstrap ui");
-          else later();
+          else reconnectLater();
         })
-        .catch(later);
+        .catch(reconnectLater);
     };
   }
 
-  function later() {
+  // Not `later`: a second function of that name would replace the one above,
+  // and every row update would then open one more event stream.
+  function reconnectLater() {
     setTimeout(connect, retry);
     retry = Math.min(retry * 2, 4000);
   }
