@@ -117,6 +117,14 @@
       if (!fresh(e)) return;
       putRow(JSON.parse(e.data).html);
     });
+    // A chart's new drawing (every few seconds): swapped into its row's cell.
+    es.addEventListener("chart", (e) => {
+      if (!fresh(e)) return;
+      const c = JSON.parse(e.data);
+      const tr = findRow(c.name);
+      const td = tr && tr.querySelector("td.traffic");
+      if (td) td.innerHTML = c.html;
+    });
     es.addEventListener("remove", (e) => {
       if (!fresh(e)) return;
       const tr = findRow(JSON.parse(e.data).name);

@@ -12,7 +12,7 @@
 use super::bootstrap;
 use super::model::{Meta, Model, Update};
 use super::page;
-use super::rows::{Sources, compute};
+use super::rows::{Sources, Target, joined};
 use crate::http::AppState;
 use chora_api::ManifestClient;
 use chora_api::manifest::{Instance, ListFilter};
@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// How long a blocking read of the Manifest waits: also how often heartbeat
 /// times are refreshed when nothing else changes.
@@ -33,6 +33,8 @@ const RESYNC: Duration = Duration::from_secs(2);
 /// The shared model plus the stream of its updates.
 pub struct Feed {
     pub model: Mutex<Model>,
+    /// Where each row's chart is drawn from, current with the rows.
+    pub targets: watch::Sender<Arc<BTreeMap<String, Target>>>,
 }
 
 impl Feed {
@@ -59,6 +61,7 @@ pub fn start(app: Arc<AppState>, manifest_url: String, home: Option<PathBuf>) ->
             },
             tx,
         )),
+        targets: watch::channel(Arc::default()).0,
     });
     let (in_tx, in_rx) = mpsc::channel(64);
     tokio::spawn(follow_manifest(manifest_url.clone(), in_tx));
@@ -183,7 +186,15 @@ async fn resync(app: &AppState, src: &mut Sources, all: bool) {
 
 /// Recomputes the rows and sends an update for each one that changed.
 fn apply(feed: &Feed, src: &Sources) {
-    let rows = compute(src);
+    let joined = joined(src);
+    let rows = joined.rows;
+    feed.targets.send_if_modified(|t| {
+        let changed = **t != joined.targets;
+        if changed {
+            *t = Arc::new(joined.targets);
+        }
+        changed
+    });
     let meta = Meta {
         manifest_reachable: src.manifest_ok,
         manifest_url: src.manifest_url.clone(),
@@ -198,11 +209,13 @@ fn apply(feed: &Feed, src: &Sources) {
         .collect();
     for n in gone {
         m.rows.remove(&n);
+        m.charts.remove(&n);
         m.send("remove", serde_json::json!({ "name": n }).to_string());
     }
     for (n, r) in rows {
         if m.rows.get(&n) != Some(&r) {
-            let data = serde_json::json!({ "row": r, "html": page::row(&r, None) }).to_string();
+            let html = page::row(&r, m.charts.get(&n), None);
+            let data = serde_json::json!({ "row": r, "html": html }).to_string();
             m.rows.insert(n, r);
             m.send("row", data);
         }
@@ -233,6 +246,7 @@ mod tests {
                 },
                 tx,
             )),
+            targets: watch::channel(Arc::default()).0,
         };
         let mut src = Sources {
             instances: vec![instance("storage", "storage-1", Status::Up)],

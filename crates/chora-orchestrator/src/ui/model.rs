@@ -1,12 +1,14 @@
-//! The dashboard's model: what the page shows (one [`Row`] per service, the
-//! [`Meta`] beside them, the bootstrap's [`BootstrapView`]) and the numbered
-//! [`Update`]s that carry its changes to open pages. Plain data: the feed
-//! (`feed.rs`, `rows.rs`, `bootstrap.rs`) fills it, the renderer (`page.rs`)
-//! draws it; this file uses neither.
+//! The dashboard's model: what the page shows (one [`Row`] per service, its
+//! [`Chart`] of request rate and p99 latency, the [`Meta`] beside them, the
+//! bootstrap's [`BootstrapView`]) and the numbered [`Update`]s that carry its
+//! changes to open pages. Plain data: the feed (`feed.rs`, `rows.rs`,
+//! `bootstrap.rs`, `charts.rs`) fills it, the renderer (`page.rs`) draws it;
+//! this file uses neither.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// One service as the page shows it.
@@ -52,6 +54,52 @@ pub struct BootstrapView {
     pub phases: Vec<PhaseView>,
 }
 
+/// How far back a chart reaches.
+pub const CHART_SPAN: Duration = Duration::from_secs(15 * 60);
+
+/// A service's request rate and p99 latency over the last [`CHART_SPAN`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Chart {
+    /// `prometheus` or `metrics` (the orchestrator's own sampling of `/metrics`).
+    pub source: &'static str,
+    /// Oldest first, none older than [`CHART_SPAN`] before the newest.
+    pub points: VecDeque<Point>,
+}
+
+/// One moment of a [`Chart`]; `None` where nothing was known (the service did
+/// not answer, or served no request for a latency to be measured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Unix time, milliseconds.
+    pub at_ms: u64,
+    /// Requests per second.
+    pub rate: Option<f64>,
+    /// Seconds.
+    pub p99: Option<f64>,
+}
+
+impl Chart {
+    pub fn new(source: &'static str) -> Chart {
+        Chart {
+            source,
+            points: VecDeque::new(),
+        }
+    }
+
+    /// Adds a point (after the newest; an older one is ignored) and forgets
+    /// what is now older than the span.
+    pub fn push(&mut self, p: Point) {
+        if self.points.back().is_some_and(|b| b.at_ms >= p.at_ms) {
+            return;
+        }
+        self.points.push_back(p);
+        let horizon = p.at_ms.saturating_sub(CHART_SPAN.as_millis() as u64);
+        while self.points.front().is_some_and(|f| f.at_ms < horizon) {
+            self.points.pop_front();
+        }
+    }
+}
+
 /// What the page shows beside the rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Meta {
@@ -71,6 +119,8 @@ pub struct Update {
 pub struct Model {
     pub seq: u64,
     pub rows: BTreeMap<String, Row>,
+    /// By row name; a row without one has no chart yet.
+    pub charts: BTreeMap<String, Chart>,
     pub meta: Meta,
     tx: broadcast::Sender<Arc<Update>>,
 }
@@ -81,6 +131,7 @@ impl Model {
         Model {
             seq: 0,
             rows: BTreeMap::new(),
+            charts: BTreeMap::new(),
             meta,
             tx,
         }

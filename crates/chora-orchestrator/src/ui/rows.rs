@@ -1,7 +1,8 @@
 //! The dashboard's join: one [`Row`] per name that the Manifest, the
 //! orchestrator's deployments or the bootstrap's state file knows, with the
-//! status the page shows. Pure: [`compute`] reads a [`Sources`] and nothing else,
-//! so every rule below is tested without a server.
+//! status the page shows, and the [`Target`] its chart is drawn from. Pure:
+//! [`joined`] reads a [`Sources`] and nothing else, so every rule below is tested
+//! without a server.
 
 use super::bootstrap;
 use super::model::Row;
@@ -21,6 +22,26 @@ pub struct Sources {
     pub probed: BTreeMap<String, bool>,
 }
 
+/// Where a row's request rate and latency come from: the Manifest service (and,
+/// for a replica's unit, its one instance) whose instances it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The `service` label the registry's Prometheus discovery gives.
+    pub service: String,
+    /// The `instance` label (an instance id), for a replica's unit only.
+    pub instance: Option<String>,
+    /// The `REST` URLs of those instances, whose `/metrics` the orchestrator
+    /// samples when no Prometheus is configured.
+    pub urls: Vec<String>,
+}
+
+/// What [`joined`] makes: the rows, and the targets of the rows that have some
+/// (a unit that is not in the Manifest, an etcd member, has none).
+pub struct Joined {
+    pub rows: BTreeMap<String, Row>,
+    pub targets: BTreeMap<String, Target>,
+}
+
 fn best(instances: &[&Instance]) -> Option<&'static str> {
     if instances.is_empty() {
         None
@@ -31,8 +52,13 @@ fn best(instances: &[&Instance]) -> Option<&'static str> {
     }
 }
 
-/// The join: every name the Manifest, the deployments or the bootstrap knows.
+/// The rows of [`joined`].
 pub fn compute(src: &Sources) -> BTreeMap<String, Row> {
+    joined(src).rows
+}
+
+/// The join: every name the Manifest, the deployments or the bootstrap knows.
+pub fn joined(src: &Sources) -> Joined {
     let mut by_name: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
     for i in &src.instances {
         by_name.entry(&i.name).or_default().push(i);
@@ -53,7 +79,8 @@ pub fn compute(src: &Sources) -> BTreeMap<String, Row> {
     names.extend(records.keys().map(String::as_str));
     names.sort_unstable();
     names.dedup();
-    names
+    let mut targets = BTreeMap::new();
+    let rows = names
         .into_iter()
         .map(|name| {
             let dep = src.deployments.get(name);
@@ -137,9 +164,32 @@ pub fn compute(src: &Sources) -> BTreeMap<String, Row> {
                 phase: rec.map(|r| r.phase),
                 instances: insts.len(),
             };
+            if rec.is_none_or(|r| r.health.is_none()) {
+                let replica = rec.and_then(|r| Some((r.service.clone()?, r.instance_id.clone()?)));
+                let mut urls: Vec<String> = current
+                    .iter()
+                    .filter_map(|i| i.rest_url().map(str::to_owned))
+                    .collect();
+                urls.sort_unstable();
+                urls.dedup();
+                let target = match replica {
+                    Some((service, id)) => Target {
+                        service,
+                        instance: Some(id),
+                        urls,
+                    },
+                    None => Target {
+                        service: name.to_owned(),
+                        instance: None,
+                        urls,
+                    },
+                };
+                targets.insert(name.to_owned(), target);
+            }
             (name.to_owned(), row)
         })
-        .collect()
+        .collect();
+    Joined { rows, targets }
 }
 
 /// Instances and deployments for the tests of the feed.
@@ -236,6 +286,21 @@ mod tests {
         assert_eq!(rows["etcd-1"].status, "up");
         assert_eq!(rows["etcd-2"].status, "down");
         assert_eq!(rows["etcd-1"].runtime, "docker");
+        // Charts: a replica's unit by its one instance, an etcd member not at all.
+        let targets = joined(&src).targets;
+        assert_eq!(
+            targets.keys().collect::<Vec<_>>(),
+            ["manifest-1", "manifest-2"]
+        );
+        assert_eq!(
+            targets["manifest-1"],
+            Target {
+                service: "manifest".into(),
+                instance: Some("manifest-1-aaaa".into()),
+                urls: vec!["http://127.0.0.1:1".into()],
+            }
+        );
+        assert!(targets["manifest-2"].urls.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,8 +1,12 @@
 //! Metrics you can see (DESIGN.md §16): the Manifest's discovery document for
 //! Prometheus, read by a real Prometheus (Debian's `prometheus`, started here on
-//! a free port with a temp config and data dir). Where `prometheus` is not installed these tests
+//! a free port with a temp config and data dir), and the dashboard's charts
+//! drawn from that Prometheus. Where `prometheus` is not installed these tests
 //! skip with a line saying so, unless `CHORA_REQUIRE_PROMETHEUS=1` (CI).
 
+use crate::bootstrap::Site;
+use crate::ui::cdp::{Browser, chromium_available};
+use crate::ui::{all_up, analyzer_traffic, charts_drawn, open_dashboard};
 use crate::{Registry, chora_bin, index_of};
 use chora_testkit::{Server, spawn_server, spawn_until};
 use serde_json::{Value, json};
@@ -360,4 +364,47 @@ async fn a_real_prometheus_scrapes_services_registered_later_and_drops_the_gone_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[test]
+fn the_dashboard_draws_its_charts_from_prometheus_when_one_is_configured() {
+    let test = "prometheus::the_dashboard_draws_its_charts_from_prometheus_when_one_is_configured";
+    if !prometheus_available(test) || !chromium_available(test) {
+        return;
+    }
+    let site = Site::new();
+    let prom = Prometheus::start(&format!(
+        "http://127.0.0.1:{}/v1/prometheus/targets",
+        site.port("manifest")
+    ));
+    // The orchestrator is told where Prometheus is.
+    let template = site.template();
+    let home_arg = "--home, \"${CHORA_HOME}\"]";
+    assert_eq!(template.matches(home_arg).count(), 1, "{template}");
+    site.write_config(&template.replace(
+        home_arg,
+        &format!(
+            "--home, \"${{CHORA_HOME}}\", --prometheus-url, \"{}\"]",
+            prom.url()
+        ),
+    ));
+    site.ok(&["bootstrap", "--skip-validation"]);
+    let browser = Browser::launch();
+    let page = open_dashboard(&site, &browser);
+    all_up(&page);
+    let traffic = analyzer_traffic(&site);
+    let (_, took) = page.wait_for(
+        &charts_drawn("analyzer", "prometheus"),
+        Duration::from_secs(40),
+    );
+    eprintln!(
+        "the charts drew {} requests from Prometheus {took:?} after they began",
+        traffic.ok()
+    );
+    page.wait_for(
+        &charts_drawn("gateway", "prometheus"),
+        Duration::from_secs(20),
+    );
+    drop(traffic);
+    drop(prom);
 }
