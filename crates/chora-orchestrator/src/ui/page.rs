@@ -1,7 +1,18 @@
 //! The dashboard's HTML, rendered on the server: the whole page for `GET /ui`
-//! (readable without JavaScript), and the same row and bootstrap fragments that
-//! the event stream carries, so the page's script only swaps them in. The one
-//! renderer: the feed sends what this file draws.
+//! (readable without JavaScript), and the same row, bootstrap and chart
+//! fragments that the event stream carries, so the page's script only swaps
+//! them in.
+//!
+//! - **One renderer.** The feed and the charts' task send what this file
+//!   draws; the script draws nothing itself, so a row looks the same whether
+//!   it came with the page, a snapshot or an update.
+//! - **Everything shown is escaped** ([`esc`]): names, versions, URLs and
+//!   errors come from the Manifest and the state file, which anyone allowed to
+//!   register may fill. Numbers are formatted here, never taken as text.
+//! - **Charts are inline SVG** of a fixed size (one `path` each, at most
+//!   `SPARK_COLUMNS` points: the span cut in columns of their highest value),
+//!   so a row's update stays small whatever the number of samples, and the page
+//!   needs no script or style from elsewhere (its CSP allows neither).
 
 use super::model::{BootstrapView, CHART_SPAN, Chart, Meta, Model, Row, sse};
 use std::fmt::Write;

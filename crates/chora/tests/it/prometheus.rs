@@ -6,7 +6,8 @@
 
 use crate::bootstrap::Site;
 use crate::ui::cdp::{Browser, chromium_available};
-use crate::ui::{all_up, analyzer_traffic, charts_drawn, open_dashboard};
+use crate::ui::charts::{analyzer_traffic, charts_drawn};
+use crate::ui::{all_up, open_dashboard};
 use crate::{Registry, chora_bin, index_of};
 use chora_testkit::{Server, spawn_server, spawn_until};
 use serde_json::{Value, json};
