@@ -62,7 +62,8 @@ struct OrchestratorServe {
     stop_grace: f64,
     /// A Prometheus that scrapes the services (through the Manifest's
     /// /v1/prometheus/targets): the dashboard's charts read it; without one the
-    /// orchestrator samples the services' /metrics itself
+    /// orchestrator samples the services' /metrics itself. A URL with a
+    /// password belongs in the environment variable, not in argv
     #[arg(long, env = "CHORA_PROMETHEUS_URL", value_name = "URL")]
     prometheus_url: Option<String>,
 }

@@ -20,6 +20,9 @@ use super::scrape::{BUCKETS, GATEWAY_BUCKETS, GATEWAY_REQUESTS, NOT_TRAFFIC, REQ
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+/// The first fetch of a big system (every series, 15 minutes) may take a while.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A Prometheus and how far its answers have been fetched.
 pub struct Prometheus {
     base: String,
@@ -135,9 +138,12 @@ impl Prometheus {
 
     async fn range(&self, query: &str, start: u64, end: u64) -> Result<Values, String> {
         let url = format!("{}/api/v1/query_range", self.base);
+        // What errors say: no user or password a URL may carry.
+        let shown = redact(&url);
         let answer: Answer = self
             .http
             .get(&url)
+            .timeout(QUERY_TIMEOUT)
             .query(&[
                 ("query", query),
                 ("start", &start.to_string()),
@@ -146,17 +152,31 @@ impl Prometheus {
             ])
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?
+            .map_err(|e| format!("{shown}: {}", e.without_url()))?
             .json()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{shown}: {}", e.without_url()))?;
         if answer.status != "success" {
             return Err(format!(
-                "{url}: {}",
+                "{shown}: {}",
                 answer.error.unwrap_or_else(|| answer.status.clone())
             ));
         }
         Ok(values(answer.data.map(|d| d.result).unwrap_or_default()))
+    }
+}
+
+/// `scheme://host…` without the `user:password@` a URL may carry.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -209,5 +229,9 @@ mod tests {
              endpoint!~\"/metrics|/v1/metrics|/health|/v1/health\"}[1m]))"
         );
         assert!(p99.starts_with("histogram_quantile(0.99, sum by (service, le) (rate("));
+        assert_eq!(
+            redact("http://u:secret@prom:9090/api/v1/query_range"),
+            "http://prom:9090/api/v1/query_range"
+        );
     }
 }
