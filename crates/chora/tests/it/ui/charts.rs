@@ -176,9 +176,7 @@ fn screenshots(site: &Site, page: &Page) {
     if std::env::var("CHORA_UPDATE_SCREENSHOT").as_deref() != Ok("1") {
         return;
     }
-    // The validation the test skipped (the panel then shows all five phases),
-    // then two minutes of traffic that rises and falls, to several services.
-    site.ok(&["bootstrap"]);
+    // Two minutes of traffic that rises and falls, to several services.
     let gw = format!("http://127.0.0.1:{}/api/v1", site.port("gateway"));
     /// The pause after a request: `fast` at the crest of a wave of `period` s.
     fn wave(t: f64, period: f64, fast: f64) -> Duration {
