@@ -46,6 +46,9 @@ pub struct Config {
     pub policy: supervisor::RestartPolicy,
     /// This binary (for the default capability command).
     pub self_exe: PathBuf,
+    /// A Prometheus scraping the services: the dashboard's charts read it
+    /// (else the orchestrator samples the services' `/metrics` itself).
+    pub prometheus_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,7 @@ pub async fn run(
                 .credentials
                 .as_ref()
                 .and_then(|c| c.jwt_secret().map(str::to_owned)),
+            prometheus_url: config.prometheus_url.clone(),
         },
     );
     let app = http::router(state.clone()).merge(ui::router(dashboard.clone()));

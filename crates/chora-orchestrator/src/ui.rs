@@ -2,7 +2,9 @@
 //! orchestrator itself. One server-rendered page (HTML, CSS and a little script
 //! embedded with `include_str!`; no CDN, no build step), live through
 //! server-sent events (`/ui/events`), with stop / start / restart buttons and a
-//! log tail that follows (`/ui/logs/{name}`).
+//! log tail that follows (`/ui/logs/{name}`). Each service's row charts its
+//! request rate and p99 latency over the last 15 minutes (DESIGN.md §16), from
+//! a Prometheus when one is configured, else from the services' own `/metrics`.
 //!
 //! Auth: `chora bootstrap ui` prints `/ui/login?token=…`, a one-time token
 //! ([`chora_api::login`]); spending it opens a session (random id in an HttpOnly,
@@ -12,8 +14,13 @@
 //! With auth off (`--no-auth`) the dashboard is open.
 
 pub mod bootstrap;
+pub mod charts;
 pub mod feed;
+pub mod model;
 pub mod page;
+pub mod prom;
+pub mod rows;
+pub mod scrape;
 pub mod session;
 
 use crate::http::AppState;
@@ -49,6 +56,9 @@ pub struct UiConfig {
     pub logs_dir: PathBuf,
     /// `None`: auth is off and the dashboard is open.
     pub jwt_secret: Option<String>,
+    /// A Prometheus that scrapes the services (through the Manifest's
+    /// discovery): the charts' numbers then come from it.
+    pub prometheus_url: Option<String>,
 }
 
 pub struct Ui {
@@ -68,6 +78,14 @@ impl Ui {
     /// Starts following the Manifest and the deployments.
     pub fn start(app: Arc<AppState>, config: UiConfig) -> Arc<Ui> {
         let feed = feed::start(app.clone(), config.manifest_url, config.home.clone());
+        let http = app.ctx().http.clone();
+        let source = match &config.prometheus_url {
+            Some(url) => {
+                charts::Source::Prometheus(prom::Prometheus::new(url, http.clone(), charts::SAMPLE))
+            }
+            None => charts::Source::Metrics(scrape::Sampler::default()),
+        };
+        charts::start(&feed, source, http);
         let hash = format!("{CSS}{JS}")
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {

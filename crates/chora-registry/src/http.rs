@@ -1,4 +1,5 @@
-//! The HTTP API of DESIGN.md §5 ("Manifest").
+//! The HTTP API of DESIGN.md §5 ("Manifest"), and §16's discovery document for
+//! Prometheus (`GET /v1/prometheus/targets`, [`crate::prometheus`]).
 
 use crate::catalog::{Read, Record};
 use crate::store::Store;
@@ -91,6 +92,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/services/{name}/{id}", delete(deregister))
         .route("/v1/services/{name}/{id}/heartbeat", put(heartbeat))
+        .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/v1/health", get(health))
         .route("/health", get(health))
         .route("/v1/metrics", get(metrics))
@@ -302,6 +304,26 @@ async fn get_service(
         ),
     };
     Ok(with_staleness(&st, resp))
+}
+
+/// `GET /v1/prometheus/targets`: the `up` instances as Prometheus' HTTP service
+/// discovery document ([`crate::prometheus`]); a blocking read like the others.
+async fn prometheus_targets(State(st): State<Shared>, q: QueryPairs) -> Result<Response, ApiError> {
+    let p = parse_params(&query_pairs(q)?, false)?;
+    block(&st, p.block).await;
+    let read = st.store.catalog().list(&ListFilter {
+        status: Some(Status::Up),
+        ..Default::default()
+    });
+    let instances: Vec<chora_api::manifest::Instance> = serde_json::from_slice(&read.body)
+        .map_err(|e| ApiError::internal(format!("the catalog's listing does not parse: {e}")))?;
+    let body = serde_json::to_vec(&crate::prometheus::target_groups(&instances))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let read = Read {
+        body: body.into(),
+        index: read.index,
+    };
+    Ok(with_staleness(&st, json_bytes(StatusCode::OK, read)))
 }
 
 /// Runs a write to its end in a task of its own, so that a client that gives up

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod etcd;
 pub mod http;
+pub mod prometheus;
 pub mod sqlite;
 pub mod store;
 

@@ -60,6 +60,12 @@ struct OrchestratorServe {
     /// Seconds between SIGTERM and SIGKILL when stopping a service
     #[arg(long, default_value_t = 5.0)]
     stop_grace: f64,
+    /// A Prometheus that scrapes the services (through the Manifest's
+    /// /v1/prometheus/targets): the dashboard's charts read it; without one the
+    /// orchestrator samples the services' /metrics itself. A URL with a
+    /// password belongs in the environment variable, not in argv
+    #[arg(long, env = "CHORA_PROMETHEUS_URL", value_name = "URL")]
+    prometheus_url: Option<String>,
 }
 
 pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
@@ -106,6 +112,7 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
             ..Default::default()
         },
         self_exe,
+        prometheus_url: a.prometheus_url.filter(|u| !u.trim().is_empty()),
     };
     let detail = format!("runtime {:?}", a.runtime).to_lowercase();
     serve("orchestrator", &a.listen, &detail, |l, s| {

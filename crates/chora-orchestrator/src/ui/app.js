@@ -117,6 +117,14 @@
       if (!fresh(e)) return;
       putRow(JSON.parse(e.data).html);
     });
+    // A chart's new drawing (every few seconds): swapped into its row's cell.
+    es.addEventListener("chart", (e) => {
+      if (!fresh(e)) return;
+      const c = JSON.parse(e.data);
+      const tr = findRow(c.name);
+      const td = tr && tr.querySelector("td.traffic");
+      if (td) td.innerHTML = c.html;
+    });
     es.addEventListener("remove", (e) => {
       if (!fresh(e)) return;
       const tr = findRow(JSON.parse(e.data).name);
@@ -133,13 +141,15 @@
       fetch("/ui/session", { cache: "no-store" })
         .then((r) => {
           if (r.status === 401) setConn("expired", "session expired: run chora bootstrap ui");
-          else later();
+          else reconnectLater();
         })
-        .catch(later);
+        .catch(reconnectLater);
     };
   }
 
-  function later() {
+  // Not `later`: a second function of that name would replace the one above,
+  // and every row update would then open one more event stream.
+  function reconnectLater() {
     setTimeout(connect, retry);
     retry = Math.min(retry * 2, 4000);
   }

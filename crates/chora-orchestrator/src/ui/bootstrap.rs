@@ -1,66 +1,23 @@
 //! What the dashboard shows of the bootstrap: `bootstrap-state.json` (phases,
-//! status, last error, the services it started) and the phase durations of the
-//! audit log `logs/bootstrap.log`. Both are read as plain JSON (the orchestrator
-//! does not link the bootstrap), and again only when they changed on disk.
+//! status, last error, the services it started), read through its one model
+//! ([`chora_api::bootstrap_state::State`]), and the phase durations of the audit
+//! log `logs/bootstrap.log`. Both are read again only when they changed on disk.
 
-use serde::Serialize;
+use super::model::{BootstrapView, PhaseView};
+use chora_api::bootstrap_state::{PHASE_NAMES, RunStatus, ServiceRecord, State};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-pub const PHASE_NAMES: [&str; 5] = [
-    "Pre-Bootstrap Validation",
-    "Core Services",
-    "Infrastructure Services",
-    "Capability Services",
-    "Validation",
-];
-
 /// The audit log is read from its end, at most this much.
 const AUDIT_TAIL: u64 = 256 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PhaseView {
-    pub phase: u8,
-    pub name: &'static str,
-    /// `completed`, `failed`, `in_progress` or `pending`.
-    pub status: &'static str,
-    pub duration_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BootstrapView {
-    pub status: String,
-    pub environment: String,
-    pub current_phase: u8,
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-    pub last_error: Option<String>,
-    pub phases: Vec<PhaseView>,
-}
-
-/// A service the bootstrap started, as its state file records it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Record {
-    pub phase: u8,
-    pub pid: Option<u32>,
-    pub container: Option<String>,
-    pub url: Option<String>,
-    pub started_at: Option<String>,
-    /// A replica's service (`manifest` for the unit `manifest-2`).
-    pub service: Option<String>,
-    /// The instance id a replica registers under.
-    pub instance_id: Option<String>,
-    /// The health URL of a unit that is not in the Manifest (an etcd member).
-    pub health: Option<String>,
-}
 
 /// Reads the home's files when they change.
 pub struct Reader {
     home: Option<PathBuf>,
     seen: Option<(Stamp, Stamp)>,
     view: Option<BootstrapView>,
-    services: BTreeMap<String, Record>,
+    services: BTreeMap<String, ServiceRecord>,
 }
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -86,11 +43,13 @@ impl Reader {
         self.view.clone()
     }
 
-    pub fn services(&self) -> &BTreeMap<String, Record> {
+    /// The services the bootstrap started, as its state file records them.
+    pub fn services(&self) -> &BTreeMap<String, ServiceRecord> {
         &self.services
     }
 
-    /// Re-reads the state file and the audit log if either changed.
+    /// Re-reads the state file and the audit log if either changed. A state file
+    /// that does not parse shows as no bootstrap (the bootstrap itself reports it).
     pub fn refresh(&mut self) {
         let Some(home) = &self.home else {
             return;
@@ -102,9 +61,13 @@ impl Reader {
             return;
         }
         self.seen = Some(now);
-        let state: Option<serde_json::Value> = std::fs::read_to_string(&state_path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let state = match State::load(&state_path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "the dashboard cannot read the bootstrap state");
+                None
+            }
+        };
         let Some(state) = state else {
             self.view = None;
             self.services.clear();
@@ -112,36 +75,21 @@ impl Reader {
         };
         let durations = audit_durations(&audit_path);
         self.view = Some(view_of(&state, &durations));
-        self.services = records_of(&state);
+        self.services = state.services;
     }
 }
 
-fn str_of(v: &serde_json::Value, k: &str) -> Option<String> {
-    v.get(k).and_then(|x| x.as_str()).map(str::to_owned)
-}
-
-fn view_of(s: &serde_json::Value, durations: &BTreeMap<u8, u64>) -> BootstrapView {
-    let status = str_of(s, "status").unwrap_or_else(|| "unknown".into());
-    let current = s.get("current_phase").and_then(|v| v.as_u64()).unwrap_or(0) as u8;
-    let completed: Vec<u8> = s
-        .get("completed_phases")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_u64())
-                .map(|p| p as u8)
-                .collect()
-        })
-        .unwrap_or_default();
+fn view_of(s: &State, durations: &BTreeMap<u8, u64>) -> BootstrapView {
+    let current = s.current_phase;
     let phases = (0..=4u8)
         .map(|n| PhaseView {
             phase: n,
             name: PHASE_NAMES[n as usize],
-            status: if completed.contains(&n) {
+            status: if s.is_completed(n) {
                 "completed"
-            } else if n == current && status == "failed" {
+            } else if n == current && s.status == RunStatus::Failed {
                 "failed"
-            } else if n == current && status == "in_progress" {
+            } else if n == current && s.status == RunStatus::InProgress {
                 "in_progress"
             } else {
                 "pending"
@@ -150,37 +98,14 @@ fn view_of(s: &serde_json::Value, durations: &BTreeMap<u8, u64>) -> BootstrapVie
         })
         .collect();
     BootstrapView {
-        status,
-        environment: str_of(s, "environment").unwrap_or_default(),
+        status: s.status.as_str().to_owned(),
+        environment: s.environment.clone(),
         current_phase: current,
-        started_at: str_of(s, "started_at"),
-        completed_at: str_of(s, "completed_at"),
-        last_error: str_of(s, "last_error"),
+        started_at: Some(s.started_at.clone()).filter(|t| !t.is_empty()),
+        completed_at: s.completed_at.clone(),
+        last_error: s.last_error.clone(),
         phases,
     }
-}
-
-fn records_of(s: &serde_json::Value) -> BTreeMap<String, Record> {
-    let Some(map) = s.get("services").and_then(|v| v.as_object()) else {
-        return BTreeMap::new();
-    };
-    map.iter()
-        .map(|(name, r)| {
-            (
-                name.clone(),
-                Record {
-                    phase: r.get("phase").and_then(|v| v.as_u64()).unwrap_or(9) as u8,
-                    pid: r.get("pid").and_then(|v| v.as_u64()).map(|p| p as u32),
-                    container: str_of(r, "container"),
-                    url: str_of(r, "url"),
-                    started_at: str_of(r, "started_at"),
-                    service: str_of(r, "service"),
-                    instance_id: str_of(r, "instance_id"),
-                    health: str_of(r, "health"),
-                },
-            )
-        })
-        .collect()
 }
 
 /// The duration of each phase's last run: `phase_complete` / `phase_failed`
@@ -227,13 +152,21 @@ mod tests {
     fn phases_come_from_the_state_and_durations_from_the_audit_log() {
         let dir = std::env::temp_dir().join(format!("chora-ui-{}", chora_api::random_hex(4)));
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        std::fs::write(
-            dir.join("bootstrap-state.json"),
-            r#"{"status":"failed","environment":"dev","current_phase":3,
-                "completed_phases":[0,1,2],"last_error":"analyzer did not start",
-                "services":{"manifest":{"phase":1,"pid":42,"started_at":"2026-01-01T00:00:00Z"}}}"#,
-        )
-        .unwrap();
+        let mut state = State::fresh("dev");
+        state.status = RunStatus::Failed;
+        state.current_phase = 3;
+        state.completed_phases = vec![0, 1, 2];
+        state.last_error = Some("analyzer did not start".into());
+        state.started(
+            "manifest",
+            ServiceRecord {
+                phase: 1,
+                pid: Some(42),
+                started_at: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            },
+        );
+        state.save(&dir.join("bootstrap-state.json")).unwrap();
         std::fs::write(
             dir.join("logs/bootstrap.log"),
             "{\"action\":\"phase_complete\",\"phase\":1,\"duration_ms\":120}\n\

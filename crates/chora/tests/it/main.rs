@@ -19,6 +19,7 @@ mod manifest_durability;
 mod manifest_etcd;
 mod prepare;
 mod prod;
+mod prometheus;
 mod staging;
 mod staging_day_two;
 mod tls;

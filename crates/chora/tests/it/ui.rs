@@ -1,11 +1,11 @@
 //! The dashboard (DESIGN.md §12): its auth over plain HTTP, and the page itself
 //! in headless Chromium (Debian's `chromium` over the DevTools protocol): the
 //! services live, a crash seen without a reload, the restart button, a page that
-//! survives an orchestrator restart. `CHORA_UPDATE_SCREENSHOT=1` writes the
-//! screenshots in `docs/`.
+//! survives an orchestrator restart; each row's charts (§16) in `charts.rs`.
 
 mod bench;
 pub mod cdp;
+pub mod charts;
 
 use crate::bootstrap::{SERVICES, Site};
 use cdp::{Browser, Page};
@@ -214,7 +214,7 @@ async fn every_dashboard_route_needs_the_session_and_the_login_link_works_once()
 }
 
 /// Logs in through the page, as a person does, and waits for the live table.
-fn open_dashboard<'b>(site: &Site, browser: &'b Browser) -> Page<'b> {
+pub(crate) fn open_dashboard<'b>(site: &Site, browser: &'b Browser) -> Page<'b> {
     let page = browser.page();
     page.navigate(&login_url(site));
     page.wait_for(
@@ -242,7 +242,7 @@ fn pid_shown(page: &Page, name: &str) -> String {
     .to_owned()
 }
 
-fn all_up(page: &Page) {
+pub(crate) fn all_up(page: &Page) {
     let names = serde_json::to_string(&SERVICES).unwrap();
     page.wait_for(
         &format!(
@@ -275,7 +275,6 @@ fn the_dashboard_follows_crashes_and_restarts_live_in_a_browser() {
     let phases = "document.querySelectorAll('.phases li.completed').length";
     page.wait_for(&format!("{phases} === 5"), Duration::from_secs(10));
     assert_eq!(page.eval(phases), 5, "all five phases completed");
-    screenshots(&page);
 
     // Record every status the storage row shows, however briefly.
     page.eval(
@@ -400,29 +399,4 @@ fn the_dashboard_follows_crashes_and_restarts_live_in_a_browser() {
         loads,
         "the page was reloaded"
     );
-}
-
-/// `CHORA_UPDATE_SCREENSHOT=1`: the page in light and dark, in `docs/`.
-fn screenshots(page: &Page) {
-    if std::env::var("CHORA_UPDATE_SCREENSHOT").as_deref() != Ok("1") {
-        return;
-    }
-    page.call(
-        "Emulation.setDeviceMetricsOverride",
-        serde_json::json!({ "width": 1360, "height": 860, "deviceScaleFactor": 1, "mobile": false }),
-    );
-    page.eval("document.querySelector('a[data-logs=\"storage\"]').click(); true");
-    page.wait_for(
-        "document.getElementById('log').textContent.includes('listening')",
-        Duration::from_secs(5),
-    );
-    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    for (scheme, file) in [("light", "dashboard.png"), ("dark", "dashboard-dark.png")] {
-        page.color_scheme(scheme);
-        // Two frames for the new colours to be painted.
-        page.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))");
-        std::fs::write(docs.join(file), page.screenshot()).unwrap();
-    }
-    page.color_scheme("light");
 }
