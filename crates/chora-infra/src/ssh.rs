@@ -15,7 +15,7 @@
 //!
 //! A master also forwards local unix sockets to sockets on the host
 //! ([`Remote::forward_socket`]): that is how chora talks to a host's Docker
-//! (`crate::tunnel`).
+//! (`tunnel.rs`).
 
 use crate::inventory::{Host, SshOptions};
 use openssh::{ControlPersist, ForwardType, KnownHosts, Session, SessionBuilder, Socket, Stdio};

@@ -1,4 +1,4 @@
-//! What a module needs before it loads: the model that [`crate::module_file`]
+//! What a module needs before it loads: the model that `module_file`
 //! reads from a module's `module.yml` and the handlers act on. Sources (schemas,
 //! templates, local download files) are resolved against the module's directory;
 //! targets stay relative to the application root and never leave it.

@@ -24,8 +24,8 @@ pub mod needs;
 pub use etcd::{EtcdCluster, EtcdMember};
 pub use needs::{
     busybox, chromium, chromium_available, compose_available, debootstrap_available,
-    docker_available, etcd_available, pebble_available, python3_available, root_available,
-    ssh_available,
+    docker_available, etcd_available, pebble_available, prometheus, prometheus_available,
+    python3_available, root_available, ssh_available,
 };
 
 use std::io::{BufRead, BufReader, Read};

@@ -25,6 +25,7 @@
 //! | debootstrap, to build those hosts' root filesystem (once: it is cached) | `DEBOOTSTRAP` | debootstrap |
 //! | root, to run debootstrap (likewise only while nothing is cached) | `ROOT` | - |
 //! | `pebble` and `pebble-challtestsrv`, an ACME server for the gateway's TLS | `PEBBLE` | pebble |
+//! | Prometheus (`prometheus`, or `CHORA_PROMETHEUS`) | `PROMETHEUS` | prometheus |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -221,6 +222,22 @@ pub fn pebble_available(test: &str) -> bool {
         .find(|p| which(p).is_none())
         .map(|p| format!("{p} is not on the PATH"));
     PEBBLE.met(test, missing)
+}
+
+pub const PROMETHEUS: Need = Need {
+    what: "prometheus",
+    require: "PROMETHEUS",
+    install: "apt-get install prometheus",
+};
+
+/// The Prometheus program tests run: `CHORA_PROMETHEUS`, else `prometheus`.
+pub fn prometheus() -> String {
+    std::env::var("CHORA_PROMETHEUS").unwrap_or_else(|_| "prometheus".into())
+}
+
+/// Prometheus runs (`--version`).
+pub fn prometheus_available(test: &str) -> bool {
+    PROMETHEUS.met(test, runs(&prometheus(), &["--version"]))
 }
 
 /// The tests run as root; `why` says what for.

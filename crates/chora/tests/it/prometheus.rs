@@ -5,38 +5,14 @@
 //! skip with a line saying so, unless `CHORA_REQUIRE_PROMETHEUS=1` (CI).
 
 use crate::bootstrap::Site;
-use crate::ui::cdp::{Browser, chromium_available};
+use crate::ui::cdp::Browser;
 use crate::ui::charts::{analyzer_traffic, charts_drawn};
 use crate::ui::{all_up, open_dashboard};
 use crate::{Registry, chora_bin, index_of};
 use chora_testkit::{Server, spawn_server, spawn_until};
+use chora_testkit::{chromium_available, prometheus, prometheus_available};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-/// The Prometheus binary: `CHORA_PROMETHEUS`, else `prometheus` on the PATH.
-fn program() -> String {
-    std::env::var("CHORA_PROMETHEUS").unwrap_or_else(|_| "prometheus".into())
-}
-
-/// Whether Prometheus is here. Where it is not: fails the test when
-/// `CHORA_REQUIRE_PROMETHEUS=1` (CI), else prints why the test is skipped.
-pub fn prometheus_available(test: &str) -> bool {
-    let found = std::process::Command::new(program())
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CHORA_REQUIRE_PROMETHEUS").as_deref() == Ok("1") {
-            panic!(
-                "{test}: Prometheus is required (CHORA_REQUIRE_PROMETHEUS=1) but not installed: apt-get install prometheus"
-            );
-        }
-        eprintln!("SKIPPED {test}: Prometheus is not installed (apt-get install prometheus)");
-    }
-    found
-}
 
 /// A Prometheus process that discovers its targets at `sd_url` (refreshed every
 /// second) and scrapes them every second; killed on drop.
@@ -69,7 +45,7 @@ impl Prometheus {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Its own readiness line (a log line on stderr).
         let server = spawn_until(
-            std::path::Path::new(&program()),
+            std::path::Path::new(&prometheus()),
             dir.path(),
             &args,
             &[],

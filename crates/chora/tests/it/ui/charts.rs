@@ -3,9 +3,10 @@
 //! `CHORA_UPDATE_SCREENSHOT=1` writes the screenshots in `docs/` (after two
 //! minutes of varied traffic, so that the charts have a shape).
 
-use super::cdp::{Browser, Page, chromium_available};
+use super::cdp::{Browser, Page};
 use super::{all_up, open_dashboard};
 use crate::bootstrap::{SERVICES, Site};
+use chora_testkit::chromium_available;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
