@@ -177,6 +177,14 @@ environment: prod
 project: chora
 runtime: docker
 
+# A Prometheus of this system's own (DESIGN §16): phase 2, built from the
+# prometheus on this machine (apt-get install prometheus; without one it is not
+# started, and phase 0 says so), discovering every service through the
+# Manifest, scraping every 5 s, reached through the gateway at /api/v1/prometheus/.
+monitoring:
+  prometheus: true
+  port: 9090
+
 # The etcd cluster under the Manifest: chora runs `members` containers on the
 # project network (chora-etcd-1 ...). `image` is used when present or pullable;
 # otherwise phase 0 builds chora-etcd:<version> from the etcd on this machine.
@@ -216,6 +224,14 @@ version: "1.0"
 environment: staging
 project: chora
 runtime: docker
+
+# A Prometheus of this system's own (DESIGN §16): phase 2, built from the
+# prometheus on this machine (apt-get install prometheus; without one it is not
+# started, and phase 0 says so), discovering every service through the
+# Manifest, scraping every 5 s, reached through the gateway at /api/v1/prometheus/.
+monitoring:
+  prometheus: true
+  port: 9090
 
 services:
   manifest:

@@ -127,19 +127,20 @@ async fn wait_gone(ctx: &Ctx, name: &str, limit: Duration) -> Result<(), String>
 /// Runs the enabled tests in order, reporting each.
 pub async fn run_all(ctx: &Ctx, out: &mut Reporter, skip: Skip) -> Vec<TestResult> {
     let mut results = Vec::new();
-    let tests: Vec<crate::config::TestSpec> = if ctx.config.validation.tests.is_empty() {
-        let monitoring = ctx.prometheus().is_some();
+    let spec_of = |n: &str| crate::config::TestSpec {
+        name: n.into(),
+        enabled: true,
+        timeout: 30.0,
+        script: None,
+        args: vec![],
+        required: true,
+    };
+    let monitoring = ctx.prometheus().is_some();
+    let mut tests: Vec<crate::config::TestSpec> = if ctx.config.validation.tests.is_empty() {
         crate::config::BUILTIN_TESTS
             .iter()
-            .filter(|n| monitoring || **n != PROMETHEUS_TEST)
-            .map(|n| crate::config::TestSpec {
-                name: (*n).into(),
-                enabled: true,
-                timeout: 30.0,
-                script: None,
-                args: vec![],
-                required: true,
-            })
+            .filter(|n| **n != PROMETHEUS_TEST)
+            .map(|n| spec_of(n))
             .collect()
     } else {
         ctx.config
@@ -149,6 +150,11 @@ pub async fn run_all(ctx: &Ctx, out: &mut Reporter, skip: Skip) -> Vec<TestResul
             .map(|t| t.value.clone())
             .collect()
     };
+    // A system with its own Prometheus is checked to be scraped (DESIGN
+    // §16) unless the config lists that test itself (to turn it off).
+    if monitoring && !tests.iter().any(|t| t.name == PROMETHEUS_TEST) {
+        tests.push(spec_of(PROMETHEUS_TEST));
+    }
     for t in tests {
         if !t.enabled {
             continue;

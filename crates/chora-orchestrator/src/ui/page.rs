@@ -33,22 +33,6 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-/// `42ms`, `1.3s`, `2m 5s`, `3h 4m`, `2d 5h`.
-pub fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if s < 60 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if s < 3600 {
-        format!("{}m {}s", s / 60, s % 60)
-    } else if s < 86400 {
-        format!("{}h {}m", s / 3600, (s % 3600) / 60)
-    } else {
-        format!("{}d {}h", s / 86400, (s % 86400) / 3600)
-    }
-}
-
 /// The age of an RFC 3339 time, as text (`-` when there is none).
 fn age(t: Option<&str>) -> String {
     t.and_then(chora_api::parse_rfc3339)
@@ -56,12 +40,7 @@ fn age(t: Option<&str>) -> String {
             let d = std::time::SystemTime::now()
                 .duration_since(t)
                 .unwrap_or_default();
-            let s = d.as_secs();
-            if s < 60 {
-                format!("{s}s")
-            } else {
-                human_ms(s * 1000)
-            }
+            chora_text::duration::age(d)
         })
         .unwrap_or_else(|| "-".into())
 }
@@ -301,7 +280,7 @@ pub fn bootstrap(b: Option<&BootstrapView>) -> String {
             name = p.name,
             d = p
                 .duration_ms
-                .map(human_ms)
+                .map(|ms| chora_text::duration::span(std::time::Duration::from_millis(ms)))
                 .unwrap_or_else(|| match p.status {
                     "pending" => "-".into(),
                     s => s.replace('_', " "),
@@ -429,7 +408,6 @@ mod tests {
         assert!(h.starts_with("<tr data-service=\"a&lt;b\" data-status=\"unhealthy\""));
         assert!(h.contains("1.0&quot;") && h.contains("pid 7") && h.contains("restarting"));
         assert_eq!(h.matches("value=\"tok\"").count(), 3);
-        assert_eq!(human_ms(125_000), "2m 5s");
         // No chart yet: two empty ones all the same.
         assert!(h.contains("data-chart=\"rate\" data-points=\"0\" data-max=\"0\""));
         assert!(h.contains("data-chart=\"p99\" data-points=\"0\""));

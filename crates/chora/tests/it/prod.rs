@@ -54,6 +54,12 @@ impl Prod {
         if !had {
             s.extra_images.push(etcd);
         }
+        // Likewise Prometheus' (the prod template runs one where it can).
+        if let Some(tag) = prometheus_tag()
+            && !docker(&["image", "inspect", &tag]).status.success()
+        {
+            s.extra_images.push(tag);
+        }
         let mut t = chora_bootstrap::template::prod()
             .replace("project: chora", &format!("project: {}", s.project))
             .replace("chora:${CHORA_VERSION}", &s.image)
@@ -113,6 +119,20 @@ impl Prod {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The Prometheus image the prod template's phase 0 builds, where this
+/// machine has Prometheus.
+pub fn prometheus_tag() -> Option<String> {
+    let bin = chora_bootstrap::config::on_path("prometheus")?;
+    let v = chora_bootstrap::monitoring::prometheus_version(&bin)?;
+    Some(format!("chora-prometheus:{v}"))
+}
+
+/// The containers of the prod system: 13, and its Prometheus where this
+/// machine has one (DESIGN §10, §16).
+fn expected_containers() -> usize {
+    13 + usize::from(prometheus_tag().is_some())
 }
 
 fn etcd_tag() -> String {
@@ -429,12 +449,20 @@ async fn bootstrapped() -> Arc<Prod> {
     assert!(out.contains("etcd image"), "{out}");
     assert!(out.contains("✓ Health dashboard"), "{out}");
 
-    // Exactly 13 containers, labelled as DESIGN §10 says.
+    // Exactly 13 containers (14 with Prometheus), labelled as DESIGN §10 says.
     let c = p.containers();
     let counts: Vec<(String, usize)> = c.iter().map(|(k, v)| (k.clone(), v.len())).collect();
     assert_eq!(c.get("etcd").map(Vec::len), Some(3), "{counts:?}");
     assert_eq!(c.get("manifest").map(Vec::len), Some(3), "{counts:?}");
-    assert_eq!(c.values().map(Vec::len).sum::<usize>(), 13, "{counts:?}");
+    assert_eq!(
+        c.values().map(Vec::len).sum::<usize>(),
+        expected_containers(),
+        "{counts:?}"
+    );
+    if prometheus_tag().is_some() {
+        assert_eq!(c.get("prometheus").map(Vec::len), Some(1), "{counts:?}");
+        assert!(out.contains("✓ Metrics scraped"), "{out}");
+    }
     let replica = docker(&[
         "inspect",
         "--format",
@@ -757,7 +785,10 @@ async fn rollback_and_reset(p: &Arc<Prod>) {
     tokio::task::spawn_blocking(move || p2.ok(&["bootstrap"]))
         .await
         .unwrap();
-    assert_eq!(p.containers().values().map(Vec::len).sum::<usize>(), 13);
+    assert_eq!(
+        p.containers().values().map(Vec::len).sum::<usize>(),
+        expected_containers()
+    );
     let p2 = p.clone();
     tokio::task::spawn_blocking(move || p2.ok(&["bootstrap", "reset", "--force"]))
         .await

@@ -62,8 +62,15 @@ impl Staging {
         s
     }
 
-    /// The staging template on this project's ports, name and image.
+    /// The staging template on this project's ports, name and image, without
+    /// its Prometheus (staging_day_two.rs has a test of its own for that).
     pub fn template(&self) -> String {
+        self.template_with_monitoring()
+            .replace("  prometheus: true\n", "  prometheus: false\n")
+    }
+
+    /// The staging template as it is, Prometheus included.
+    pub fn template_with_monitoring(&self) -> String {
         let mut t =
             chora_bootstrap::template::template(chora_bootstrap::config::Environment::Staging)
                 .unwrap()

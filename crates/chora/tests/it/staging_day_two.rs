@@ -116,3 +116,76 @@ fn records_an_earlier_system_left_never_fail_a_fresh_bootstrap_and_another_home_
         s.home().display().to_string()
     );
 }
+
+/// The staging template's own Prometheus (DESIGN §16): a 9th container built
+/// from this machine's prometheus, discovering every service through the
+/// Manifest, validated as scraping every service up, reached through the
+/// gateway at /api/v1/prometheus/, and the orchestrator told where it is.
+#[test]
+fn a_staging_system_runs_its_own_prometheus_that_scrapes_every_service() {
+    if !chora_testkit::docker_available("a_staging_system_runs_its_own_prometheus")
+        || !chora_testkit::prometheus_available("a_staging_system_runs_its_own_prometheus")
+    {
+        return;
+    }
+    let mut s = Staging::new();
+    let tag = crate::prod::prometheus_tag().expect("prometheus says its version");
+    if !docker(&["image", "inspect", &tag]).status.success() {
+        s.extra_images.push(tag.clone());
+    }
+    s.write_config(&s.template_with_monitoring());
+    let out = s.ok(&["bootstrap"]);
+    assert!(
+        out.contains(&format!("prometheus image {tag}"))
+            || out.contains(&format!("Built prometheus image {tag}")),
+        "{out}"
+    );
+    assert!(out.contains("✓ Metrics scraped"), "{out}");
+    let c = s.containers();
+    assert_eq!(c.values().map(Vec::len).sum::<usize>(), 9, "{c:?}");
+    assert_eq!(c.get("prometheus").map(Vec::len), Some(1), "{c:?}");
+
+    // Through the gateway: every configured service has a target, up.
+    let gw = s.port("gateway");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let targets: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!(
+            "http://127.0.0.1:{gw}/api/v1/prometheus/api/v1/targets?state=active"
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    });
+    let up: std::collections::BTreeSet<&str> = targets["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["health"] == "up")
+        .filter_map(|t| t["labels"]["service"].as_str())
+        .collect();
+    for svc in [
+        "manifest",
+        "orchestrator",
+        "gateway",
+        "analyzer",
+        "logger",
+        "prometheus",
+    ] {
+        assert!(up.contains(svc), "{svc} is not scraped up: {targets}");
+    }
+    // The orchestrator draws its charts from it.
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Env}}",
+        &id_of(&s, "orchestrator"),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&env.stdout)
+            .contains("CHORA_PROMETHEUS_URL=http://prometheus:9090"),
+        "{}",
+        String::from_utf8_lossy(&env.stdout)
+    );
+}
