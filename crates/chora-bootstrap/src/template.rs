@@ -370,7 +370,13 @@ mod tests {
     fn the_prod_template_is_thirteen_containers_on_an_etcd_cluster() {
         let c = Config::parse(&prod(), Path::new("t.yml")).unwrap();
         assert_eq!(c.environment, Environment::Prod);
-        assert_eq!(c.services.len(), 13, "{:?}", c.services.keys());
+        // And Prometheus, where this machine has one (DESIGN §16).
+        let monitoring = usize::from(c.service(crate::config::PROMETHEUS).is_some());
+        assert_eq!(
+            monitoring,
+            usize::from(crate::config::on_path("prometheus").is_some())
+        );
+        assert_eq!(c.services.len(), 13 + monitoring, "{:?}", c.services.keys());
         assert_eq!(c.etcd_members(), ["etcd-1", "etcd-2", "etcd-3"]);
         assert_eq!(
             c.units_of("manifest"),
@@ -409,7 +415,7 @@ mod tests {
             "etcd-1=http://chora-etcd-1:2380,etcd-2=http://chora-etcd-2:2380,etcd-3=http://chora-etcd-3:2380"
         );
         assert_eq!(e1.env["ETCD_HEARTBEAT_INTERVAL"], "50");
-        assert_eq!(c.registered_units().len(), 10);
+        assert_eq!(c.registered_units().len(), 10 + monitoring);
         let gw = c.service("gateway").unwrap().command.clone().unwrap();
         assert!(gw.contains(&"${MANIFEST_URLS}".to_string()), "{gw:?}");
     }
@@ -466,11 +472,13 @@ mod tests {
                 crate::config::RuntimeKind::Docker,
                 "{name}"
             );
-            assert_eq!(
-                s.value.registers(),
-                crate::config::Register::Itself,
-                "{name}"
-            );
+            // Prometheus knows nothing of chora: chora registers it.
+            let register = if name == crate::config::PROMETHEUS {
+                crate::config::Register::Chora
+            } else {
+                crate::config::Register::Itself
+            };
+            assert_eq!(s.value.registers(), register, "{name}");
         }
         assert_eq!(c.waves(3)[1], ["executor"]);
     }
