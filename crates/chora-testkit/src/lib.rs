@@ -298,12 +298,37 @@ fn pump(
 }
 
 /// A port that was free a moment ago (for restarting a server on the same address).
+///
+/// Ports come from below the kernel's ephemeral range (32768-60999 by
+/// default), in turn from a process-wide counter: a port the kernel hands out
+/// for `bind(0)` or an outgoing connection (Docker's published ports, the
+/// orchestrator's stand-ins, every client socket) is never one a test wrote
+/// into a config minutes before, and no two tests of one run get the same
+/// one. A port something already listens on is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test binary starts somewhere else in the span.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let free = |ip: &str| std::net::TcpListener::bind((ip, port)).is_ok();
+        if free("127.0.0.1") && free("0.0.0.0") {
+            return port;
+        }
+    }
+}
+
+/// `n` distinct ports of [`free_port`].
+pub fn free_ports(n: usize) -> Vec<u16> {
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// A fresh temp dir, removed on drop.

@@ -39,15 +39,7 @@ impl Site {
     /// A site with its free ports and no config yet.
     pub fn bare() -> Site {
         let dir = chora_testkit::temp_dir();
-        // Hold all eight at once so that no two are the same.
-        let held: Vec<std::net::TcpListener> = (0..8)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports: Vec<u16> = held
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        drop(held);
+        let ports = chora_testkit::free_ports(8);
         Site { dir, ports }
     }
 
