@@ -33,6 +33,23 @@ impl ComposeRuntime {
         })
     }
 
+    /// Compose (`prog`) on one project file, run from the file's folder (its
+    /// relative paths mean what they mean to `docker-compose up` there).
+    fn command(&self, prog: &[String], file: &std::path::Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&prog[0]);
+        cmd.args(&prog[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(file)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cmd.current_dir(dir);
+        }
+        cmd
+    }
+
     /// Runs compose on `name`'s file; its stdout, or why it failed.
     async fn compose(
         &self,
@@ -42,19 +59,8 @@ impl ComposeRuntime {
     ) -> Result<String, RuntimeError> {
         let file = self.file(name)?;
         let prog = program();
-        let mut cmd = tokio::process::Command::new(&prog[0]);
-        cmd.args(&prog[1..])
-            .arg("-p")
-            .arg(&self.project)
-            .arg("-f")
-            .arg(&file)
-            .args(args)
-            .envs(env)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            cmd.current_dir(dir);
-        }
+        let mut cmd = self.command(&prog, &file);
+        cmd.args(args).envs(env);
         let out = cmd.output().await.map_err(|e| RuntimeError::Spawn {
             program: prog.join(" "),
             message: e.to_string(),
@@ -187,19 +193,11 @@ impl Runtime for ComposeRuntime {
         let Ok(file) = self.file(name) else {
             return futures_util::stream::empty().boxed();
         };
-        let prog = program();
-        let mut cmd = tokio::process::Command::new(&prog[0]);
-        cmd.args(&prog[1..])
-            .arg("-p")
-            .arg(&self.project)
-            .arg("-f")
-            .arg(&file)
-            .args(["logs", "--no-color", "--tail", &tail.to_string()])
+        let mut cmd = self.command(&program(), &file);
+        cmd.args(["logs", "--no-color", "--tail", &tail.to_string()])
             .args(follow.then_some("--follow"))
-            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::null());
         let Ok(mut child) = cmd.spawn() else {
             return futures_util::stream::empty().boxed();
         };
