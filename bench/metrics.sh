@@ -186,6 +186,13 @@ scrape_configs:
       - url: "$SD"
         refresh_interval: ${1}s
 EOF
+  # What `chora bootstrap` writes (monitoring.rs OBSERVERS_DROPPED), unless KEEP_ALL=1.
+  [ "${KEEP_ALL:-0}" = 1 ] || cat >> "$WORK/prometheus/prometheus.yml" <<EOF
+    metric_relabel_configs:
+      - source_labels: [endpoint]
+        regex: /metrics|/v1/metrics|/health|/v1/health
+        action: drop
+EOF
   cp "$WORK/prometheus/prometheus.yml" "$OUT/prometheus-refresh-$1s.yml"
   # shellcheck disable=SC2086 # PROMETHEUS_ENV is a list of NAME=VALUE words
   start "prometheus-$1" env $PROMETHEUS_ENV "$PROMETHEUS" --config.file="$WORK/prometheus/prometheus.yml" \
