@@ -11,8 +11,9 @@
 //! answered last, and on to the next when one fails; rounds over all of them
 //! go on, backing off, for up to [`CALL_BUDGET`], except when no endpoint took
 //! the request at all (nothing to wait for: the whole cluster is gone, and the
-//! caller hears so at once). Each attempt gets [`ATTEMPT_TIMEOUT`]: a member
-//! that vanished (killed, paused, cut off) costs one attempt. Every call is
+//! caller hears so at once, and for [`GONE_FOR`] the next calls too). Each
+//! attempt gets [`ATTEMPT_TIMEOUT`], its connection [`CONNECT_TIMEOUT`]: a
+//! member that vanished (killed, paused, cut off) costs one attempt. Every call is
 //! sent as "requires a leader" (`hasleader` metadata), so a member cut off
 //! from its quorum refuses at once instead of holding the call.
 //!
@@ -32,9 +33,9 @@ pub mod wire;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 pub use stream::Watch;
 use wire::{
     ErrorBody, LeaseGrantResponse, LeaseKeepAliveResponse, RangeResponse, StatusResponse,
@@ -47,6 +48,16 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a call goes on trying endpoints while they fail in ways that may
 /// pass (a timeout, no leader yet).
 pub const CALL_BUDGET: Duration = Duration::from_secs(3);
+/// How long a connection may take to open: on a LAN, milliseconds. A member
+/// that is cut off (no answer, not even a refusal) or a name that no longer
+/// resolves costs this, not an attempt, and is known as such: nothing was
+/// sent. Three endpoints in a row fit in a second (DESIGN §15).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Once a call found that no endpoint takes a request, calls in the next
+/// `GONE_FOR` fail at once the same way (nothing was sent: it is as true);
+/// the first call after that tries again. So during a whole-cluster outage a
+/// write costs nothing but one call's connection attempts every `GONE_FOR`.
+pub const GONE_FOR: Duration = Duration::from_millis(500);
 
 /// How a call failed (see the module doc for what each one promises).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,6 +157,8 @@ struct Inner {
     endpoints: Vec<String>,
     /// The endpoint to try first: the last one that answered.
     preferred: AtomicUsize,
+    /// Since when no endpoint takes a request, and why (see [`GONE_FOR`]).
+    gone: Mutex<Option<(Instant, String)>>,
 }
 
 /// One operation of a transaction.
@@ -207,10 +220,7 @@ impl Client {
         let http = chora_api::tls::builder()
             .http1_only()
             .tcp_nodelay(true)
-            // Shorter than an attempt, so that a connection that never
-            // opens (a member cut off: no answer, not even a refusal) is
-            // known as one: nothing was sent.
-            .connect_timeout(ATTEMPT_TIMEOUT * 3 / 4)
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Unavailable(chora_api::root_cause(&e)))?;
@@ -219,6 +229,7 @@ impl Client {
                 http,
                 endpoints,
                 preferred: AtomicUsize::new(0),
+                gone: Mutex::default(),
             }),
         })
     }
@@ -291,6 +302,24 @@ impl Client {
         }
     }
 
+    fn gone_lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String)>> {
+        self.inner.gone.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why no endpoint took a request less than [`GONE_FOR`] ago, if so.
+    fn gone(&self) -> Option<String> {
+        match &*self.gone_lock() {
+            Some((since, why)) if since.elapsed() < GONE_FOR => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Endpoint `i` answered: it is tried first from now on.
+    fn answered(&self, i: usize) {
+        self.inner.preferred.store(i, Ordering::Relaxed);
+        *self.gone_lock() = None;
+    }
+
     /// A call with failover (see the module doc).
     async fn call<T>(
         &self,
@@ -298,6 +327,9 @@ impl Client {
         body: Vec<u8>,
         parse: impl Fn(&[u8], &str) -> Result<T, Failure>,
     ) -> Result<T, Error> {
+        if let Some(why) = self.gone() {
+            return Err(Error::Unavailable(why));
+        }
         let body = Bytes::from(body);
         let n = self.inner.endpoints.len();
         let deadline = tokio::time::Instant::now() + CALL_BUDGET;
@@ -314,11 +346,11 @@ impl Client {
                     .await
                 {
                     Ok(v) => {
-                        self.inner.preferred.store(i, Ordering::Relaxed);
+                        self.answered(i);
                         return Ok(v);
                     }
                     Err(Failure::Refused { code, message }) => {
-                        self.inner.preferred.store(i, Ordering::Relaxed);
+                        self.answered(i);
                         return Err(Error::Refused { code, message });
                     }
                     Err(Failure::NotSent(m)) => last = m,
@@ -336,8 +368,13 @@ impl Client {
                     break;
                 }
             }
-            // Nobody took it: nothing to wait for. Or out of time.
-            if !reached || tokio::time::Instant::now() + delay >= deadline {
+            if !reached {
+                // Nobody took it: nothing to wait for.
+                *self.gone_lock() = Some((Instant::now(), last.clone()));
+                break;
+            }
+            *self.gone_lock() = None;
+            if tokio::time::Instant::now() + delay >= deadline {
                 break;
             }
             tokio::time::sleep(delay).await;
@@ -541,7 +578,7 @@ impl Client {
             };
             match tokio::time::timeout(ATTEMPT_TIMEOUT, open).await {
                 Ok(Ok(w)) => {
-                    self.inner.preferred.store(i, Ordering::Relaxed);
+                    self.answered(i);
                     return Ok(w);
                 }
                 Ok(Err(f)) => last = f,
@@ -555,7 +592,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[tokio::test]
     async fn calls_fail_over_renew_in_one_request_and_say_when_nothing_happened() {
