@@ -10,8 +10,9 @@
 //! with registrations of the same instance.
 
 use crate::catalog::{Catalog, Liveness, Record};
-use crate::store::{BoxFuture, Store, StoreError};
+use crate::store::{Store, StoreError};
 use chora_api::manifest::{Instance, Status};
+use futures_util::future::BoxFuture;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,11 +4,8 @@
 
 use crate::catalog::{Catalog, Record};
 use chora_api::manifest::{Instance, Status};
-use std::future::Future;
-use std::pin::Pin;
+use futures_util::future::BoxFuture;
 use std::time::SystemTime;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
