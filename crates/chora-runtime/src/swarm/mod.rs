@@ -26,7 +26,7 @@
 mod service;
 mod spec;
 
-use crate::docker::{LABEL_HOME, LABEL_PROJECT, LABEL_SERVICE};
+use crate::docker::{LABEL_HOME, LABEL_PROJECT, LABEL_SERVICE, docker_err, is_status};
 use crate::{BoxFuture, BoxStream, Found, Runtime, RuntimeError, Unit, UnitId, UnitSpec};
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -49,18 +49,6 @@ pub struct SwarmRuntime {
     /// The image [`Runtime::chora`] runs.
     pub chora_image: String,
     network: Arc<tokio::sync::Mutex<bool>>,
-}
-
-fn docker_err(e: bollard::errors::Error) -> RuntimeError {
-    use bollard::errors::Error as E;
-    RuntimeError::Docker(match e {
-        E::DockerResponseServerError { message, .. } => message,
-        other => other.to_string(),
-    })
-}
-
-fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 
 impl SwarmRuntime {
@@ -105,6 +93,15 @@ impl SwarmRuntime {
             vec![format!("{LABEL_HOME}={}", self.home)],
         )]
         .into()
+    }
+
+    /// Whether service `s` is this home's (its `io.chora.home` label).
+    fn ours(&self, s: &bollard::models::Service) -> bool {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(LABEL_HOME))
+            == Some(&self.home)
     }
 
     /// The stack's overlay network, made (attachable, this home's labels,
@@ -266,13 +263,7 @@ impl Runtime for SwarmRuntime {
             // when it is this home's; anyone else's is an error.
             let id = match self.docker.inspect_service(&name, None).await {
                 Ok(s) => {
-                    let ours = s
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.labels.as_ref())
-                        .and_then(|l| l.get(LABEL_HOME))
-                        == Some(&self.home);
-                    if !ours {
+                    if !self.ours(&s) {
                         return Err(RuntimeError::Docker(format!(
                             "a service named `{name}` exists and does not belong to this chora home ({})",
                             self.home
@@ -317,15 +308,7 @@ impl Runtime for SwarmRuntime {
                 .inspect_service(&self.service_name(name), None)
                 .await
             {
-                Ok(s) => {
-                    let ours = s
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.labels.as_ref())
-                        .and_then(|l| l.get(LABEL_HOME))
-                        == Some(&self.home);
-                    Ok(ours.then(|| self.found(s)).flatten())
-                }
+                Ok(s) => Ok(self.ours(&s).then(|| self.found(s)).flatten()),
                 Err(e) if is_status(&e, 404) => Ok(None),
                 Err(e) => Err(docker_err(e)),
             }
