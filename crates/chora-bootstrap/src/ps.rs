@@ -108,6 +108,7 @@ pub async fn rows(ctx: &Ctx, state: Option<&State>) -> Vec<Row> {
 /// `chora ps [--format table|json]`.
 pub async fn ps(json: bool) -> Result<(), Failure> {
     let ctx = session::open(None)?;
+    crate::session::reach(&ctx).await?;
     let state = session::load_state(&ctx.home)?;
     let rows = rows(&ctx, state.as_ref()).await;
     if json {

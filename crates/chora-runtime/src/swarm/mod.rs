@@ -23,8 +23,11 @@
 //!   publishes its `port`, in host mode, on every host it runs on;
 //!   everything else answers on the overlay only.
 
+mod door;
 mod service;
 mod spec;
+
+pub use door::DOOR;
 
 use crate::docker::{LABEL_HOME, LABEL_PROJECT, LABEL_SERVICE, docker_err, is_status};
 use crate::{BoxFuture, BoxStream, Found, Runtime, RuntimeError, Unit, UnitId, UnitSpec};
@@ -49,12 +52,17 @@ pub struct SwarmRuntime {
     /// The image [`Runtime::chora`] runs.
     pub chora_image: String,
     network: Arc<tokio::sync::Mutex<bool>>,
+    /// Whether this process runs on the stack's overlay (`CHORA_NETWORK`).
+    in_overlay: bool,
+    /// The door's pairs once opened (`door.rs`): how `reach` rewrites.
+    door: Arc<std::sync::Mutex<Vec<(u16, String)>>>,
 }
 
 impl SwarmRuntime {
     /// A runtime on the Swarm whose manager `docker` is (a local socket, or
     /// one forwarded over SSH).
     pub fn new(docker: Docker, home: String, project: String, mtu: u32) -> Self {
+        let in_overlay = std::env::var(crate::docker::NETWORK_ENV).is_ok_and(|n| n == project);
         SwarmRuntime {
             docker,
             home,
@@ -62,6 +70,8 @@ impl SwarmRuntime {
             mtu,
             chora_image: chora_docker::image::chora_tag(),
             network: Arc::default(),
+            door: Arc::default(),
+            in_overlay,
         }
     }
 
@@ -331,6 +341,8 @@ impl Runtime for SwarmRuntime {
     fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {
         Box::pin(async move {
             let mut gone = Vec::new();
+            // The door holds the overlay too.
+            self.close_door().await?;
             for s in self.services().await? {
                 let (Some(id), Some(name)) = (s.id, s.spec.and_then(|s| s.name)) else {
                     continue;
@@ -373,6 +385,10 @@ impl Runtime for SwarmRuntime {
             }
             Ok(gone)
         })
+    }
+
+    fn hosts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move { self.hosts_of(name).await.unwrap_or_default() })
     }
 
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String> {
@@ -418,8 +434,17 @@ impl Runtime for SwarmRuntime {
             .map(|p| format!("http://{}:{p}", spec.name))
     }
 
-    fn reach<'a>(&'a self, _spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
-        Box::pin(async move { url.to_owned() })
+    fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
+        Box::pin(async move {
+            let through = self.through_door(url);
+            match spec.port.zip(spec.inner_port()) {
+                // Inside the overlay (an orchestrator in the stack): by name.
+                Some((p, inner)) if through == url && self.in_overlay => {
+                    url.replace(&format!("127.0.0.1:{p}"), &format!("{}:{inner}", spec.name))
+                }
+                _ => through,
+            }
+        })
     }
 
     fn bind(&self, spec: &UnitSpec) -> String {

@@ -71,7 +71,10 @@ impl SwarmRuntime {
         if spec.placement.manager {
             constraints.push("node.role==manager".into());
         }
-        let mut aliases = vec![spec.name.clone()];
+        // Its unit name, and its container name on one engine
+        // (`<project>-<name>`), so a spec written for one engine (an etcd
+        // member's peers) resolves the same here.
+        let mut aliases = vec![spec.name.clone(), format!("{}-{}", self.project, spec.name)];
         if let Some(s) = spec.labels.get(crate::docker::LABEL_SERVICE)
             && *s != spec.name
         {

@@ -31,9 +31,9 @@ fn three_free_ports() -> u16 {
 
 /// A prod project: a [`Staging`] fixture (own project name, ports, chora image,
 /// cleanup of everything labelled with its home) with the prod template.
-struct Prod {
+pub(crate) struct Prod {
     s: Staging,
-    manifest_port: u16,
+    pub(crate) manifest_port: u16,
 }
 
 impl std::ops::Deref for Prod {
@@ -44,7 +44,7 @@ impl std::ops::Deref for Prod {
 }
 
 impl Prod {
-    fn new() -> Prod {
+    pub(crate) fn new() -> Prod {
         let mut s = Staging::new();
         let manifest_port = three_free_ports();
         // The etcd image the fallback builds; removed afterwards only if this
@@ -77,7 +77,7 @@ impl Prod {
             .collect()
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let (_, out, _) = self.run(&["bootstrap", "status", "--format", "json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON ({e}): {out}"))
     }
@@ -135,7 +135,7 @@ fn expected_containers() -> usize {
     13 + usize::from(prometheus_tag().is_some())
 }
 
-fn etcd_tag() -> String {
+pub(crate) fn etcd_tag() -> String {
     let v = chora_bootstrap::etcd_members::etcd_version(std::path::Path::new("etcd"))
         .expect("etcd is installed and says its version");
     format!("chora-etcd:{v}")
