@@ -248,9 +248,16 @@ impl Ctx {
             return;
         };
         unit.placement = placement(&inv, name, spec);
-        unit.health = spec
-            .health_url()
-            .map(|u| inside(&u, spec.port, spec.container_port.or(spec.port)));
+        let member = spec
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.service == crate::config::ETCD);
+        unit.health = if member {
+            Some(ETCD_HEALTH_INSIDE.to_owned())
+        } else {
+            spec.health_url()
+                .map(|u| inside(&u, spec.port, spec.container_port.or(spec.port)))
+        };
         let home = self.home.root.display().to_string();
         unit.volumes
             .retain(|v| !(v.is_bind() && v.source.starts_with(&home)));
@@ -315,15 +322,32 @@ pub fn placement(inv: &Inventory, name: &str, spec: &ServiceSpec) -> Placement {
     }
 }
 
-/// `url` (a health URL as the bootstrap's config writes it, on the unit's
-/// published `port`) as the unit reaches itself inside its container, on
-/// its `inner` port.
+/// `url` (a health URL as the bootstrap's config writes it: on the unit's
+/// published `port`, or by its name) as the unit reaches itself inside its
+/// container: `127.0.0.1` on its `inner` port. Inside, never by name: Swarm
+/// adds a task's names to the overlay's DNS only once its health check has
+/// passed.
 pub fn inside(url: &str, port: Option<u16>, inner: Option<u16>) -> String {
-    match (port, inner) {
-        (Some(p), Some(i)) if p != i => url.replacen(&format!(":{p}/"), &format!(":{i}/"), 1),
-        _ => url.to_owned(),
-    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let at = match authority.rsplit_once(':') {
+        Some((_, p)) => match (p.parse::<u16>().ok(), port, inner) {
+            (Some(p), Some(published), Some(i)) if p == published => i,
+            (Some(p), _, _) => p,
+            (None, _, _) => return url.to_owned(),
+        },
+        None => return url.to_owned(),
+    };
+    format!("{scheme}://127.0.0.1:{at}{path}")
 }
+
+/// The health check an etcd member runs inside its container: its client
+/// port accepts connections. Not `/health`: that answers only once the
+/// cluster has a leader, which needs the peers' names, which Swarm adds to
+/// the overlay's DNS only once their health checks passed.
+pub const ETCD_HEALTH_INSIDE: &str = "tcp://127.0.0.1:2379";
 
 #[cfg(test)]
 mod tests {
@@ -374,7 +398,11 @@ mod tests {
         );
         assert_eq!(
             inside("http://etcd-1:2379/health", None, Some(2379)),
-            "http://etcd-1:2379/health"
+            "http://127.0.0.1:2379/health"
+        );
+        assert_eq!(
+            inside("tcp://db:5432", Some(5432), Some(5432)),
+            "tcp://127.0.0.1:5432"
         );
     }
 

@@ -58,7 +58,7 @@ impl SwarmRuntime {
                 "--timeout".into(),
                 "2".into(),
             ]),
-            interval: Some(nanos(Duration::from_secs(2))),
+            interval: Some(nanos(Duration::from_secs(1))),
             timeout: Some(nanos(Duration::from_secs(3))),
             retries: Some(3),
             start_period: Some(nanos(Duration::from_secs(60))),

@@ -109,18 +109,27 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
             assert!(!answers(&ip, other), "{n}: port {other} answers on {ip}");
         }
     }
-    // Each Manifest node registered under an id of its own.
-    let m =
-        chora_api::ManifestClient::new([format!("http://127.0.0.1:{}", p.manifest_port)]).unwrap();
+    // Each Manifest node registered under an id of its own: asked through
+    // the gateway on another host than the one the door is on.
+    let f2 = kit.host("f-2").ip.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let nodes = rt
-        .block_on(m.list(&chora_api::manifest::ListFilter {
-            name: Some("manifest".into()),
-            ..Default::default()
-        }))
-        .unwrap();
-    let ids: std::collections::BTreeSet<_> = nodes.iter().map(|i| i.id.clone()).collect();
-    assert_eq!(ids.len(), 3, "{nodes:?}");
+    let nodes: Value = rt.block_on(async {
+        reqwest::get(format!(
+            "http://{f2}:{gateway}/api/v1/manifest/v1/services/manifest"
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    });
+    let ids: std::collections::BTreeSet<String> = nodes["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{nodes}"))
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{nodes}");
 
     let (code, out, err) = p.run(&["bootstrap", "validate"]);
     assert_eq!(code, 0, "{out}\n{err}");
