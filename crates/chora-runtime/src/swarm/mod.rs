@@ -365,7 +365,8 @@ impl Runtime for SwarmRuntime {
                     continue;
                 };
                 // The tasks' endpoints leave the network a moment after
-                // their service: retry while it is still in use.
+                // their service (each task has its stop grace period, on
+                // every host): retry while it is still in use, up to 30 s.
                 let mut tries = 0;
                 loop {
                     match self.docker.remove_network(&id).await {
@@ -374,7 +375,7 @@ impl Runtime for SwarmRuntime {
                             break;
                         }
                         Err(e) if is_status(&e, 404) => break,
-                        Err(e) if tries < 100 => {
+                        Err(e) if tries < 300 => {
                             tries += 1;
                             tracing::debug!(error = %e, "network still in use");
                             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -71,7 +71,7 @@ impl Prod {
         Prod { s, manifest_port }
     }
 
-    fn manifest_urls(&self) -> Vec<String> {
+    pub(crate) fn manifest_urls(&self) -> Vec<String> {
         (0..3)
             .map(|i| format!("http://127.0.0.1:{}", self.manifest_port + i))
             .collect()
@@ -143,7 +143,7 @@ pub(crate) fn etcd_tag() -> String {
 
 /// What a writer and a reader saw around one fault.
 #[derive(Default)]
-struct Record {
+pub(crate) struct Record {
     /// (when, id) of every acknowledged registration.
     acked: Vec<(Instant, String)>,
     /// Ids whose registration answered an error that says it did not happen.
@@ -181,9 +181,21 @@ impl Record {
 /// Runs a writer (registrations through every Manifest node, one each 20 ms)
 /// and a reader (the gateway, one each 20 ms) for `before`, applies `fault`,
 /// runs on for `after`, and returns what they saw.
-async fn around(
+pub(crate) async fn around(
     p: &Prod,
     tag: &str,
+    before: Duration,
+    after: Duration,
+    fault: impl FnOnce(),
+) -> (Record, Instant, Instant) {
+    around_reading(p, tag, "analyzer", before, after, fault).await
+}
+
+/// [`around`] with the reader on service `reader` through the gateway.
+pub(crate) async fn around_reading(
+    p: &Prod,
+    tag: &str,
+    reader: &str,
     before: Duration,
     after: Duration,
     fault: impl FnOnce(),
@@ -230,7 +242,7 @@ async fn around(
         let rec = rec.clone();
         let stop = stop.clone();
         let url = format!(
-            "http://127.0.0.1:{}/api/v1/analyzer/health",
+            "http://127.0.0.1:{}/api/v1/{reader}/health",
             p.port("gateway")
         );
         tokio::spawn(async move {
@@ -282,17 +294,17 @@ pub struct Timeline {
 
 /// How long the writer and reader run around each fault.
 #[derive(Clone, Copy)]
-struct Window {
-    before: Duration,
-    after: Duration,
+pub(crate) struct Window {
+    pub(crate) before: Duration,
+    pub(crate) after: Duration,
     /// Benchmark: acknowledged instances older than the TTL (15 s, no
     /// heartbeats) have expired by design and are not looked for.
-    bench: bool,
+    pub(crate) bench: bool,
 }
 
 /// Checks one fault's record: the write gap, nothing acknowledged lost, no
 /// phantom, gateway errors only inside the gap. Prints its timeline.
-async fn judge(
+pub(crate) async fn judge(
     p: &Prod,
     name: &str,
     rec: &Record,
