@@ -141,6 +141,24 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
     assert_eq!(code, 0, "{out}\n{err}");
     let st: Value = p.status();
     assert_eq!(st["overall_status"], "healthy", "{st}");
+    // Operating it from here: the host of each unit, its logs.
+    let unit = |name: &str| {
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {st}"))
+    };
+    assert_eq!(unit("manifest-2")["host"], "f-2", "{st}");
+    assert_eq!(unit("gateway")["host"], "f-1,f-2,f-3", "{st}");
+    let (code, out, err) = p.run(&["ps"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("on f-3"), "{out}");
+    let (code, out, err) = p.run(&["logs", "manifest-1", "--tail", "5"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.trim().is_empty(), "no log lines\n{err}");
 
     // A re-run changes nothing.
     let t = Instant::now();
