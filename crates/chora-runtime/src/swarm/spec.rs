@@ -137,11 +137,20 @@ impl SwarmRuntime {
                 }),
                 placement: Some(TaskSpecPlacement {
                     constraints: (!constraints.is_empty()).then_some(constraints),
-                    preferences: Some(vec![TaskSpecPlacementPreferences {
-                        spread: Some(TaskSpecPlacementSpread {
-                            spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
-                        }),
-                    }]),
+                    // Replicas spread over the hosts. A one-task service
+                    // gets no preference: with one, every such service
+                    // ties on the first host and they all land there;
+                    // without, Swarm puts it on the host with the fewest
+                    // tasks.
+                    preferences: (spec.placement.replicas > 1 && !spec.placement.global).then(
+                        || {
+                            vec![TaskSpecPlacementPreferences {
+                                spread: Some(TaskSpecPlacementSpread {
+                                    spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
+                                }),
+                            }]
+                        },
+                    ),
                     // One copy per host where it can.
                     max_replicas: (!spec.placement.global && spec.placement.replicas > 1)
                         .then_some(1),
