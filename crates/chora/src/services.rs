@@ -66,9 +66,10 @@ struct OrchestratorServe {
     /// password belongs in the environment variable, not in argv
     #[arg(long, env = "CHORA_PROMETHEUS_URL", value_name = "URL")]
     prometheus_url: Option<String>,
-    /// Run containers as services of this engine's Docker Swarm (a fleet), on
-    /// the attachable overlay <project>, made with this MTU when missing
-    #[arg(long, value_name = "MTU", requires = "runtime")]
+    /// With --runtime docker: run containers as services of this engine's Docker
+    /// Swarm (a fleet), on the attachable overlay <project>, made with this MTU
+    /// when missing
+    #[arg(long, value_name = "MTU")]
     swarm_mtu: Option<u32>,
 }
 
