@@ -37,6 +37,8 @@ pub struct Options {
     pub skip_validation: bool,
     pub dry_run: bool,
     pub config: Option<PathBuf>,
+    /// `--inventory`: the hosts of a fleet, recorded in the config.
+    pub inventory: Option<PathBuf>,
     pub timeout: Duration,
     pub parallel: bool,
     pub json: bool,
@@ -66,6 +68,10 @@ pub async fn bootstrap(opts: Options) -> Result<(), Failure> {
         opts.environment,
         !opts.dry_run,
     )?;
+    let config = match &opts.inventory {
+        Some(inv) => crate::session::record_inventory(config, &config_path, inv, !opts.dry_run)?,
+        None => config,
+    };
     let ctx = context(home.clone(), config, config_path)?;
     if opts.dry_run {
         // A completed system: what the config changes; else the whole plan.

@@ -149,6 +149,7 @@ pub async fn config(action: Action, path: Option<&Path>) -> Result<(), Failure> 
                 skip_validation: true,
                 dry_run: false,
                 config: path.map(Path::to_path_buf),
+                inventory: None,
                 timeout: Duration::from_secs(600),
                 parallel: false,
                 json: false,

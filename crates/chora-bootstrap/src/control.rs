@@ -15,6 +15,7 @@ use std::time::Instant;
 
 pub async fn control(name: &str, action: Action) -> Result<(), Failure> {
     let ctx = session::open(None)?;
+    crate::session::reach(&ctx).await?;
     let units = units::resolve(&ctx, name)?;
     let mut out = Reporter::new(false);
     let local: Vec<&String> = units.iter().filter(|u| ctx.spec(u).phase < 3).collect();

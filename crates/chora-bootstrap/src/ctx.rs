@@ -33,6 +33,8 @@ pub struct Ctx {
     pub etcd_image: tokio::sync::OnceCell<String>,
     /// The image Prometheus runs, once known.
     pub prometheus_image: tokio::sync::OnceCell<String>,
+    /// A fleet's swarm (`inventory:`), reached the first time it is needed.
+    pub fleet: tokio::sync::OnceCell<Arc<crate::fleet::Fleet>>,
 }
 
 impl Ctx {

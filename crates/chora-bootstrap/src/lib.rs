@@ -10,7 +10,8 @@
 //!   (`--dry-run`), [`applied`] and [`apply`] (what changed, and changing
 //!   it), [`local`] and [`registrar`] (phases 1-2 through the
 //!   runtime seam), [`deploy`] (phase 3 through the orchestrator),
-//!   [`runtimes`], [`substitute`], [`etcd_members`], [`images`],
+//!   [`runtimes`], [`fleet`] (a config with `inventory:`: the swarm over
+//!   SSH, images on every host, placement), [`substitute`], [`etcd_members`], [`images`],
 //!   [`monitoring`] (the Prometheus chora runs), [`edge`] (the gateway's
 //!   HTTPS), [`health`], [`validate`]
 //!   (phase 4 and `chora bootstrap validate`).
@@ -35,6 +36,7 @@ pub mod etcd_members;
 pub mod etcdlock;
 pub mod exit;
 pub mod failure;
+pub mod fleet;
 pub mod health;
 pub mod home;
 pub mod images;

@@ -109,6 +109,9 @@ impl Ctx {
         unit.volumes.extend(mounts);
         unit.more_ports = ports;
         unit.ca = self.health_ca(spec);
+        if self.config.inventory.is_some() {
+            self.for_fleet(name, spec, &mut unit);
+        }
         unit
     }
 
@@ -177,6 +180,9 @@ impl Ctx {
         }
         let runtime = self.runtime_for(spec).await?;
         let mut unit_spec = self.unit_spec(name, spec);
+        if let (true, Some(image)) = (self.config.inventory.is_some(), &unit_spec.image) {
+            self.ensure_fleet_image(image).await?;
+        }
         if let Some(url) = runtime.advertise(&unit_spec) {
             unit_spec.env.insert("CHORA_ADVERTISE_URL".into(), url);
         }

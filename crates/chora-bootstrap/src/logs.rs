@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub async fn logs(name: &str, follow: bool, tail: usize) -> Result<(), Failure> {
     let ctx = session::open(None)?;
+    crate::session::reach(&ctx).await?;
     let units = units::resolve(&ctx, name)?;
     let mut runtimes: Vec<(String, Arc<dyn Runtime>)> = Vec::new();
     for u in units {

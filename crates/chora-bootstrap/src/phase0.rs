@@ -134,9 +134,11 @@ impl Run {
                 ))
                 .action("Or remove what the other home left, if it is not needed: docker rm -f NAME, docker volume rm NAME"));
         }
-        // Ports.
+        // Ports. A fleet's are on its hosts; here they are the door's,
+        // which this run holds (`fleet.rs`).
         let mut taken = Vec::new();
-        for (name, s) in &ctx.config.services {
+        let here = ctx.config.inventory.is_none();
+        for (name, s) in ctx.config.services.iter().filter(|_| here) {
             let Some(port) = s.value.port else { continue };
             if s.value.phase < 3
                 && ctx

@@ -1,6 +1,7 @@
 //! `chora ps`: the units this home runs, as their runtimes and the
 //! orchestrator see them now (not as the state file remembers them): name,
-//! replica, runtime, where (pid, container), state, uptime.
+//! replica, runtime, where (pid, container, a fleet's service and its
+//! hosts), state, uptime.
 
 use crate::ctx::Ctx;
 use crate::failure::Failure;
@@ -81,6 +82,11 @@ pub async fn rows(ctx: &Ctx, state: Option<&State>) -> Vec<Row> {
                 Ok(Some(f)) => {
                     row.state = "running".into();
                     row.place = f.unit.id().to_string();
+                    // A fleet's unit: the hosts its tasks run on.
+                    let on = rt.hosts(&name).await;
+                    if !on.is_empty() {
+                        row.place = format!("{} on {}", row.place, on.join(","));
+                    }
                     // The state file's start time is this unit's only while
                     // it names the same unit.
                     record
@@ -108,6 +114,7 @@ pub async fn rows(ctx: &Ctx, state: Option<&State>) -> Vec<Row> {
 /// `chora ps [--format table|json]`.
 pub async fn ps(json: bool) -> Result<(), Failure> {
     let ctx = session::open(None)?;
+    crate::session::reach(&ctx).await?;
     let state = session::load_state(&ctx.home)?;
     let rows = rows(&ctx, state.as_ref()).await;
     if json {

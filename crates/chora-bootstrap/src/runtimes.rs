@@ -21,6 +21,10 @@ impl Ctx {
         }
         match spec.runtime(self.config.default_runtime()) {
             RuntimeKind::Process => Ok(Arc::new(self.process_runtime())),
+            // A fleet's containers are its swarm's services (DESIGN.md §13).
+            RuntimeKind::Docker if self.config.inventory.is_some() => {
+                Ok(self.fleet().await?.swarm.clone())
+            }
             RuntimeKind::Docker => Ok(self.docker_runtime().await?),
         }
     }
@@ -116,7 +120,12 @@ impl Ctx {
     /// remove everything of this home.
     pub async fn all_runtimes(&self) -> Vec<Arc<dyn Runtime>> {
         let mut all: Vec<Arc<dyn Runtime>> = vec![Arc::new(self.process_runtime())];
-        if self.config.needs_docker() {
+        if self.config.needs_docker() && self.config.inventory.is_some() {
+            match self.fleet().await {
+                Ok(f) => all.push(f.swarm.clone()),
+                Err(e) => tracing::warn!(error = %e.message, "the fleet's swarm is not reachable"),
+            }
+        } else if self.config.needs_docker() {
             match self.docker_runtime().await {
                 Ok(d) => all.push(d),
                 Err(e) => tracing::warn!(error = %e.message, "Docker is not reachable"),

@@ -85,6 +85,54 @@ pub fn load_config(
     Ok((config, path))
 }
 
+/// Records `inventory` (`--inventory`) in the config at `path` as its
+/// `inventory:` line (DESIGN.md §13: the config then records it), unless it
+/// says so already; a config that names another inventory is refused (exit
+/// 7). Returns the config as now written.
+pub fn record_inventory(
+    config: Config,
+    path: &Path,
+    inventory: &Path,
+    write: bool,
+) -> Result<Config, Failure> {
+    let want = inventory.display().to_string();
+    match config.inventory.as_deref() {
+        Some(have) if have == want => return Ok(config),
+        Some(have) => {
+            return Err(Failure::new(
+                EXIT_CONFIG,
+                "CONFIG_ERROR",
+                format!(
+                    "{} records the inventory `{have}`, not `{want}`",
+                    path.display()
+                ),
+            )
+            .action(format!(
+                "Edit `inventory:` in {} or drop --inventory",
+                path.display()
+            )));
+        }
+        None => {}
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = serde_json::to_string(&want).expect("a string serializes");
+    let text = format!(
+        "{}\n# The hosts this system runs on (a fleet on Docker Swarm, DESIGN §13):\n# chora infra's inventory.\ninventory: {line}\n",
+        text.trim_end()
+    );
+    let config = Config::parse(&text, path).map_err(config_failure)?;
+    if write {
+        chora_api::files::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
+            Failure::new(
+                EXIT_CONFIG,
+                "CONFIG_ERROR",
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(config)
+}
+
 pub fn config_failure(e: crate::config::ConfigError) -> Failure {
     let mut f = Failure::new(EXIT_CONFIG, "CONFIG_ERROR", e.to_string());
     if !e.snippet.is_empty() {
@@ -152,6 +200,7 @@ pub fn context(home: Home, config: Config, config_path: PathBuf) -> Result<Ctx, 
         docker: Default::default(),
         etcd_image: Default::default(),
         prometheus_image: Default::default(),
+        fleet: Default::default(),
     })
 }
 
@@ -161,6 +210,25 @@ pub fn open(config: Option<&Path>) -> Result<Ctx, Failure> {
     let home = Home::from_env();
     let (config, path) = load_config(&home, config, None, false)?;
     context(home, config, path)
+}
+
+/// Opens the way to the system before a command asks it anything: in a
+/// fleet (DESIGN.md §13), the manager's Docker over SSH and the door, so the
+/// config's `127.0.0.1` URLs answer from here; on one machine, nothing.
+pub async fn reach(ctx: &Ctx) -> Result<(), Failure> {
+    if ctx.config.inventory.is_none() {
+        return Ok(());
+    }
+    ctx.fleet().await.map(drop).map_err(|e| {
+        let mut f = Failure::new(exit::FAILURE, "FLEET_UNREACHABLE", e.message);
+        for c in e.causes {
+            f = f.cause(c);
+        }
+        for a in e.actions {
+            f = f.action(a);
+        }
+        f
+    })
 }
 
 /// Takes this home's lock for `what` (one bootstrap, rollback or reset at a

@@ -37,6 +37,9 @@ struct ServiceView {
     pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<String>,
+    /// The hosts it runs on (a fleet's units; comma-separated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
     /// A replica: its service and number (`manifest`, 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<String>,
@@ -63,6 +66,24 @@ async fn members(ctx: &Ctx) -> Members {
 /// phase 3 from the orchestrator.
 type Units = std::collections::BTreeMap<String, (Option<u32>, Option<String>)>;
 
+/// The hosts each unit runs on, as its runtime says (a fleet's; none on one
+/// machine).
+type Hosts = std::collections::BTreeMap<String, String>;
+
+async fn hosts(ctx: &Ctx) -> Hosts {
+    let mut h = Hosts::new();
+    for name in ctx.config.start_order() {
+        let Ok(rt) = ctx.runtime_for(ctx.spec(&name)).await else {
+            continue;
+        };
+        let on = rt.hosts(&name).await;
+        if !on.is_empty() {
+            h.insert(name, on.join(","));
+        }
+    }
+    h
+}
+
 async fn units(ctx: &Ctx, state: Option<&State>) -> Units {
     let mut u: Units = state
         .map(|s| {
@@ -85,6 +106,7 @@ fn view(
     list: Option<&[Instance]>,
     filter: &[String],
     units: &Units,
+    hosts: &Hosts,
     members: &Members,
     ours: &crate::ctx::Ours,
 ) -> Vec<ServiceView> {
@@ -130,6 +152,7 @@ fn view(
                 runtime: spec.runtime(ctx.config.default_runtime()).as_str(),
                 pid: units.get(&name).and_then(|u| u.0),
                 container: units.get(&name).and_then(|u| u.1.clone()),
+                host: hosts.get(&name).cloned(),
                 service: replica.map(|r| r.service.clone()),
                 replica: replica.map(|r| r.n),
                 role: member
@@ -146,6 +169,7 @@ fn view(
 /// 3 failed.
 pub async fn status(format: Format, watch: bool, services: Vec<String>) -> Result<(), Failure> {
     let ctx = crate::session::open(None)?;
+    crate::session::reach(&ctx).await?;
     let client = ctx.manifest();
     let mut index: Option<u64> = None;
     loop {
@@ -166,8 +190,17 @@ pub async fn status(format: Format, watch: bool, services: Vec<String>) -> Resul
             Units::new()
         };
         let members = members(&ctx).await;
+        let hosts = hosts(&ctx).await;
         let ours = ctx.ours().await;
-        let views = view(&ctx, list.as_deref(), &services, &units, &members, &ours);
+        let views = view(
+            &ctx,
+            list.as_deref(),
+            &services,
+            &units,
+            &hosts,
+            &members,
+            &ours,
+        );
         let all_up = list.is_some() && views.iter().all(|v| v.status == "up");
         let (overall, code) = match state.as_ref().map(|s| s.status) {
             Some(RunStatus::Failed) => ("failed", exit::status::FAILED),
@@ -237,8 +270,13 @@ pub async fn status(format: Format, watch: bool, services: Vec<String>) -> Resul
                                 .map(|a| format!("({}s ago)", a.round()))
                                 .unwrap_or_default(),
                         };
+                        let on = v
+                            .host
+                            .as_deref()
+                            .map(|h| format!(" on {h}"))
+                            .unwrap_or_default();
                         println!(
-                            "  {mark} {:<14} {:<8} {:<23} {:<10} {age}",
+                            "  {mark} {:<14} {:<8} {:<23} {:<10} {age}{on}",
                             v.name,
                             v.version
                                 .as_deref()

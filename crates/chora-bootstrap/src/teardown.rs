@@ -48,6 +48,7 @@ fn confirm(question: &str, force: bool) -> Result<(), Failure> {
 /// `chora bootstrap rollback [--to-phase N] [--force] [--keep-data]`.
 pub async fn rollback(to_phase: Option<u8>, force: bool, keep_data: bool) -> Result<(), Failure> {
     let ctx = session::open(None)?;
+    crate::session::reach(&ctx).await?;
     let _lock = session::lock(&ctx.home, "chora bootstrap rollback")?;
     let Some(mut state) = session::load_state(&ctx.home)? else {
         return Err(Failure::new(

@@ -51,6 +51,7 @@ fn login_subject() -> String {
 /// `chora bootstrap ui`: prints the login URL on stdout (only it), a hint on stderr.
 pub async fn ui(config: Option<&std::path::Path>) -> Result<(), Failure> {
     let ctx = crate::session::open(config)?;
+    crate::session::reach(&ctx).await?;
     let url = login_url(&ctx)?;
     println!("{url}");
     eprintln!(

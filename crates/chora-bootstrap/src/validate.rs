@@ -427,6 +427,7 @@ pub async fn run_script(
 /// `chora bootstrap validate`: 0 all passed, 1 a check failed, 2 not running.
 pub async fn command(skip: Skip, json: bool) -> Result<(), Failure> {
     let ctx = crate::session::open(None)?;
+    crate::session::reach(&ctx).await?;
     if ctx.manifest().health().await.is_err() {
         return Err(Failure::new(
             exit::validate::NOT_RUNNING,

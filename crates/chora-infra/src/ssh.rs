@@ -371,6 +371,31 @@ impl Remote {
         })
     }
 
+    /// Forwards 127.0.0.1:`local` here to 127.0.0.1:`remote` on the host,
+    /// through this master, until it exits: a loopback port of the host
+    /// used from here, with nothing opened on the host's addresses.
+    pub async fn forward_port(&self, local: u16, remote: u16) -> Result<(), String> {
+        self.session
+            .request_port_forward(
+                ForwardType::Local,
+                Socket::TcpSocket {
+                    host: "127.0.0.1".into(),
+                    port: local,
+                },
+                Socket::TcpSocket {
+                    host: "127.0.0.1".into(),
+                    port: remote,
+                },
+            )
+            .await
+            .map_err(|e| {
+                let why = source_text(&e);
+                format!("ssh: cannot forward 127.0.0.1:{local} to the host's 127.0.0.1:{remote}: {e} {why}")
+                    .trim()
+                    .to_owned()
+            })
+    }
+
     /// Keeps this master from exiting while idle ([`IDLE_EXIT`]) for as long
     /// as the returned guard lives: a remote `cat` reading its stdin, a
     /// channel. When chora dies the pipe closes, `cat` ends and the master

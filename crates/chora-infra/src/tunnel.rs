@@ -85,7 +85,7 @@ pub struct DockerTunnel {
     // keep-alive, then the master.
     forward: Forward,
     _keep_alive: KeepAlive,
-    _remote: Remote,
+    remote: Remote,
 }
 
 impl std::fmt::Debug for DockerTunnel {
@@ -111,6 +111,18 @@ impl DockerTunnel {
     /// A client of the host's Docker (API version negotiated).
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Forwards 127.0.0.1:`local` here to the host's 127.0.0.1:`remote` for
+    /// as long as the tunnel lives (its SSH master carries it).
+    pub async fn forward_port(&self, local: u16, remote: u16) -> Result<(), TunnelError> {
+        self.remote
+            .forward_port(local, remote)
+            .await
+            .map_err(|message| TunnelError::Forward {
+                host: self.host.clone(),
+                message,
+            })
     }
 }
 
@@ -186,7 +198,7 @@ pub async fn docker_tunnel(inv: &Inventory, host: &str) -> Result<DockerTunnel, 
         docker,
         forward,
         _keep_alive: keep_alive,
-        _remote: remote,
+        remote,
     })
 }
 

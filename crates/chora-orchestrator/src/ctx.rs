@@ -8,7 +8,6 @@
 use chora_api::ManifestClient;
 use chora_api::auth::Credentials;
 use chora_api::orchestrator::{DeploySpec, ServiceStatus};
-use chora_runtime::docker::DockerRuntime;
 use chora_runtime::process::ProcessRuntime;
 use chora_runtime::{Runtime, RuntimeError, RuntimeKind, UnitSpec, Volume};
 use std::sync::Arc;
@@ -47,7 +46,8 @@ impl Default for RestartPolicy {
 /// Choosing one is the only place the orchestrator names a kind.
 pub struct Runtimes {
     pub process: Arc<ProcessRuntime>,
-    pub docker: Option<Arc<DockerRuntime>>,
+    /// Containers: this engine's, or its swarm's services.
+    pub docker: Option<Arc<dyn Runtime>>,
     pub default: RuntimeKind,
 }
 
@@ -225,6 +225,12 @@ impl Ctx {
             unit.labels.insert(LABEL_STAND_IN.into(), "true".into());
         }
         unit.ca = spec.ca.clone();
+        // Its health check as the unit itself reaches it (a runtime that
+        // checks where the unit runs: a Swarm service's HEALTHCHECK).
+        unit.health = Some(spec.health_url().replace(
+            &format!("127.0.0.1:{}", spec.port),
+            &format!("127.0.0.1:{inner}"),
+        ));
         if let Some(url) = runtime.advertise(&unit) {
             unit.env.insert("CHORA_ADVERTISE_URL".into(), url);
         }

@@ -49,6 +49,10 @@ pub struct Config {
     /// A Prometheus scraping the services: the dashboard's charts read it
     /// (else the orchestrator samples the services' `/metrics` itself).
     pub prometheus_url: Option<String>,
+    /// Containers run as Swarm services of this engine's swarm (a fleet,
+    /// DESIGN.md §13) on the overlay `<project>`, made with this MTU when
+    /// missing; `None`: containers of this engine.
+    pub swarm_mtu: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +77,21 @@ pub async fn run(
     );
     process.exe = config.self_exe.clone();
     let process = Arc::new(process);
-    let docker = match config.runtime {
-        RuntimeKind::Process => None,
-        RuntimeKind::Docker => {
+    // The container runtime: this engine's containers, or (a fleet) its
+    // swarm's services. Either is a `dyn Runtime`; nothing after asks which.
+    let docker: Option<Arc<dyn chora_runtime::Runtime>> = match (config.runtime, config.swarm_mtu) {
+        (RuntimeKind::Process, _) => None,
+        (RuntimeKind::Docker, Some(mtu)) => {
+            let mut s = chora_runtime::swarm::SwarmRuntime::new(
+                chora_runtime::docker::connect().await?,
+                config.home.clone(),
+                config.project.clone(),
+                mtu,
+            );
+            s.chora_image = config.chora_image.clone();
+            Some(Arc::new(s))
+        }
+        (RuntimeKind::Docker, None) => {
             let mut d = chora_runtime::docker::DockerRuntime::new(
                 chora_runtime::docker::connect().await?,
                 config.home.clone(),

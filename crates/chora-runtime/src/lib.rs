@@ -362,6 +362,12 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = spec;
         Box::pin(async { Vec::new() })
     }
+    /// The hosts unit `name` runs on now, by name (a cluster's runtime;
+    /// on one machine: none, it runs here).
+    fn hosts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Vec<String>> {
+        let _ = name;
+        Box::pin(async { Vec::new() })
+    }
     /// The last `lines` lines of the unit's output.
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String>;
     /// The unit's output as it comes: the last `tail` lines, then, with

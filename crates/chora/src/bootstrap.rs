@@ -62,6 +62,9 @@ struct RunArgs {
     /// Config file (default .chora/bootstrap-config.yml)
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run on these hosts (chora infra's inventory) as a Docker Swarm fleet; recorded in the config
+    #[arg(long)]
+    inventory: Option<PathBuf>,
     /// Seconds the whole run may take
     #[arg(long, default_value_t = 1800.0)]
     timeout: f64,
@@ -274,6 +277,7 @@ async fn run_bootstrap(a: RunArgs) -> Result<(), Failure> {
         skip_validation: a.skip_validation,
         dry_run: a.dry_run,
         config: a.config,
+        inventory: a.inventory.map(|p| std::path::absolute(&p).unwrap_or(p)),
         timeout: timeout + Duration::from_millis(0),
         parallel: a.parallel,
         json: a.format == RunFormat::Json,

@@ -36,6 +36,9 @@ pub enum Command {
     /// (internal) Keep a service that does not register itself registered while it runs
     #[command(hide = true)]
     KeepRegistered(crate::services::KeepRegisteredArgs),
+    /// (internal) A fleet's door: relay ports of a manager's loopback to units on the overlay
+    #[command(hide = true)]
+    Relay(crate::relay::RelayArgs),
     /// Docker images with no registry: FROM scratch, a binary and exactly what it needs
     Image(crate::image::ImageArgs),
     /// Exit 0 when a URL answers 2xx (or a tcp:// port accepts), 1 otherwise: a health check
@@ -135,6 +138,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Gateway(args) => crate::services::gateway(args),
         Command::Capability(args) => crate::services::capability(args),
         Command::KeepRegistered(args) => crate::services::keep_registered(args),
+        Command::Relay(args) => crate::relay::run(args),
         Command::Image(args) => crate::image::run(args),
         Command::Probe(args) => crate::probe::run(args),
         Command::Infra(args) => crate::infra::run(args),

@@ -11,6 +11,7 @@ mod manifest;
 mod ops;
 mod prepare;
 mod probe;
+mod relay;
 mod rt;
 mod serve;
 mod services;

@@ -66,6 +66,11 @@ struct OrchestratorServe {
     /// password belongs in the environment variable, not in argv
     #[arg(long, env = "CHORA_PROMETHEUS_URL", value_name = "URL")]
     prometheus_url: Option<String>,
+    /// With --runtime docker: run containers as services of this engine's Docker
+    /// Swarm (a fleet), on the attachable overlay <project>, made with this MTU
+    /// when missing
+    #[arg(long, value_name = "MTU")]
+    swarm_mtu: Option<u32>,
 }
 
 pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
@@ -113,6 +118,7 @@ pub fn orchestrator(args: OrchestratorArgs) -> Result<(), Failure> {
         },
         self_exe,
         prometheus_url: a.prometheus_url.filter(|u| !u.trim().is_empty()),
+        swarm_mtu: a.swarm_mtu,
     };
     let detail = format!("runtime {:?}", a.runtime).to_lowercase();
     serve("orchestrator", &a.listen, &detail, |l, s| {

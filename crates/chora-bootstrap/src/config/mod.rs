@@ -61,6 +61,11 @@ pub struct Config {
     /// A Prometheus of this system's own (DESIGN.md §16).
     #[serde(default)]
     pub monitoring: Option<Monitoring>,
+    /// The hosts of a fleet (DESIGN.md §13): `chora infra`'s inventory file
+    /// (relative to the config's directory). With one, every container runs
+    /// as a Swarm service on those hosts, reached over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<String>,
     /// What parsing decided and a person should hear (Prometheus asked for
     /// but not on this machine), said by phase 0.
     #[serde(skip)]

@@ -218,6 +218,18 @@ pub enum NetworkSpec {
 }
 
 impl NetworkSpec {
+    /// The MTU of the hosts' mesh interface: WireGuard's 1420 (what
+    /// `wireguard.rs` leaves it at), Tailscale's 1280, else Ethernet's 1500.
+    /// An overlay network across the hosts must fit inside it (DESIGN.md
+    /// §13: the mesh's minus VXLAN's 50 bytes).
+    pub fn mtu(&self) -> u32 {
+        match self {
+            NetworkSpec::None => 1500,
+            NetworkSpec::WireGuard { .. } => 1420,
+            NetworkSpec::Tailscale { .. } => 1280,
+        }
+    }
+
     pub fn provider(&self) -> &'static str {
         match self {
             NetworkSpec::None => "none",

@@ -348,6 +348,9 @@ async fn act(r: &mut Round<'_, '_>, s: &Settings<'_>) -> Option<usize> {
     Some(control)
 }
 
+/// The prefix of each overlay network's subnet, carved from the pool.
+pub const OVERLAY_SUBNET_SIZE: u32 = 24;
+
 /// `swarm init` on member `i`, everything on its mesh address.
 async fn init(r: &mut Round<'_, '_>, i: usize, s: &Settings<'_>) -> Result<(), String> {
     let ip = r.members[i].mesh_ip.clone();
@@ -356,6 +359,11 @@ async fn init(r: &mut Round<'_, '_>, i: usize, s: &Settings<'_>) -> Result<(), S
         advertise_addr: Some(ip.clone()),
         data_path_addr: Some(ip),
         default_addr_pool: Some(vec![s.pool.clone()]),
+        // With a pool the subnet size must be given too (the CLI's default,
+        // /24): the engine takes a missing one as 0, and its network
+        // allocator then exits ("invalid pools size: 0"), so no overlay
+        // network, service or attachment ever gets an address.
+        subnet_size: Some(OVERLAY_SUBNET_SIZE),
         spec: Some(SwarmSpec {
             dispatcher: Some(SwarmSpecDispatcher {
                 heartbeat_period: Some(HEARTBEAT.as_nanos() as i64),

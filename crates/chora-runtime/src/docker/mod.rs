@@ -55,8 +55,8 @@ pub struct DockerRuntime {
     network: Arc<tokio::sync::Mutex<bool>>,
 }
 
-/// A Docker error as a person reads it.
-fn docker_err(e: bollard::errors::Error) -> RuntimeError {
+/// A Docker error as a person reads it (every engine-backed runtime's).
+pub(crate) fn docker_err(e: bollard::errors::Error) -> RuntimeError {
     use bollard::errors::Error as E;
     RuntimeError::Docker(match e {
         E::DockerResponseServerError { message, .. } => message,
@@ -67,7 +67,8 @@ fn docker_err(e: bollard::errors::Error) -> RuntimeError {
     })
 }
 
-fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+/// Whether the engine answered `e` with HTTP status `code`.
+pub(crate) fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 

@@ -23,10 +23,13 @@
 //!   publishes its `port`, in host mode, on every host it runs on;
 //!   everything else answers on the overlay only.
 
+mod door;
 mod service;
 mod spec;
 
-use crate::docker::{LABEL_HOME, LABEL_PROJECT, LABEL_SERVICE};
+pub use door::DOOR;
+
+use crate::docker::{LABEL_HOME, LABEL_PROJECT, LABEL_SERVICE, docker_err, is_status};
 use crate::{BoxFuture, BoxStream, Found, Runtime, RuntimeError, Unit, UnitId, UnitSpec};
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -49,24 +52,17 @@ pub struct SwarmRuntime {
     /// The image [`Runtime::chora`] runs.
     pub chora_image: String,
     network: Arc<tokio::sync::Mutex<bool>>,
-}
-
-fn docker_err(e: bollard::errors::Error) -> RuntimeError {
-    use bollard::errors::Error as E;
-    RuntimeError::Docker(match e {
-        E::DockerResponseServerError { message, .. } => message,
-        other => other.to_string(),
-    })
-}
-
-fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+    /// Whether this process runs on the stack's overlay (`CHORA_NETWORK`).
+    in_overlay: bool,
+    /// The door's pairs once opened (`door.rs`): how `reach` rewrites.
+    door: Arc<std::sync::Mutex<Vec<(u16, String)>>>,
 }
 
 impl SwarmRuntime {
     /// A runtime on the Swarm whose manager `docker` is (a local socket, or
     /// one forwarded over SSH).
     pub fn new(docker: Docker, home: String, project: String, mtu: u32) -> Self {
+        let in_overlay = std::env::var(crate::docker::NETWORK_ENV).is_ok_and(|n| n == project);
         SwarmRuntime {
             docker,
             home,
@@ -74,6 +70,8 @@ impl SwarmRuntime {
             mtu,
             chora_image: chora_docker::image::chora_tag(),
             network: Arc::default(),
+            door: Arc::default(),
+            in_overlay,
         }
     }
 
@@ -105,6 +103,15 @@ impl SwarmRuntime {
             vec![format!("{LABEL_HOME}={}", self.home)],
         )]
         .into()
+    }
+
+    /// Whether service `s` is this home's (its `io.chora.home` label).
+    fn ours(&self, s: &bollard::models::Service) -> bool {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(LABEL_HOME))
+            == Some(&self.home)
     }
 
     /// The stack's overlay network, made (attachable, this home's labels,
@@ -266,13 +273,7 @@ impl Runtime for SwarmRuntime {
             // when it is this home's; anyone else's is an error.
             let id = match self.docker.inspect_service(&name, None).await {
                 Ok(s) => {
-                    let ours = s
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.labels.as_ref())
-                        .and_then(|l| l.get(LABEL_HOME))
-                        == Some(&self.home);
-                    if !ours {
+                    if !self.ours(&s) {
                         return Err(RuntimeError::Docker(format!(
                             "a service named `{name}` exists and does not belong to this chora home ({})",
                             self.home
@@ -317,15 +318,7 @@ impl Runtime for SwarmRuntime {
                 .inspect_service(&self.service_name(name), None)
                 .await
             {
-                Ok(s) => {
-                    let ours = s
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.labels.as_ref())
-                        .and_then(|l| l.get(LABEL_HOME))
-                        == Some(&self.home);
-                    Ok(ours.then(|| self.found(s)).flatten())
-                }
+                Ok(s) => Ok(self.ours(&s).then(|| self.found(s)).flatten()),
                 Err(e) if is_status(&e, 404) => Ok(None),
                 Err(e) => Err(docker_err(e)),
             }
@@ -348,6 +341,8 @@ impl Runtime for SwarmRuntime {
     fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {
         Box::pin(async move {
             let mut gone = Vec::new();
+            // The door holds the overlay too.
+            self.close_door().await?;
             for s in self.services().await? {
                 let (Some(id), Some(name)) = (s.id, s.spec.and_then(|s| s.name)) else {
                     continue;
@@ -370,7 +365,8 @@ impl Runtime for SwarmRuntime {
                     continue;
                 };
                 // The tasks' endpoints leave the network a moment after
-                // their service: retry while it is still in use.
+                // their service (each task has its stop grace period, on
+                // every host): retry while it is still in use, up to 30 s.
                 let mut tries = 0;
                 loop {
                     match self.docker.remove_network(&id).await {
@@ -379,7 +375,7 @@ impl Runtime for SwarmRuntime {
                             break;
                         }
                         Err(e) if is_status(&e, 404) => break,
-                        Err(e) if tries < 100 => {
+                        Err(e) if tries < 300 => {
                             tries += 1;
                             tracing::debug!(error = %e, "network still in use");
                             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -390,6 +386,10 @@ impl Runtime for SwarmRuntime {
             }
             Ok(gone)
         })
+    }
+
+    fn hosts<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move { self.hosts_of(name).await.unwrap_or_default() })
     }
 
     fn logs<'a>(&'a self, name: &'a str, lines: usize) -> BoxFuture<'a, String> {
@@ -435,8 +435,17 @@ impl Runtime for SwarmRuntime {
             .map(|p| format!("http://{}:{p}", spec.name))
     }
 
-    fn reach<'a>(&'a self, _spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
-        Box::pin(async move { url.to_owned() })
+    fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {
+        Box::pin(async move {
+            let through = self.through_door(url);
+            match spec.port.zip(spec.inner_port()) {
+                // Inside the overlay (an orchestrator in the stack): by name.
+                Some((p, inner)) if through == url && self.in_overlay => {
+                    url.replace(&format!("127.0.0.1:{p}"), &format!("{}:{inner}", spec.name))
+                }
+                _ => through,
+            }
+        })
     }
 
     fn bind(&self, spec: &UnitSpec) -> String {

@@ -58,7 +58,7 @@ impl SwarmRuntime {
                 "--timeout".into(),
                 "2".into(),
             ]),
-            interval: Some(nanos(Duration::from_secs(2))),
+            interval: Some(nanos(Duration::from_secs(1))),
             timeout: Some(nanos(Duration::from_secs(3))),
             retries: Some(3),
             start_period: Some(nanos(Duration::from_secs(60))),
@@ -71,7 +71,10 @@ impl SwarmRuntime {
         if spec.placement.manager {
             constraints.push("node.role==manager".into());
         }
-        let mut aliases = vec![spec.name.clone()];
+        // Its unit name, and its container name on one engine
+        // (`<project>-<name>`), so a spec written for one engine (an etcd
+        // member's peers) resolves the same here.
+        let mut aliases = vec![spec.name.clone(), format!("{}-{}", self.project, spec.name)];
         if let Some(s) = spec.labels.get(crate::docker::LABEL_SERVICE)
             && *s != spec.name
         {
@@ -134,11 +137,20 @@ impl SwarmRuntime {
                 }),
                 placement: Some(TaskSpecPlacement {
                     constraints: (!constraints.is_empty()).then_some(constraints),
-                    preferences: Some(vec![TaskSpecPlacementPreferences {
-                        spread: Some(TaskSpecPlacementSpread {
-                            spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
-                        }),
-                    }]),
+                    // Replicas spread over the hosts. A one-task service
+                    // gets no preference: with one, every such service
+                    // ties on the first host and they all land there;
+                    // without, Swarm puts it on the host with the fewest
+                    // tasks.
+                    preferences: (spec.placement.replicas > 1 && !spec.placement.global).then(
+                        || {
+                            vec![TaskSpecPlacementPreferences {
+                                spread: Some(TaskSpecPlacementSpread {
+                                    spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
+                                }),
+                            }]
+                        },
+                    ),
                     // One copy per host where it can.
                     max_replicas: (!spec.placement.global && spec.placement.replicas > 1)
                         .then_some(1),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The inventory of the kit's hosts with per-host `labels` (YAML flow maps).
-fn inventory(kit: &HostKit, hosts: &[(&str, &str)], extra: &str) -> PathBuf {
+pub(crate) fn inventory(kit: &HostKit, hosts: &[(&str, &str)], extra: &str) -> PathBuf {
     let mut y = String::from("hosts:\n");
     for (n, labels) in hosts {
         let h = kit.host(n);
@@ -33,7 +33,7 @@ fn inventory(kit: &HostKit, hosts: &[(&str, &str)], extra: &str) -> PathBuf {
 
 /// Whether a TCP connection to `ip:port` from here (the test network, as a
 /// stranger on the hosts' public network would) is accepted.
-fn answers(ip: &str, port: u16) -> bool {
+pub(crate) fn answers(ip: &str, port: u16) -> bool {
     let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
@@ -266,10 +266,10 @@ fn three_hosts_form_one_swarm_on_the_mesh_and_a_host_in_another_swarm_fails_alon
 
 /// A test host frozen (`docker pause`: its dockerd stops heartbeating, as a
 /// machine that lost power would); thawed on drop.
-struct Paused<'a>(&'a str);
+pub(crate) struct Paused<'a>(&'a str);
 
 impl<'a> Paused<'a> {
-    fn new(container: &'a str) -> Paused<'a> {
+    pub(crate) fn new(container: &'a str) -> Paused<'a> {
         docker(&["pause", container]);
         Paused(container)
     }

@@ -8,6 +8,7 @@ mod capabilities;
 mod day_two;
 mod ecosystem;
 mod fencing;
+mod fleet;
 mod gateway;
 mod image;
 mod infra;

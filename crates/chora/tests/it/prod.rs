@@ -31,9 +31,9 @@ fn three_free_ports() -> u16 {
 
 /// A prod project: a [`Staging`] fixture (own project name, ports, chora image,
 /// cleanup of everything labelled with its home) with the prod template.
-struct Prod {
+pub(crate) struct Prod {
     s: Staging,
-    manifest_port: u16,
+    pub(crate) manifest_port: u16,
 }
 
 impl std::ops::Deref for Prod {
@@ -44,7 +44,7 @@ impl std::ops::Deref for Prod {
 }
 
 impl Prod {
-    fn new() -> Prod {
+    pub(crate) fn new() -> Prod {
         let mut s = Staging::new();
         let manifest_port = three_free_ports();
         // The etcd image the fallback builds; removed afterwards only if this
@@ -71,13 +71,13 @@ impl Prod {
         Prod { s, manifest_port }
     }
 
-    fn manifest_urls(&self) -> Vec<String> {
+    pub(crate) fn manifest_urls(&self) -> Vec<String> {
         (0..3)
             .map(|i| format!("http://127.0.0.1:{}", self.manifest_port + i))
             .collect()
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let (_, out, _) = self.run(&["bootstrap", "status", "--format", "json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON ({e}): {out}"))
     }
@@ -135,7 +135,7 @@ fn expected_containers() -> usize {
     13 + usize::from(prometheus_tag().is_some())
 }
 
-fn etcd_tag() -> String {
+pub(crate) fn etcd_tag() -> String {
     let v = chora_bootstrap::etcd_members::etcd_version(std::path::Path::new("etcd"))
         .expect("etcd is installed and says its version");
     format!("chora-etcd:{v}")
@@ -143,7 +143,7 @@ fn etcd_tag() -> String {
 
 /// What a writer and a reader saw around one fault.
 #[derive(Default)]
-struct Record {
+pub(crate) struct Record {
     /// (when, id) of every acknowledged registration.
     acked: Vec<(Instant, String)>,
     /// Ids whose registration answered an error that says it did not happen.
@@ -181,9 +181,21 @@ impl Record {
 /// Runs a writer (registrations through every Manifest node, one each 20 ms)
 /// and a reader (the gateway, one each 20 ms) for `before`, applies `fault`,
 /// runs on for `after`, and returns what they saw.
-async fn around(
+pub(crate) async fn around(
     p: &Prod,
     tag: &str,
+    before: Duration,
+    after: Duration,
+    fault: impl FnOnce(),
+) -> (Record, Instant, Instant) {
+    around_reading(p, tag, "analyzer", before, after, fault).await
+}
+
+/// [`around`] with the reader on service `reader` through the gateway.
+pub(crate) async fn around_reading(
+    p: &Prod,
+    tag: &str,
+    reader: &str,
     before: Duration,
     after: Duration,
     fault: impl FnOnce(),
@@ -230,7 +242,7 @@ async fn around(
         let rec = rec.clone();
         let stop = stop.clone();
         let url = format!(
-            "http://127.0.0.1:{}/api/v1/analyzer/health",
+            "http://127.0.0.1:{}/api/v1/{reader}/health",
             p.port("gateway")
         );
         tokio::spawn(async move {
@@ -282,17 +294,17 @@ pub struct Timeline {
 
 /// How long the writer and reader run around each fault.
 #[derive(Clone, Copy)]
-struct Window {
-    before: Duration,
-    after: Duration,
+pub(crate) struct Window {
+    pub(crate) before: Duration,
+    pub(crate) after: Duration,
     /// Benchmark: acknowledged instances older than the TTL (15 s, no
     /// heartbeats) have expired by design and are not looked for.
-    bench: bool,
+    pub(crate) bench: bool,
 }
 
 /// Checks one fault's record: the write gap, nothing acknowledged lost, no
 /// phantom, gateway errors only inside the gap. Prints its timeline.
-async fn judge(
+pub(crate) async fn judge(
     p: &Prod,
     name: &str,
     rec: &Record,
