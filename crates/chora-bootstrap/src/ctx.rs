@@ -34,7 +34,7 @@ pub struct Ctx {
     /// The image Prometheus runs, once known.
     pub prometheus_image: tokio::sync::OnceCell<String>,
     /// A fleet's swarm (`inventory:`), reached the first time it is needed.
-    pub fleet: tokio::sync::OnceCell<Arc<crate::fleet::Fleet>>,
+    pub fleet: tokio::sync::OnceCell<Arc<crate::fleet::handle::Fleet>>,
 }
 
 impl Ctx {

@@ -27,21 +27,14 @@ use chora_runtime::{Placement, UnitSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod handle;
+pub use handle::Fleet;
+
 /// Etcd member n is reached from here on 127.0.0.1:`ETCD_DOOR + n`.
 pub const ETCD_DOOR: u16 = 23790;
 
 /// The overlay's MTU inside the mesh's: VXLAN adds 50 bytes.
 pub const VXLAN_OVERHEAD: u32 = 50;
-
-/// The swarm of a fleet, as this run reaches it.
-pub struct Fleet {
-    pub inventory: Inventory,
-    /// The manager's Docker, over SSH: held open while the run lasts.
-    pub manager: DockerTunnel,
-    pub swarm: Arc<SwarmRuntime>,
-    /// The images this run put on every host already.
-    ensured: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
-}
 
 impl Ctx {
     /// The inventory file this config names (relative to the config's
