@@ -31,6 +31,29 @@ fn parse(pair: &str) -> Result<(u16, String), String> {
     }
 }
 
+/// How long a connection the door accepted waits for its unit to take it.
+const CONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects to `to`, resolving its name afresh each try (a task that moved to
+/// another host has another address). A unit's name joins the overlay's DNS
+/// only once its task is healthy, and a moment after Swarm says so: a caller
+/// told "healthy" that connects at once must not find the door shut, so
+/// refusals and unknown names are tried again for [`CONNECT_FOR`].
+async fn connect(to: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let start = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        match tokio::net::TcpStream::connect(to).await {
+            Ok(s) => return Ok(s),
+            Err(e) if start.elapsed() + delay > CONNECT_FOR => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_millis(500));
+            }
+        }
+    }
+}
+
 pub fn run(a: RelayArgs) -> Result<(), Failure> {
     let pairs = a
         .pairs
@@ -53,9 +76,7 @@ pub fn run(a: RelayArgs) -> Result<(), Failure> {
                     };
                     let to = to.clone();
                     tokio::spawn(async move {
-                        // Names resolve afresh per connection: a task that
-                        // moved to another host has another address.
-                        match tokio::net::TcpStream::connect(&to).await {
+                        match connect(&to).await {
                             Ok(mut out) => {
                                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                             }

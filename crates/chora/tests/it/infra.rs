@@ -107,6 +107,7 @@ fn hosts_get_docker_and_a_wireguard_mesh_with_partial_failures() {
     {
         return;
     }
+    let _turn = crate::one_system_turn();
     let spec = |name: &str| HostSpec {
         name: name.into(),
         ..HostSpec::default()

@@ -64,6 +64,13 @@ macro_rules! contract {
 pub static ONE_SYSTEM_AT_A_TIME: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// A turn of [`ONE_SYSTEM_AT_A_TIME`], waited for (from a blocking context).
+/// The test hosts' tests (infra, the fleet) take it too: each runs several
+/// dockerds and asserts fault timings of its own.
+pub fn one_system_turn() -> tokio::sync::OwnedMutexGuard<()> {
+    ONE_SYSTEM_AT_A_TIME.clone().blocking_lock_owned()
+}
+
 pub fn chora_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chora"))
 }

@@ -45,7 +45,12 @@ impl std::ops::Deref for Prod {
 
 impl Prod {
     pub(crate) fn new() -> Prod {
-        let mut s = Staging::new();
+        Prod::new_in(crate::one_system_turn())
+    }
+
+    /// [`Prod::new`] in a turn the caller already holds.
+    pub(crate) fn new_in(turn: tokio::sync::OwnedMutexGuard<()>) -> Prod {
+        let mut s = Staging::new_in(turn);
         let manifest_port = three_free_ports();
         // The etcd image the fallback builds; removed afterwards only if this
         // test made it.

@@ -47,7 +47,11 @@ impl Staging {
     /// Waits for any other staging or prod system of this test run to be gone
     /// first (call it from a blocking context: a sync test or `spawn_blocking`).
     pub fn new() -> Staging {
-        let turn = crate::ONE_SYSTEM_AT_A_TIME.clone().blocking_lock_owned();
+        Staging::new_in(crate::one_system_turn())
+    }
+
+    /// [`Staging::new`] in a turn the caller already holds.
+    pub fn new_in(turn: tokio::sync::OwnedMutexGuard<()>) -> Staging {
         let project = format!("chora-t{}", chora_api::random_hex(4));
         let s = Staging {
             site: Site::bare(),
