@@ -2,9 +2,10 @@
 //! or `{"error": …}` when the stream ends badly) and flushes each. A watch is
 //! such an answer that stays open.
 
-use crate::wire::{StreamLine, WatchResponse};
-use crate::{Error, Failure};
+use crate::wire::{StreamLine, WatchResponse, b64, prefix_end};
+use crate::{ATTEMPT_TIMEOUT, Error, Failure};
 use serde::de::DeserializeOwned;
+use std::sync::atomic::Ordering;
 
 /// Reads a streamed answer line by line. Cancel-safe: a [`Lines::next`]
 /// dropped while it waits loses nothing (bytes are kept only once read).
@@ -88,5 +89,58 @@ impl Watch {
     /// [`crate::Client::avoid`]).
     pub fn endpoint(&self) -> usize {
         self.endpoint
+    }
+}
+
+impl crate::Client {
+    /// Watches every key that starts with `prefix`, from `start_revision`
+    /// on: on the first endpoint (in the usual order) that sets it up within
+    /// an attempt's time.
+    pub async fn watch(&self, prefix: &str, start_revision: i64) -> Result<Watch, Error> {
+        let body = serde_json::json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix.as_bytes())),
+            "start_revision": start_revision.to_string(),
+        }})
+        .to_string();
+        let n = self.inner.endpoints.len();
+        let start = self.inner.preferred.load(Ordering::Relaxed);
+        let mut last = Failure::NotSent("no endpoint".into());
+        for k in 0..n {
+            let i = (start + k) % n;
+            let url = format!("{}/v3/watch", self.inner.endpoints[i]);
+            let open = async {
+                let resp = self
+                    .post(&url, body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| Failure::from_reqwest(&e, true))?;
+                if !resp.status().is_success() {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    return Err(Failure::Unknown(format!("{url}: HTTP {status}: {text}")));
+                }
+                let mut lines = Lines::new(resp, url.clone());
+                match lines.next::<WatchResponse>().await? {
+                    Some(first) if first.created && !first.canceled => {
+                        Ok(Watch { lines, endpoint: i })
+                    }
+                    Some(first) => Err(Failure::Refused {
+                        code: 0,
+                        message: format!("watch not created: {}", first.cancel_reason),
+                    }),
+                    None => Err(Failure::Unknown(format!("{url}: the watch ended at once"))),
+                }
+            };
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, open).await {
+                Ok(Ok(w)) => {
+                    self.answered(i);
+                    return Ok(w);
+                }
+                Ok(Err(f)) => last = f,
+                Err(_) => last = Failure::Unknown(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+            }
+        }
+        Err(last.into_error())
     }
 }
