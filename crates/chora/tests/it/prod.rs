@@ -68,7 +68,11 @@ impl Prod {
         let mut t = chora_bootstrap::template::prod()
             .replace("project: chora", &format!("project: {}", s.project))
             .replace("chora:${CHORA_VERSION}", &s.image)
-            .replace("\n    port: 8500", &format!("\n    port: {manifest_port}"));
+            .replace("\n    port: 8500", &format!("\n    port: {manifest_port}"))
+            .replace(
+                "  prometheus: true\n  port: 9090",
+                &format!("  prometheus: true\n  port: {}", chora_testkit::free_port()),
+            );
         for (d, p) in crate::bootstrap::DEFAULT_PORTS.iter().zip(&s.ports).skip(1) {
             t = t.replace(&d.to_string(), &p.to_string());
         }
