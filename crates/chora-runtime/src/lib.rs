@@ -173,6 +173,10 @@ pub struct Placement {
     /// gateway, the only port of a fleet that answers on a host's address.
     #[serde(default)]
     pub publish: bool,
+    /// Runs only on hosts carrying this node label (`("chora.gateway",
+    /// "true")`: the gateway on the hosts so labelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labelled: Option<(String, String)>,
 }
 
 fn one() -> u32 {
@@ -187,6 +191,7 @@ impl Default for Placement {
             replicas: 1,
             manager: false,
             publish: false,
+            labelled: None,
         }
     }
 }

@@ -33,6 +33,9 @@ pub use handle::Fleet;
 /// Etcd member n is reached from here on 127.0.0.1:`ETCD_DOOR + n`.
 pub const ETCD_DOOR: u16 = 23790;
 
+/// The host label that keeps the gateway to the hosts carrying it.
+pub const GATEWAY_LABEL: &str = "chora.gateway";
+
 /// The overlay's MTU inside the mesh's: VXLAN adds 50 bytes.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
@@ -302,9 +305,16 @@ pub fn placement(inv: &Inventory, name: &str, spec: &ServiceSpec) -> Placement {
             host: nth_host(inv, service, n, false),
             ..Placement::default()
         },
+        // Every host, or only the hosts labelled `chora.gateway: "true"`
+        // when any is.
         "gateway" => Placement {
             global: true,
             publish: true,
+            labelled: inv
+                .hosts
+                .iter()
+                .any(|h| h.labels.get(GATEWAY_LABEL).is_some_and(|v| v == "true"))
+                .then(|| (GATEWAY_LABEL.to_owned(), "true".to_owned())),
             ..Placement::default()
         },
         "orchestrator" => Placement {
@@ -381,6 +391,17 @@ mod tests {
         let inv = inv(", labels: {chora.etcd: \"3\"}");
         let at = |u: &str| placement(&inv, u, c.service(u).unwrap());
         assert_eq!(at("etcd-3").host.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn hosts_labelled_chora_gateway_keep_the_gateway_to_themselves() {
+        let c = Config::parse(&crate::template::prod(), Path::new("t.yml")).unwrap();
+        let unlabelled = placement(&inv(""), "gateway", c.service("gateway").unwrap());
+        assert_eq!(unlabelled.labelled, None);
+        let inv = inv(", labels: {chora.gateway: \"true\"}");
+        let g = placement(&inv, "gateway", c.service("gateway").unwrap());
+        assert!(g.global && g.publish);
+        assert_eq!(g.labelled, Some(("chora.gateway".into(), "true".into())));
     }
 
     #[test]

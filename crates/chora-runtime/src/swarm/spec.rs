@@ -68,6 +68,9 @@ impl SwarmRuntime {
         if let Some(h) = &spec.placement.host {
             constraints.push(format!("node.labels.{LABEL_HOST}=={h}"));
         }
+        if let Some((k, v)) = &spec.placement.labelled {
+            constraints.push(format!("node.labels.{k}=={v}"));
+        }
         if spec.placement.manager {
             constraints.push("node.role==manager".into());
         }
