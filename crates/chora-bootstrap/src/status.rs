@@ -66,22 +66,21 @@ async fn members(ctx: &Ctx) -> Members {
 /// phase 3 from the orchestrator.
 type Units = std::collections::BTreeMap<String, (Option<u32>, Option<String>)>;
 
-/// The hosts each unit runs on, as its runtime says (a fleet's; none on one
+/// Each unit's runtime (the one that runs it: a fleet's containers are
+/// `swarm`) and the hosts it runs on, as that runtime says (none on one
 /// machine).
-type Hosts = std::collections::BTreeMap<String, String>;
+type Placed = std::collections::BTreeMap<String, (&'static str, Option<String>)>;
 
-async fn hosts(ctx: &Ctx) -> Hosts {
-    let mut h = Hosts::new();
+async fn placed(ctx: &Ctx) -> Placed {
+    let mut p = Placed::new();
     for name in ctx.config.start_order() {
         let Ok(rt) = ctx.runtime_for(ctx.spec(&name)).await else {
             continue;
         };
         let on = rt.hosts(&name).await;
-        if !on.is_empty() {
-            h.insert(name, on.join(","));
-        }
+        p.insert(name, (rt.name(), (!on.is_empty()).then(|| on.join(","))));
     }
-    h
+    p
 }
 
 async fn units(ctx: &Ctx, state: Option<&State>) -> Units {
@@ -106,7 +105,7 @@ fn view(
     list: Option<&[Instance]>,
     filter: &[String],
     units: &Units,
-    hosts: &Hosts,
+    placed: &Placed,
     members: &Members,
     ours: &crate::ctx::Ours,
 ) -> Vec<ServiceView> {
@@ -149,10 +148,13 @@ fn view(
                 },
                 last_heartbeat: inst.map(|i| i.last_heartbeat.clone()),
                 heartbeat_age_seconds: age,
-                runtime: spec.runtime(ctx.config.default_runtime()).as_str(),
+                runtime: placed.get(&name).map_or_else(
+                    || spec.runtime(ctx.config.default_runtime()).as_str(),
+                    |p| p.0,
+                ),
                 pid: units.get(&name).and_then(|u| u.0),
                 container: units.get(&name).and_then(|u| u.1.clone()),
-                host: hosts.get(&name).cloned(),
+                host: placed.get(&name).and_then(|p| p.1.clone()),
                 service: replica.map(|r| r.service.clone()),
                 replica: replica.map(|r| r.n),
                 role: member
@@ -190,14 +192,14 @@ pub async fn status(format: Format, watch: bool, services: Vec<String>) -> Resul
             Units::new()
         };
         let members = members(&ctx).await;
-        let hosts = hosts(&ctx).await;
+        let placed = placed(&ctx).await;
         let ours = ctx.ours().await;
         let views = view(
             &ctx,
             list.as_deref(),
             &services,
             &units,
-            &hosts,
+            &placed,
             &members,
             &ours,
         );
