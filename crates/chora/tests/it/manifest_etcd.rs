@@ -58,11 +58,23 @@ async fn register_on_one_node_discover_watch_and_heartbeat_on_another() {
         on_a.get("svc").await.unwrap().status,
         chora_api::manifest::Status::Up
     );
+    // A deregistration on C reaches A through A's watch: a blocking read on A
+    // wakes with the instance gone.
+    let (_, mut idx) = on_a.watch(&ListFilter::default(), None).await.unwrap();
     on_c.deregister("svc", &out.id).await.unwrap();
-    assert!(
-        on_a.get("svc").await.unwrap_err().is_not_found()
-            || on_a.list(&ListFilter::default()).await.unwrap().is_empty()
-    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (list, next) = on_a
+            .watch(&ListFilter::default(), Some((idx, Duration::from_secs(5))))
+            .await
+            .unwrap();
+        if list.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A still lists {list:?}");
+        idx = next;
+    }
+    assert!(on_a.get("svc").await.unwrap_err().is_not_found());
 }
 
 #[tokio::test]
