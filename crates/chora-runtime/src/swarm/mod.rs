@@ -267,7 +267,21 @@ impl Runtime for SwarmRuntime {
     ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>> {
         Box::pin(async move {
             self.ensure_network().await?;
-            let want = self.service_spec(spec);
+            let mut want = self.service_spec(spec);
+            // By id where the manager has the image (the bootstrap put it on
+            // every host, with the same id): a task's image given by id is
+            // never pulled, so no host asks a registry first (~5 s each
+            // here, where none answers), nor when Swarm moves the task.
+            if let Some(tag) = &spec.image
+                && let Ok(image) = self.docker.inspect_image(tag).await
+                && let Some(id) = image.id
+                && let Some(c) = want
+                    .task_template
+                    .as_mut()
+                    .and_then(|t| t.container_spec.as_mut())
+            {
+                c.image = Some(id);
+            }
             let name = self.service_name(&spec.name);
             // A service of that name is replaced by Swarm's rolling update
             // when it is this home's; anyone else's is an error.
