@@ -1,4 +1,4 @@
-//! The swarm of a fleet as one run holds it: what [`crate::ctx::Ctx`] keeps
+//! The swarm of a fleet as one run holds it: what the context (ctx.rs) keeps
 //! once the fleet is first reached (a field of its own, so that the context
 //! needs nothing else of the fleet's module).
 

@@ -18,12 +18,14 @@
 //!   connection attempts, Docker from the distribution, no mesh network, 300 s
 //!   for the dpkg lock, a swarm of 3 managers (`swarm: false` for none).
 
-use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod raw;
+use raw::*;
 
 /// An inventory mistake: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,128 +35,6 @@ pub struct InventoryError {
     pub line: u64,
     pub column: u64,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInventory {
-    hosts: Vec<Spanned<RawHost>>,
-    #[serde(default)]
-    ssh: RawSsh,
-    #[serde(default)]
-    docker: RawDocker,
-    #[serde(default)]
-    network: Option<Spanned<RawNetwork>>,
-    #[serde(default)]
-    apt: RawApt,
-    #[serde(default)]
-    swarm: Option<Spanned<RawSwarm>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHost {
-    name: String,
-    address: String,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    labels: Option<Spanned<BTreeMap<String, String>>>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    #[serde(default)]
-    identity_file: Option<Spanned<String>>,
-    #[serde(default)]
-    known_hosts: Option<String>,
-    #[serde(default)]
-    accept_new: bool,
-    #[serde(default)]
-    connect_timeout: Option<u64>,
-    #[serde(default)]
-    keepalive: Option<u64>,
-    #[serde(default)]
-    retries: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDocker {
-    #[serde(default)]
-    install: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApt {
-    #[serde(default)]
-    lock_timeout: Option<u64>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    provider: Spanned<String>,
-    #[serde(default)]
-    cidr: Option<Spanned<String>>,
-    #[serde(default)]
-    listen_port: Option<u16>,
-    #[serde(default)]
-    tailscale: Option<RawTailscale>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTailscale {
-    auth_key_file: Spanned<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-}
-
-/// `swarm:` as written: `false` (no swarm), `true` or empty (the defaults), or
-/// a map of its settings.
-#[derive(Debug, Clone)]
-enum RawSwarm {
-    Off,
-    On(RawSwarmMap),
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSwarmMap {
-    #[serde(default)]
-    managers: Option<Spanned<i64>>,
-}
-
-impl<'de> Deserialize<'de> for RawSwarm {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawSwarm, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RawSwarm;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`false`, or a map such as {managers: 3}")
-            }
-            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawSwarm, E> {
-                Ok(if on {
-                    RawSwarm::On(RawSwarmMap::default())
-                } else {
-                    RawSwarm::Off
-                })
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<RawSwarm, E> {
-                Ok(RawSwarm::On(RawSwarmMap::default()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawSwarm, A::Error> {
-                RawSwarmMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(RawSwarm::On)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// One host to prepare.
