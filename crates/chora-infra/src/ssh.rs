@@ -101,6 +101,17 @@ impl Output {
         self.code == 0
     }
 
+    /// The script's last line of stdout, trimmed: where a step's script says
+    /// what it found (`ok`, `changed …`, `free`).
+    pub fn last_line(&self) -> String {
+        self.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
     /// The last lines of stderr (else stdout), for a one-line reason.
     pub fn tail(&self) -> String {
         let src = if self.stderr.trim().is_empty() {

@@ -159,13 +159,7 @@ if [ -n "$first" ]; then echo "waited $(( $(date +%s) - start )) $first"; else e
 "#
     );
     let out = r.run(&script).await?;
-    let line = out
-        .stdout
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let line = out.last_line();
     match (out.code, line.split_once(' ')) {
         (0, None) if line == "free" => Ok((Status::Ok, "the dpkg lock is free".into(), ())),
         (0, Some(("waited", rest))) => {

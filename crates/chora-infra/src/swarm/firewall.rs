@@ -109,13 +109,7 @@ pub async fn ensure(
         }
     ));
     let out = r.run(&s).await?;
-    let line = out
-        .stdout
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let line = out.last_line();
     match line.split_once(' ').map(|(a, _)| a).unwrap_or(&line) {
         "ok" if out.ok() => Ok(None),
         "missing" if out.ok() => Ok(Some(format!(
