@@ -9,10 +9,15 @@
 //! A call that was sent and not answered (a timeout during an election, a
 //! member lost mid-request) may still be applied, so:
 //!
-//! - **Registration.** Every registration writes under at least one lease
-//!   granted for it alone: a fresh alive lease (and a fresh instance lease unless
-//!   the instance is known and alive). A lease grant or renewal that fails is
-//!   harmless (nothing was written yet): 503 at once. When the write itself may
+//! - **Registration.** Every registration writes under two leases granted for
+//!   it alone, a fresh instance lease and a fresh alive lease, even when the
+//!   instance is known: no write ever takes over another write's lease, so
+//!   revoking a write's own leases can only ever delete that write. (Taking
+//!   over the known instance lease lost an acknowledged registration: node A's
+//!   write was applied but its answer lost while A was paused, a client's retry
+//!   on node B re-registered the instance under A's lease, and A, reading B's
+//!   write back, fenced its own by revoking that lease.) A lease grant that
+//!   fails is harmless (nothing was written yet): 503 at once. When the write itself may
 //!   have happened, the node reads the instance key back for up to [`SETTLE`]:
 //!   if it holds this write (its alive lease is the fresh one) the registration
 //!   is answered as a success. If not, the node revokes the fresh leases, which
@@ -159,21 +164,13 @@ impl EtcdStore {
         mut record: Record,
     ) -> Result<(Instance, bool), StoreError> {
         let known = self.envelope(&record.name, &record.id);
-        // The alive lease is always granted for this write: it fences the
-        // write should its outcome be unknown (see the module doc).
-        // Both at once: one round trip to etcd, not two.
-        let instance_lease = async {
-            if let Some(env) = &known
-                && self.keep_alive(&[env.lease]).await?[0]
-            {
-                return Ok((env.lease, false));
-            }
-            Ok::<_, StoreError>((self.grant(self.ttl).await?, true))
-        };
-        let (instance_lease, alive_lease) =
-            tokio::join!(instance_lease, self.grant(self.alive_ttl));
-        let ((lease, created), alive_lease) = (instance_lease?, alive_lease?);
-        if let (Some(env), false) = (&known, created) {
+        let created = known.is_none();
+        // Both leases are this write's alone: they fence it should its
+        // outcome be unknown (see the module doc). Both at once: one round
+        // trip to etcd, not two.
+        let (lease, alive_lease) = tokio::join!(self.grant(self.ttl), self.grant(self.alive_ttl));
+        let (lease, alive_lease) = (lease?, alive_lease?);
+        if let Some(env) = &known {
             record.registered_at_ms = env.record.registered_at_ms;
         }
         let env = Envelope {
@@ -191,12 +188,7 @@ impl EtcdStore {
                     error = %e,
                     "etcd did not confirm a registration; finding out whether it happened"
                 );
-                let fresh: &[i64] = if created {
-                    &[lease, alive_lease]
-                } else {
-                    &[alive_lease]
-                };
-                match self.settle_put(&env, fresh).await {
+                match self.settle_put(&env, &[lease, alive_lease]).await {
                     Outcome::Happened(rev) => rev,
                     Outcome::Fenced => return Err(self.unavailable(&e)),
                     Outcome::Unknown => {
@@ -213,8 +205,8 @@ impl EtcdStore {
             }
         };
         if let Some(old) = known {
-            // Replaced by the fresh one; it expires with nothing on it.
-            self.forget(&[old.alive_lease]);
+            // Replaced by the fresh ones; they expire with nothing on them.
+            self.forget(&[old.lease, old.alive_lease]);
         }
         self.applied(rev).await;
         Ok((record.into_instance(Status::Up, SystemTime::now()), created))
@@ -336,20 +328,46 @@ mod tests {
         assert!(!late.may_have_happened());
         assert!(stored(&store, "b").await.is_none());
 
-        // A re-registration of a live instance that did not happen: only its
-        // own fresh alive lease is fenced; the instance stays as it was.
-        let a2 = Envelope {
-            alive_lease: store.grant(store.alive_ttl).await.unwrap(),
-            ..a.clone()
-        };
+        // A re-registration of a live instance that did not happen: its own
+        // fresh leases are fenced; the instance stays as it was.
+        let a2 = fresh(&store, "a").await;
         assert!(matches!(
-            store.settle_put(&a2, &[a2.alive_lease]).await,
+            store.settle_put(&a2, &[a2.lease, a2.alive_lease]).await,
             Outcome::Fenced
         ));
         assert!(store.put_both(&a2).await.is_err());
         assert_eq!(
             stored(&store, "a").await.unwrap().alive_lease,
             a.alive_lease
+        );
+
+        // A write applied but unconfirmed on this node, then the client's
+        // retry acknowledged by another node (which knows the instance from
+        // its watch): fencing the first write deletes nothing of the second.
+        let other = EtcdStore::open(&cluster.urls(), liveness).await.unwrap();
+        let f = fresh(&store, "f").await;
+        store.put_both(&f).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while other.envelope("svc", "f").is_none() {
+            assert!(Instant::now() < deadline, "the other node never saw f");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let retry = record("f");
+        let (_, created) = other.register(retry).await.unwrap();
+        assert!(!created, "the other node knew f");
+        assert!(matches!(
+            store.settle_put(&f, &[f.lease, f.alive_lease]).await,
+            Outcome::Fenced
+        ));
+        let kept = stored(&store, "f")
+            .await
+            .expect("the acknowledged retry was deleted");
+        assert_ne!(kept.lease, f.lease);
+        assert!(
+            other
+                .keep_alive(&[kept.lease, kept.alive_lease])
+                .await
+                .unwrap()[0]
         );
 
         // etcd gone for the whole settle window: the outcome is unknown, and
