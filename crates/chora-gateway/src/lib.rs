@@ -1,10 +1,12 @@
 //! The API gateway (DESIGN.md §5, "Gateway").
 //!
 //! `ANY /api/v1/{service}/{path…}` goes, with the same method, path and query, to
-//! the `REST` interface of an `up` instance of `{service}`, round-robin. Unknown
-//! service 404, no up instance 503, upstream refused or reset 502 (a refused
-//! connection is retried once on another instance), no answer within the timeout
-//! 504 — all as JSON errors. Bodies stream both ways; a small request body is
+//! the `REST` interface of an `up` instance of `{service}`: the one with the
+//! fewest requests outstanding, ties round-robin, skipping for a while an
+//! instance that let a request time out or refused a connection unless all are
+//! so ([`balance`]). Unknown service 404, no up instance 503, upstream refused or
+//! reset 502 (a refused connection is retried once on another instance), no
+//! answer within the timeout 504 — all as JSON errors. Bodies stream both ways; a small request body is
 //! kept so that a refused connection can be retried. Upstream connections are
 //! pooled. The route table comes from [`table::follow`].
 //!
@@ -18,6 +20,7 @@
 //! serving ([`Plain::Serve`]); either way it answers ACME http-01 challenges
 //! first.
 
+pub mod balance;
 mod proxy;
 pub mod table;
 pub mod tls;

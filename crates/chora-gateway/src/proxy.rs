@@ -1,9 +1,13 @@
 //! The proxy path: one request to an `up` instance of its service (DESIGN.md
-//! §5): hop-by-hop headers dropped, `X-Forwarded-For`, `X-Forwarded-Proto` and
-//! `X-Request-Id` set, a refused connection retried once on another instance,
-//! the upstream's answer streamed back; per-service counters and latency.
+//! §5), the one [`balance::choose`] picks: hop-by-hop headers dropped,
+//! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id` set, a refused
+//! connection retried once on another instance, the upstream's answer streamed
+//! back; per-service counters and latency. The upstream's [`balance::Load`]
+//! counts the request until its response head comes, and a timeout or a failed
+//! connection ejects the upstream.
 
 use crate::Gateway;
+use crate::balance;
 use crate::{RequestLabels, ServiceLabels};
 use axum::body::Body;
 use axum::extract::Request;
@@ -124,9 +128,13 @@ pub(crate) async fn proxy(
                 ReqBody::Stream(body)
             };
             let first = r.next.fetch_add(1, Ordering::Relaxed);
+            // The time the request came is recent enough for the ejections.
+            let now = balance::millis(start);
+            let mut tried = None;
             let mut attempt = 0;
             let mut resp = loop {
-                let upstream = &r.up[(first + attempt) % r.up.len()];
+                let i = balance::choose(r.up.len(), |i| &r.up[i].load, first, now, tried);
+                let upstream = &r.up[i];
                 let base = &upstream.base;
                 let target = upstream
                     .target
@@ -170,17 +178,26 @@ pub(crate) async fn proxy(
                 *up.uri_mut() = uri;
                 *up.version_mut() = axum::http::Version::HTTP_11;
                 up.headers_mut().insert(header::HOST, target.host.clone());
+                let load = &upstream.load;
+                let outstanding = load.begin();
                 let sent = gw.upstreams.send(&target.authority, up);
-                match tokio::time::timeout(gw.timeout, sent).await {
+                let sent = tokio::time::timeout(gw.timeout, sent).await;
+                drop(outstanding);
+                match sent {
                     Ok(Ok(mut resp)) => {
+                        load.answered();
                         strip_hop(resp.headers_mut());
                         break resp;
                     }
                     Ok(Err(e)) => {
+                        if e.is_connect() {
+                            eject(load, service, base, "cannot connect");
+                        }
                         let retry =
                             e.is_connect() && matches!(body, ReqBody::Kept(_)) && retry_possible;
                         if retry {
                             tracing::debug!(%service, upstream = %base, error = %e, "cannot connect; retrying on another instance");
+                            tried = Some(i);
                             attempt += 1;
                             continue;
                         }
@@ -195,6 +212,7 @@ pub(crate) async fn proxy(
                         .into_response();
                     }
                     Err(_) => {
+                        eject(load, service, base, "no answer within the timeout");
                         break ApiError::new(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream_timeout",
@@ -209,6 +227,15 @@ pub(crate) async fn proxy(
         }
     };
     finish(&gw, label, resp, start)
+}
+
+/// Ejects `load` (its upstream is skipped for a while, [`balance::EJECTION`]),
+/// saying so once per ejection. The failed request's path, not the hot one: the
+/// clock is read afresh.
+fn eject(load: &balance::Load, service: &str, base: &str, why: &str) {
+    if load.eject(balance::millis(Instant::now())) {
+        tracing::warn!(%service, upstream = %base, "{why}: skipped for {:?} while another instance is not", balance::EJECTION);
+    }
 }
 
 /// A fresh `X-Request-Id`: 32 hex digits, a random per-process prefix and a

@@ -2,6 +2,7 @@
 //! It follows the Manifest with blocking reads (no registry call per request) and
 //! keeps serving the last table it had while the registry is unreachable.
 
+use crate::balance::Load;
 use axum::http::HeaderValue;
 use chora_api::ManifestClient;
 use chora_api::manifest::{Instance, ListFilter, Status};
@@ -17,6 +18,9 @@ pub struct Upstream {
     /// Where requests for it go; `Err` says why the URL is not usable (only
     /// `http://` is).
     pub target: Result<Target, String>,
+    /// Its requests outstanding and its ejection, carried over by `base` when
+    /// the table is rebuilt (one per URL, whichever services list it).
+    pub load: Arc<Load>,
 }
 
 /// A usable upstream URL, taken apart once when the table is built.
@@ -47,7 +51,11 @@ impl Upstream {
                     prefix: u.path().trim_end_matches('/').to_owned(),
                 })
             });
-        Upstream { base, target }
+        Upstream {
+            base,
+            target,
+            load: Arc::default(),
+        }
     }
 }
 
@@ -55,7 +63,8 @@ impl Upstream {
 pub struct Routes {
     /// Its `up` instances.
     pub up: Vec<Upstream>,
-    /// Round-robin position, carried over when the table is rebuilt.
+    /// Where the round-robin among equally loaded upstreams starts, carried
+    /// over when the table is rebuilt.
     pub next: Arc<AtomicUsize>,
 }
 
@@ -67,7 +76,14 @@ pub struct Table {
 impl Table {
     /// The table for `list`. Services of the old table that have no instance any
     /// more stay, with no route: they are known but down (503), not unknown (404).
+    /// An upstream already in the old table keeps its [`Load`].
     fn build(list: &[Instance], old: &Table) -> Table {
+        let loads: HashMap<&str, &Arc<Load>> = old
+            .services
+            .values()
+            .flat_map(|r| &r.up)
+            .map(|u| (u.base.as_str(), &u.load))
+            .collect();
         let mut services: HashMap<String, Routes> = old
             .services
             .iter()
@@ -89,7 +105,11 @@ impl Table {
             if i.status == Status::Up
                 && let Some(url) = i.rest_url()
             {
-                r.up.push(Upstream::new(url));
+                let mut u = Upstream::new(url);
+                if let Some(&load) = loads.get(u.base.as_str()) {
+                    u.load = load.clone();
+                }
+                r.up.push(u);
             }
         }
         Table { services }
@@ -158,7 +178,51 @@ pub async fn follow(client: ManifestClient, shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Upstream;
+    use super::{Table, Upstream};
+    use chora_api::manifest::{Instance, Status};
+    use std::sync::Arc;
+
+    fn instance(name: &str, id: &str, url: &str, status: Status) -> Instance {
+        Instance {
+            name: name.into(),
+            id: id.into(),
+            version: "1".into(),
+            interfaces: [("REST".to_owned(), url.to_owned())].into(),
+            metadata: Default::default(),
+            status,
+            last_heartbeat: String::new(),
+            registered_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_table_keeps_each_upstreams_load_and_the_round_robin_position() {
+        let a = instance("svc", "a", "http://127.0.0.1:1/", Status::Up);
+        let b = instance("svc", "b", "http://127.0.0.1:2", Status::Up);
+        let t1 = Table::build(&[a.clone(), b.clone()], &Table::default());
+        let svc = &t1.services["svc"];
+        let (load_a, load_b) = (svc.up[0].load.clone(), svc.up[1].load.clone());
+        assert!(!Arc::ptr_eq(&load_a, &load_b));
+        svc.next.store(7, std::sync::atomic::Ordering::Relaxed);
+
+        // b is unhealthy, c comes; a keeps its state (its URL without the `/`).
+        let mut b_down = b;
+        b_down.status = Status::Unhealthy;
+        let a2 = instance("svc", "a", "http://127.0.0.1:1", Status::Up);
+        let c = instance("svc", "c", "http://127.0.0.1:3", Status::Up);
+        let t2 = Table::build(&[a2, b_down, c], &t1);
+        let svc = &t2.services["svc"];
+        assert_eq!(svc.up.len(), 2);
+        assert!(Arc::ptr_eq(&svc.up[0].load, &load_a));
+        assert!(!Arc::ptr_eq(&svc.up[1].load, &load_a));
+        assert!(!Arc::ptr_eq(&svc.up[1].load, &load_b));
+        assert_eq!(svc.next.load(std::sync::atomic::Ordering::Relaxed), 7);
+
+        // A request in flight across the rebuild still counts.
+        let _pending = load_a.begin();
+        let t3 = Table::build(&[a], &t2);
+        assert_eq!(t3.services["svc"].up[0].load.outstanding(), 1);
+    }
 
     #[test]
     fn an_upstream_url_is_taken_apart_once() {

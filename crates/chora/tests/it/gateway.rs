@@ -1,6 +1,9 @@
 //! The gateway's proxying against upstreams this test serves itself (real
 //! sockets), registered in a real Manifest: what reaches the upstream, what
-//! comes back, upstream connections reused, dead instances skipped.
+//! comes back, upstream connections reused, dead and hung instances skipped.
+//! Each test starts its own Manifest and gateway (a `chora` process each) on
+//! ports of their own; the route table follows the Manifest with no signal, so
+//! a test waits for a route to answer before relying on it.
 
 use crate::{Registry, chora_bin, status_json};
 use axum::body::{Body, Bytes};
@@ -79,19 +82,28 @@ struct Site {
 
 impl Site {
     fn start() -> Site {
+        Site::start_with(&[])
+    }
+
+    /// With more `chora gateway serve` flags.
+    fn start_with(flags: &[&str]) -> Site {
         let manifest = Registry::start(&["--no-auth", "--ttl", "60", "--heartbeat-interval", "20"]);
         let murl = manifest.server.url();
         let gateway = spawn_server(
             chora_bin(),
             manifest.dir.path(),
             &[
-                "gateway",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--manifest-url",
-                &murl,
-            ],
+                &[
+                    "gateway",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--manifest-url",
+                    &murl,
+                ],
+                flags,
+            ]
+            .concat(),
             &[],
         );
         Site {
@@ -276,6 +288,60 @@ async fn a_dead_instance_answers_502_and_a_live_one_takes_over_its_requests() {
             .unwrap();
         assert_eq!(r.status(), 200, "request {i}");
     }
+}
+
+#[tokio::test]
+async fn a_hung_instance_costs_one_timeout_then_is_skipped() {
+    // Accepts connections and holds them, never answering: a paused host.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let holder = {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hung.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        })
+    };
+    let up = upstream().await;
+    let marker = upstream().await;
+    let site = Site::start_with(&["--upstream-timeout", "1"]);
+    site.register("svc", &hung_url).await;
+    site.register("svc", &up.url).await;
+    // Registered last: once it routes, the table has both instances of `svc`,
+    // and no request has gone to either yet.
+    site.register("marker", &marker.url).await;
+    site.wait_for("/marker/x", 200).await;
+
+    let mut failed = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let r = site.http.get(site.url("/svc/x")).send().await.unwrap();
+        let (s, took) = (r.status().as_u16(), t.elapsed());
+        r.bytes().await.unwrap();
+        if s == 200 {
+            assert!(
+                took < Duration::from_millis(500),
+                "request {i} was answered after {took:?}"
+            );
+        } else {
+            assert_eq!(s, 504, "request {i}");
+            failed.push(i);
+        }
+    }
+    // The first request to land on the hung instance waits the timeout; it is
+    // then skipped, and every later request goes to the live one.
+    assert!(failed.len() <= 1, "requests {failed:?} failed");
+    // Evenly loaded at first, the two share requests round-robin: the hung one
+    // got one (else it was not in the table, and this test proved nothing).
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 1,
+        "the hung instance got no request"
+    );
+    holder.abort();
 }
 
 #[tokio::test]
