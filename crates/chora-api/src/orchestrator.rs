@@ -45,6 +45,11 @@ pub struct DeploySpec {
     /// health endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// How many copies run (default 1): on a fleet, one Swarm service of
+    /// this many tasks spread over the hosts (DESIGN.md §13). A runtime of
+    /// one machine refuses more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// Who keeps a service registered in the Manifest.
@@ -153,6 +158,10 @@ pub struct ServiceStatus {
     pub started_at: Option<String>,
     /// The Manifest instance id the current process registers under.
     pub instance_id: Option<String>,
+    /// When its copies register under ids of their own (the tasks of a
+    /// replicated Swarm service, DESIGN.md §13): every one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_ids: Vec<String>,
     /// How the last process ended, when it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,

@@ -37,6 +37,10 @@ pub struct AppliedSpec {
     #[serde(default)]
     pub version: Option<String>,
     pub register: Register,
+    /// A phase 3 service's replicas on a fleet (other replicas are units of
+    /// their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 impl AppliedSpec {
@@ -54,6 +58,7 @@ impl AppliedSpec {
             volumes: spec.volumes.iter().map(|v| v.value.clone()).collect(),
             version: spec.version.clone(),
             register: spec.registers(),
+            replicas: spec.replicas.filter(|n| *n > 1),
         }
     }
 
@@ -79,6 +84,14 @@ impl AppliedSpec {
         field("volumes", self.volumes != new.volumes);
         field("version", self.version != new.version);
         field("register", self.register != new.register);
+        if self.replicas != new.replicas {
+            let n = |r: Option<u32>| r.unwrap_or(1);
+            out.push(format!(
+                "replicas {} → {}",
+                n(self.replicas),
+                n(new.replicas)
+            ));
+        }
         if self.port != new.port {
             let p = |p: Option<u16>| p.map_or("none".into(), |p| p.to_string());
             out.push(format!("port {} → {}", p(self.port), p(new.port)));
@@ -118,6 +131,7 @@ impl AppliedSpec {
             volumes: self.volumes.iter().map(spanned).collect(),
             version: self.version.clone(),
             register: Some(self.register),
+            replicas: self.replicas,
             ..base.clone()
         }
     }

@@ -120,13 +120,16 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
         ctx.config.logging.backup_count,
     );
     let env = ctx.config.environment.as_str().to_owned();
+    // A fleet starts each wave at once, as `docker stack deploy` starts a
+    // stack: its hosts work side by side.
+    let parallel = opts.parallel || ctx.config.inventory.is_some();
     let mut run = Run {
         applied: Applied::load(&home).unwrap_or_default(),
         ctx: Arc::new(ctx),
         state: State::fresh(&env),
         out,
         audit,
-        parallel: opts.parallel,
+        parallel,
         deadline: Instant::now() + opts.timeout,
     };
     run.out

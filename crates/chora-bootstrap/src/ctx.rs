@@ -107,9 +107,9 @@ impl Ctx {
             .unwrap_or_else(|| self.instance_id(name))
     }
 
-    /// Which Manifest instances are unit `name`'s: the one under the id it
-    /// was given (phases 1-2: by the bootstrap; phase 3: by its orchestrator,
-    /// as `ours` says), of its service's name. A program that registers
+    /// Which Manifest instances are unit `name`'s: those under the ids it
+    /// was given (phases 1-2: one, by the bootstrap; phase 3: by its
+    /// orchestrator, one per copy, as `ours` says), of its service's name. A program that registers
     /// itself and is not chora's own may ignore the id it is given: any
     /// instance of its name is its then. So is any instance of a phase 3
     /// service while its orchestrator did not say.
@@ -123,16 +123,16 @@ impl Ctx {
             .and_then(|s| s.replica.as_ref())
             .map_or(name, |r| r.service.as_str())
             .to_owned();
-        let id = match spec {
+        let ids = match spec {
             Some(s) if !honours_instance_id(s) => None,
-            Some(s) if s.phase < 3 => Some(self.given_instance_id(name)),
+            Some(s) if s.phase < 3 => Some(vec![self.given_instance_id(name)]),
             Some(_) => ours
                 .deployed
                 .as_ref()
                 .map(|d| d.get(name).cloned().unwrap_or_default()),
             None => None,
         };
-        move |i| i.name == service && id.as_ref().is_none_or(|id| *id == i.id)
+        move |i| i.name == service && ids.as_ref().is_none_or(|ids| ids.contains(&i.id))
     }
 
     /// This system's instances as its orchestrator reports them now.
@@ -146,7 +146,13 @@ impl Ctx {
             .await;
         let deployed = asked.ok().map(|list| {
             list.into_iter()
-                .filter_map(|d| Some((d.name, d.instance_id?)))
+                .filter_map(|d| {
+                    let ids = match d.instance_ids {
+                        ids if !ids.is_empty() => ids,
+                        _ => vec![d.instance_id?],
+                    };
+                    Some((d.name, ids))
+                })
                 .collect()
         });
         Ours { deployed }
@@ -174,7 +180,8 @@ impl Ctx {
 /// deployment's current instance id (`None`: it did not answer).
 #[derive(Debug, Clone, Default)]
 pub struct Ours {
-    pub deployed: Option<std::collections::BTreeMap<String, String>>,
+    /// Each deployed service's instance ids (one, or one per copy).
+    pub deployed: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// Whether a service registers under the instance id it is given: chora's

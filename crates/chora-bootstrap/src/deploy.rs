@@ -65,6 +65,7 @@ impl Ctx {
             container_port: spec.container_port,
             health_timeout: Some(timeout.as_secs().clamp(1, 3600) as u32),
             ca: self.health_ca(spec),
+            replicas: spec.replicas.filter(|n| *n > 1),
         };
         let fail = |m: String| {
             StepError::new(format!("deploying `{name}` failed: {m}"))

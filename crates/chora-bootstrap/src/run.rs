@@ -178,7 +178,8 @@ impl Run {
     }
 
     /// Starts (phases 1-2) or deploys (phase 3) the services of phase `n`, wave by
-    /// wave: with `--parallel` a whole wave at once, else one service at a time.
+    /// wave: with `--parallel` (and on a fleet) a whole wave at once, else one
+    /// service at a time.
     async fn start_waves(&mut self, n: u8) -> Result<(), StepError> {
         let ctx = self.ctx.clone();
         let total = ctx.config.phase_services(n).len();

@@ -212,14 +212,24 @@ pub fn open(config: Option<&Path>) -> Result<Ctx, Failure> {
     context(home, config, path)
 }
 
+/// How this process reaches the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Directly: the config's URLs answer on this machine.
+    Here,
+    /// Through the door of a fleet, over SSH: the config's `127.0.0.1` URLs
+    /// answer only while this process runs.
+    Door,
+}
+
 /// Opens the way to the system before a command asks it anything: in a
 /// fleet (DESIGN.md §13), the manager's Docker over SSH and the door, so the
 /// config's `127.0.0.1` URLs answer from here; on one machine, nothing.
-pub async fn reach(ctx: &Ctx) -> Result<(), Failure> {
+pub async fn reach(ctx: &Ctx) -> Result<Way, Failure> {
     if ctx.config.inventory.is_none() {
-        return Ok(());
+        return Ok(Way::Here);
     }
-    ctx.fleet().await.map(drop).map_err(|e| {
+    ctx.fleet().await.map(|_| Way::Door).map_err(|e| {
         let mut f = Failure::new(exit::FAILURE, "FLEET_UNREACHABLE", e.message);
         for c in e.causes {
             f = f.cause(c);

@@ -450,6 +450,23 @@ mod tests {
         let bad = prod().replace("replicas: 3", "replicas: 0");
         let e = Config::parse(&bad, Path::new("t.yml")).unwrap_err();
         assert!(e.message.contains("replicas"), "{e}");
+        // A capability's replicas: one entry the orchestrator runs as one
+        // Swarm service on a fleet; on one machine, an error naming the line.
+        let block = "  analyzer:\n    phase: 3\n";
+        let two = prod().replace(block, &format!("{block}    replicas: 2\n"));
+        let e = Config::parse(&two, Path::new("t.yml")).unwrap_err();
+        assert!(e.message.contains("services.analyzer.replicas: "), "{e}");
+        assert!(e.message.contains("only on a fleet"), "{e}");
+        // The line of the service's block.
+        assert_eq!(
+            e.line,
+            two.lines().position(|l| l == "  analyzer:").unwrap() as u64 + 2,
+            "{e}"
+        );
+        let fleet = format!("inventory: hosts.yml\n{two}");
+        let c = Config::parse(&fleet, Path::new("t.yml")).unwrap();
+        assert_eq!(c.units_of("analyzer"), ["analyzer"]);
+        assert_eq!(c.service("analyzer").unwrap().replicas, Some(2));
         let both = prod().replace("  members: 3", "  members: 3\n  endpoints: [http://x:2379]");
         let e = Config::parse(&both, Path::new("t.yml")).unwrap_err();
         assert!(e.message.contains("not both"), "{e}");

@@ -48,14 +48,28 @@ fn login_subject() -> String {
         .unwrap_or_else(|_| "chora-bootstrap-ui".into())
 }
 
-/// `chora bootstrap ui`: prints the login URL on stdout (only it), a hint on stderr.
-pub async fn ui(config: Option<&std::path::Path>) -> Result<(), Failure> {
+/// `chora bootstrap ui`: prints the login URL on stdout (only it), a hint on
+/// stderr. On a fleet the URL answers through the door over SSH, so the
+/// command keeps it open until `shutdown` (Ctrl-C), as `kubectl
+/// port-forward` does; on one machine it returns at once.
+pub async fn ui(
+    config: Option<&std::path::Path>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Failure> {
+    use std::io::Write;
     let ctx = crate::session::open(config)?;
-    crate::session::reach(&ctx).await?;
+    let way = crate::session::reach(&ctx).await?;
     let url = login_url(&ctx)?;
     println!("{url}");
+    let _ = std::io::stdout().flush();
     eprintln!(
         "Open it in a browser within 5 minutes; it works once and starts a dashboard session."
     );
+    if way == crate::session::Way::Door {
+        eprintln!(
+            "The dashboard answers here through an SSH tunnel to the fleet that lives as long as this command: press Ctrl-C to close it."
+        );
+        shutdown.await;
+    }
     Ok(())
 }

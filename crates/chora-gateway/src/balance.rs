@@ -102,19 +102,20 @@ pub fn millis(at: Instant) -> u64 {
 /// gives: the fewest outstanding requests among those not ejected at `now`,
 /// ties going to the first from `start` on (round-robin when the caller
 /// advances `start` per request); when all are ejected, the same among all.
-/// `skip` (an upstream already tried) is chosen only when it is the only one.
+/// The upstreams in `tried` (bit `i` for upstream `i`, the first 64) are
+/// chosen only when every one was tried.
 pub fn choose<'a>(
     n: usize,
     load: impl Fn(usize) -> &'a Load,
     start: usize,
     now: u64,
-    skip: Option<usize>,
+    tried: u64,
 ) -> usize {
     let mut best: Option<(usize, u32)> = None;
     let mut ejected: Option<(usize, u32)> = None;
     let mut i = start % n;
     for _ in 0..n {
-        if Some(i) != skip {
+        if i >= 64 || tried & (1 << i) == 0 {
             let l = load(i);
             let out = l.outstanding();
             let fresh = !l.ejected(now);
@@ -132,7 +133,7 @@ pub fn choose<'a>(
             i = 0;
         }
     }
-    best.or(ejected).map_or(skip.unwrap_or(0), |(i, _)| i)
+    best.or(ejected).map_or(start % n, |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -140,8 +141,8 @@ mod tests {
     use super::*;
 
     /// `choose` over `loads` at time 1000.
-    fn pick(loads: &[Load], start: usize, skip: Option<usize>) -> usize {
-        choose(loads.len(), |i| &loads[i], start, 1000, skip)
+    fn pick(loads: &[Load], start: usize, tried: u64) -> usize {
+        choose(loads.len(), |i| &loads[i], start, 1000, tried)
     }
 
     fn loads(outstanding: &[u32]) -> Vec<Load> {
@@ -159,18 +160,18 @@ mod tests {
     fn the_fewest_outstanding_wins_and_ties_go_round_robin() {
         let l = loads(&[3, 1, 2]);
         for start in 0..6 {
-            assert_eq!(pick(&l, start, None), 1, "start {start}");
+            assert_eq!(pick(&l, start, 0), 1, "start {start}");
         }
         // Evenly loaded: the choice follows `start`, as round-robin does.
         let l = loads(&[2, 2, 2]);
-        let picks: Vec<usize> = (0..6).map(|s| pick(&l, s, None)).collect();
+        let picks: Vec<usize> = (0..6).map(|s| pick(&l, s, 0)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         // A tie among some: the first of them from `start` on.
         let l = loads(&[1, 0, 5, 0]);
-        let picks: Vec<usize> = (0..4).map(|s| pick(&l, s, None)).collect();
+        let picks: Vec<usize> = (0..4).map(|s| pick(&l, s, 0)).collect();
         assert_eq!(picks, [1, 1, 3, 3]);
         // `start` wraps.
-        assert_eq!(pick(&loads(&[0, 0]), usize::MAX, None), 1);
+        assert_eq!(pick(&loads(&[0, 0]), usize::MAX, 0), 1);
     }
 
     #[test]
@@ -178,15 +179,15 @@ mod tests {
         let l = loads(&[0, 0]);
         let a = l[0].begin();
         assert_eq!(l[0].outstanding(), 1);
-        assert_eq!(pick(&l, 0, None), 1);
+        assert_eq!(pick(&l, 0, 0), 1);
         let b = l[1].begin();
         let c = l[1].begin();
-        assert_eq!(pick(&l, 1, None), 0);
+        assert_eq!(pick(&l, 1, 0), 0);
         drop((b, c));
         assert_eq!(l[1].outstanding(), 0);
-        assert_eq!(pick(&l, 0, None), 1);
+        assert_eq!(pick(&l, 0, 0), 1);
         drop(a);
-        assert_eq!(pick(&l, 0, None), 0);
+        assert_eq!(pick(&l, 0, 0), 0);
     }
 
     #[test]
@@ -196,25 +197,25 @@ mod tests {
         assert!(!l[0].eject(1000), "already ejected");
         // The idle one is ejected: the least loaded of the others.
         for start in 0..3 {
-            assert_eq!(pick(&l, start, None), 1, "start {start}");
+            assert_eq!(pick(&l, start, 0), 1, "start {start}");
         }
         // Until the ejection ends.
-        let at = |now| choose(3, |i| &l[i], 0, now, None);
+        let at = |now| choose(3, |i| &l[i], 0, now, 0);
         assert_eq!(at(1000 + EJECTION.as_millis() as u64 - 1), 1);
         assert_eq!(at(1000 + EJECTION.as_millis() as u64), 0);
         // All ejected: the choice among all, as if none were.
         l[1].eject(1000);
         l[2].eject(1000);
-        assert_eq!(pick(&l, 1, None), 0);
+        assert_eq!(pick(&l, 1, 0), 0);
         let even = loads(&[0, 0]);
         even[0].eject(1000);
         even[1].eject(1000);
-        assert_eq!([pick(&even, 0, None), pick(&even, 1, None)], [0, 1]);
+        assert_eq!([pick(&even, 0, 0), pick(&even, 1, 0)], [0, 1]);
         // An answer clears the ejection.
         l[0].answered();
         l[1].answered();
-        assert_eq!(pick(&l, 2, None), 0);
-        assert_eq!(pick(&loads(&[5, 5]), 0, None), 0);
+        assert_eq!(pick(&l, 2, 0), 0);
+        assert_eq!(pick(&loads(&[5, 5]), 0, 0), 0);
     }
 
     #[test]
@@ -224,14 +225,16 @@ mod tests {
         let l = loads(&[0, 0, 0]);
         l[0].eject(1000);
         l[1].eject(1000);
-        assert_eq!(pick(&l, 0, Some(0)), 2);
+        assert_eq!(pick(&l, 0, 0b1), 2);
         // All ejected: another one than the one tried.
         l[2].eject(1000);
-        assert_eq!(pick(&l, 0, Some(0)), 1);
-        // Not ejected but tried: still skipped.
-        let l = loads(&[0, 3]);
-        assert_eq!(pick(&l, 0, Some(0)), 1);
-        // The only one: tried again (the caller does not retry then).
-        assert_eq!(pick(&loads(&[0]), 0, Some(0)), 0);
+        assert_eq!(pick(&l, 0, 0b1), 1);
+        // Not ejected but tried: still skipped, every one tried so far.
+        let l = loads(&[0, 3, 5]);
+        assert_eq!(pick(&l, 0, 0b1), 1);
+        assert_eq!(pick(&l, 0, 0b11), 2);
+        // Every one tried: as if none was (the caller does not retry then).
+        assert_eq!(pick(&l, 0, 0b111), 0);
+        assert_eq!(pick(&loads(&[0]), 0, 0b1), 0);
     }
 }

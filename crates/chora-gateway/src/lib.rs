@@ -5,7 +5,8 @@
 //! fewest requests outstanding, ties round-robin, skipping for a while an
 //! instance that let a request time out or refused a connection unless all are
 //! so ([`balance`]). Unknown service 404, no up instance 503, upstream refused or
-//! reset 502 (a refused connection is retried once on another instance), no
+//! reset 502 (a refused connection, or a safe request that got no answer, is retried
+//! on other instances, up to three in all), no
 //! answer within the timeout 504 — all as JSON errors. Bodies stream both ways; a small request body is
 //! kept so that a refused connection can be retried. Upstream connections are
 //! pooled. The route table comes from [`table::follow`].

@@ -1,7 +1,8 @@
 //! The proxy path: one request to an `up` instance of its service (DESIGN.md
 //! §5), the one [`balance::choose`] picks: hop-by-hop headers dropped,
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id` set, a refused
-//! connection retried once on another instance, the upstream's answer streamed
+//! connection (and a safe request, GET or HEAD, that got no answer) retried on
+//! other instances (up to [`MAX_TRIES`] in all), the upstream's answer streamed
 //! back; per-service counters and latency. The upstream's [`balance::Load`]
 //! counts the request until its response head comes, and a timeout or a failed
 //! connection ejects the upstream.
@@ -21,6 +22,12 @@ use std::time::Instant;
 
 /// Request bodies up to this size are kept for a retry on another instance.
 const RETRY_BODY: u64 = 256 * 1024;
+
+/// How many instances one request tries at most: a request that could not
+/// connect (or, when it is safe, got no answer) goes to another instance,
+/// each one once. Several may fail at once while a service is replaced (a
+/// new task registered before its address resolves, an old one stopping).
+const MAX_TRIES: usize = 3;
 
 /// Hop-by-hop headers, never forwarded.
 const HOP: [HeaderName; 8] = [
@@ -130,8 +137,13 @@ pub(crate) async fn proxy(
             let first = r.next.fetch_add(1, Ordering::Relaxed);
             // The time the request came is recent enough for the ejections.
             let now = balance::millis(start);
-            let mut tried = None;
+            // Bit i: upstream i was tried (see `balance::choose`).
+            let mut tried = 0u64;
             let mut attempt = 0;
+            // A request that cannot change anything may go again after it
+            // was sent, when no answer came (its connection reset, as an
+            // instance that stops does).
+            let safe = parts.method.is_safe();
             let mut resp = loop {
                 let i = balance::choose(r.up.len(), |i| &r.up[i].load, first, now, tried);
                 let upstream = &r.up[i];
@@ -168,7 +180,7 @@ pub(crate) async fn proxy(
                     ReqBody::Stream(s) => std::mem::take(s),
                 };
                 // Another attempt needs the head again; only then is it copied.
-                let retry_possible = attempt + 1 < r.up.len().min(2);
+                let retry_possible = attempt + 1 < r.up.len().min(MAX_TRIES);
                 let head = if retry_possible {
                     parts.clone()
                 } else {
@@ -193,11 +205,14 @@ pub(crate) async fn proxy(
                         if e.is_connect() {
                             eject(load, service, base, "cannot connect");
                         }
-                        let retry =
-                            e.is_connect() && matches!(body, ReqBody::Kept(_)) && retry_possible;
+                        let retry = (e.is_connect() || safe)
+                            && matches!(body, ReqBody::Kept(_))
+                            && retry_possible;
                         if retry {
-                            tracing::debug!(%service, upstream = %base, error = %e, "cannot connect; retrying on another instance");
-                            tried = Some(i);
+                            tracing::debug!(%service, upstream = %base, error = %e, "failed before an answer; retrying on another instance");
+                            if i < 64 {
+                                tried |= 1 << i;
+                            }
                             attempt += 1;
                             continue;
                         }

@@ -12,6 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
+/// How this orchestrator reaches and knows a started unit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reached {
+    /// Its health URL as this orchestrator reaches it.
+    pub probe: Option<String>,
+    /// The instance ids it registers under (`Runtime::instance_ids`, or the
+    /// one registration kept on its behalf).
+    pub instances: Vec<String>,
+}
+
 pub(crate) enum Cmd {
     Stop(oneshot::Sender<State>),
     Start(oneshot::Sender<State>),
@@ -26,8 +36,9 @@ pub(crate) struct Actor {
     pub(crate) spec: DeploySpec,
     pub(crate) place: Placement,
     pub(crate) status: Arc<Mutex<ServiceStatus>>,
-    /// The unit's health URL as this orchestrator reaches it, once started.
-    pub(crate) probe: Arc<Mutex<Option<String>>>,
+    /// How the started unit is reached and known (shared with its
+    /// deployment, which the supervisor hands out).
+    pub(crate) reached: Arc<Mutex<Reached>>,
     unit: Option<Box<dyn Unit>>,
     /// The registration kept on the unit's behalf (`register: chora`).
     behalf: Option<OnBehalf>,
@@ -41,7 +52,7 @@ impl Actor {
             ctx: ctx.clone(),
             spec: spec.clone(),
             place,
-            probe: Arc::default(),
+            reached: Arc::default(),
             status: Arc::new(Mutex::new(ServiceStatus {
                 name: spec.name.clone(),
                 version: spec.version.clone(),
@@ -53,6 +64,7 @@ impl Actor {
                 url: spec.url(),
                 started_at: None,
                 instance_id: None,
+                instance_ids: Vec::new(),
                 last_exit: None,
             })),
             unit: None,
@@ -95,7 +107,16 @@ impl Actor {
         let health = runtime
             .reach(unit_spec, &self.place.health_url(&self.spec))
             .await;
-        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(health.clone());
+        // A registration on its behalf is one instance, whatever runs; copies
+        // that register themselves each do so under an id of their own.
+        let instances = match self.spec.registers() {
+            Register::Chora => vec![id.clone()],
+            Register::Itself => runtime.instance_ids(unit_spec, &id),
+        };
+        *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Reached {
+            probe: Some(health.clone()),
+            instances: instances.clone(),
+        };
         self.publish(|s| {
             s.state = State::Running;
             s.pid = uid.pid();
@@ -103,6 +124,10 @@ impl Actor {
             s.runtime = runtime.name().to_owned();
             s.started_at = Some(chora_api::rfc3339(SystemTime::now()));
             s.instance_id = Some(id.clone());
+            s.instance_ids = match instances.as_slice() {
+                [one] if *one == id => Vec::new(),
+                many => many.to_vec(),
+            };
         });
         if self.spec.registers() == Register::Chora
             && let Some(client) = self.ctx.manifest_for(&self.spec)
@@ -152,23 +177,34 @@ impl Actor {
         self.state()
     }
 
-    fn instance_id(&self) -> Option<String> {
-        self.status
+    /// The instance ids its unit registered under (none before it started).
+    fn instance_ids(&self) -> Vec<String> {
+        self.reached
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .instance_id
+            .instances
             .clone()
     }
 
     /// Stops the unit if there is one, deregisters it, and settles in `state`.
     async fn halt(&mut self, state: State) {
         self.drop_behalf().await;
+        let ids = self.instance_ids();
         if let Some(mut u) = self.unit.take() {
-            let exit = u.stop(self.ctx.policy.stop_grace).await;
+            // Out of discovery at once, while it stops (a Swarm service's
+            // tasks take a while to): nothing is routed to what is going.
+            let out = async {
+                for id in &ids {
+                    self.ctx.deregister(&self.spec.name, id).await;
+                }
+            };
+            let (exit, ()) = tokio::join!(u.stop(self.ctx.policy.stop_grace), out);
             self.publish(|s| s.last_exit = Some(exit.to_string()));
         }
-        if let Some(id) = self.instance_id() {
-            self.ctx.deregister(&self.spec.name, &id).await;
+        // Again once it stopped: a copy whose heartbeat was answered 404 in
+        // between registered itself again.
+        for id in &ids {
+            self.ctx.deregister(&self.spec.name, id).await;
         }
         self.publish(|s| {
             s.state = state;
@@ -181,7 +217,7 @@ impl Actor {
         self.unit = None;
         self.drop_behalf().await;
         let name = self.spec.name.clone();
-        if let Some(id) = self.instance_id() {
+        for id in self.instance_ids() {
             self.ctx.deregister(&name, &id).await;
         }
         let ran = self.started.map(|t| t.elapsed()).unwrap_or_default();

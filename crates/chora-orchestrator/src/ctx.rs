@@ -225,6 +225,7 @@ impl Ctx {
             unit.labels.insert(LABEL_STAND_IN.into(), "true".into());
         }
         unit.ca = spec.ca.clone();
+        unit.placement.replicas = spec.replicas.unwrap_or(1).max(1);
         // Its health check as the unit itself reaches it (a runtime that
         // checks where the unit runs: a Swarm service's HEALTHCHECK).
         unit.health = Some(spec.health_url().replace(

@@ -93,7 +93,8 @@ fn free_port() -> Option<u16> {
 }
 
 /// Waits until `d` runs, answers its health check twice in a row and (when
-/// it registers at all) is `up` in the Manifest under its instance id.
+/// it registers at all) is `up` in the Manifest under each of its instance
+/// ids (every copy of it).
 pub async fn ready(ctx: &Ctx, d: &Deployment, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut streak = 0;
@@ -118,11 +119,14 @@ pub async fn ready(ctx: &Ctx, d: &Deployment, timeout: Duration) -> Result<(), S
             }
         }
         if streak >= 2 {
-            let registered = match (&manifest, &s.instance_id) {
-                (Some(m), Some(id)) => m.get(&d.spec.name).await.ok().is_some_and(|svc| {
-                    svc.instances
-                        .iter()
-                        .any(|i| i.id == *id && i.status == Status::Up)
+            let ids = d.instance_ids();
+            let registered = match &manifest {
+                Some(m) if !ids.is_empty() => m.get(&d.spec.name).await.ok().is_some_and(|svc| {
+                    ids.iter().all(|id| {
+                        svc.instances
+                            .iter()
+                            .any(|i| i.id == *id && i.status == Status::Up)
+                    })
                 }),
                 _ => true,
             };

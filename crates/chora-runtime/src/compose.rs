@@ -116,6 +116,7 @@ impl Runtime for ComposeRuntime {
         spec: &'a UnitSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>> {
         Box::pin(async move {
+            spec.one_copy()?;
             self.compose(&spec.name, &["up", "-d"], &spec.env).await?;
             let id = self
                 .running(&spec.name)

@@ -206,6 +206,18 @@ impl UnitSpec {
     pub fn inner_port(&self) -> Option<u16> {
         self.container_port.or(self.port)
     }
+
+    /// For a runtime of one machine, which runs one copy of a unit: an
+    /// error when this spec asks for more.
+    pub fn one_copy(&self) -> Result<(), RuntimeError> {
+        match self.placement.replicas {
+            0 | 1 => Ok(()),
+            n => Err(RuntimeError::Unsupported(format!(
+                "`{}` asks for {n} replicas; one machine runs one copy of a unit (replicas of a phase 3 service run on a fleet, DESIGN.md §13)",
+                self.name
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -384,6 +396,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn log_hint(&self, name: &str) -> String;
     /// The base URL other services reach `spec` at (`http://HOST:PORT`).
     fn advertise(&self, spec: &UnitSpec) -> Option<String>;
+    /// The instance ids the copies of `spec`, started under instance `id`,
+    /// register themselves under: `id` (one copy), or one per copy (a
+    /// Swarm service of several tasks: one per task slot).
+    fn instance_ids(&self, spec: &UnitSpec, id: &str) -> Vec<String> {
+        let _ = spec;
+        vec![id.to_owned()]
+    }
     /// `url`, written as seen from this machine (`127.0.0.1:<port>`, or the
     /// unit's name where it publishes no port), as this runtime's caller
     /// reaches it.

@@ -174,7 +174,10 @@ impl Runtime for ProcessRuntime {
         &'a self,
         spec: &'a UnitSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>> {
-        Box::pin(async move { self.spawn(spec) })
+        Box::pin(async move {
+            spec.one_copy()?;
+            self.spawn(spec)
+        })
     }
 
     fn find<'a>(

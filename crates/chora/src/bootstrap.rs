@@ -68,7 +68,7 @@ struct RunArgs {
     /// Seconds the whole run may take
     #[arg(long, default_value_t = 1800.0)]
     timeout: f64,
-    /// Start each wave of independent services at once
+    /// Start each wave of independent services at once (always on a fleet)
     #[arg(long)]
     parallel: bool,
     #[arg(long, value_enum, default_value_t = RunFormat::Text)]
@@ -235,7 +235,9 @@ pub fn run(args: BootstrapArgs) -> Result<(), Failure> {
             };
             rt.block_on(validate::command(skip, format == TableOrJson::Json))
         }
-        Some(BootstrapCommand::Ui) => rt.block_on(chora_bootstrap::ui::ui(None)),
+        Some(BootstrapCommand::Ui) => {
+            rt.block_on(chora_bootstrap::ui::ui(None, crate::rt::shutdown_signal()))
+        }
         Some(BootstrapCommand::Config { action }) => {
             use config_cmd::Action;
             let (what, path) = match action {

@@ -3,7 +3,9 @@
 //! `${PORT}` substituted in each), and a managed etcd cluster
 //! (`etcd.members`) its member units `etcd-1` …; a dependency on a replicated
 //! service means all of its units. After [`Config::expand_units`] nothing
-//! else in chora knows replicas were ever written as one entry.
+//! else in chora knows replicas were ever written as one entry, except a
+//! phase 3 service's on a fleet: those stay one entry with `replicas`, which
+//! the orchestrator runs as one Swarm service of that many tasks.
 
 use super::{Config, ConfigError, Etcd, Monitoring, Register, Replica, RuntimeKind, ServiceSpec};
 use serde_saphyr::Spanned;
@@ -173,13 +175,25 @@ impl Config {
                     format!("services.{name}.replicas: {n} is not between 1 and 9"),
                 ));
             }
-            if s.value.phase == 3 || name == "orchestrator" {
+            if name == "orchestrator" {
                 return Err(fail(
                     loc,
-                    format!(
-                        "services.{name}.replicas: only phase 1-2 services other than the orchestrator run as replicas"
-                    ),
+                    "services.orchestrator.replicas: the orchestrator runs once".to_owned(),
                 ));
+            }
+            if s.value.phase == 3 {
+                // The orchestrator runs a capability's replicas itself: one
+                // Swarm service of `n` tasks spread over the hosts. One
+                // machine's runtimes run one copy of a unit.
+                if self.inventory.is_none() && n > 1 {
+                    return Err(fail(
+                        loc,
+                        format!(
+                            "services.{name}.replicas: a phase 3 service runs as replicas only on a fleet (`inventory:`, DESIGN.md §13); on one machine, give each copy an entry of its own"
+                        ),
+                    ));
+                }
+                continue;
             }
             if n == 1 {
                 continue;

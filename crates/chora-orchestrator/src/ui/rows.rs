@@ -220,6 +220,7 @@ pub mod fixtures {
             url: "http://127.0.0.1:1".into(),
             started_at: None,
             instance_id: Some(id.into()),
+            instance_ids: Vec::new(),
             last_exit: None,
         }
     }

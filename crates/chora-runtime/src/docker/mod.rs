@@ -333,6 +333,7 @@ impl Runtime for DockerRuntime {
         spec: &'a UnitSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Unit>, RuntimeError>> {
         Box::pin(async move {
+            spec.one_copy()?;
             let id = self.create(spec).await?;
             if self.follow_logs {
                 self.follow(&id, &spec.name);

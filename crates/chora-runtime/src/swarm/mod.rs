@@ -9,7 +9,9 @@
 //!
 //! - **Swarm places, restarts and replaces.** A unit is pinned to a host
 //!   (its `io.chora.host` node label), runs on every host (global), or runs
-//!   `replicas` copies spread one per host where it can. Restarts are
+//!   `replicas` tasks spread over the hosts (one per host while there are
+//!   enough), each registered under an id and address of its own (the
+//!   task's slot and name, templated per task by Swarm). Restarts are
 //!   Swarm's (any exit, 1 s delay); an update of a service is Swarm's rolling
 //!   update: one task at a time, start-first, each new task healthy before the
 //!   old one stops, rolled back by Swarm when it is not.
@@ -195,7 +197,7 @@ impl SwarmRuntime {
             .into_iter()
             .filter_map(|kv| {
                 kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(k, v)| (k.to_owned(), spec::unit_env(&name, k, v)))
             })
             .collect();
         Some(Found {
@@ -447,6 +449,13 @@ impl Runtime for SwarmRuntime {
     fn advertise(&self, spec: &UnitSpec) -> Option<String> {
         spec.inner_port()
             .map(|p| format!("http://{}:{p}", spec.name))
+    }
+
+    fn instance_ids(&self, spec: &UnitSpec, id: &str) -> Vec<String> {
+        match spec.placement.replicas {
+            n if n > 1 && !spec.placement.global => spec::slot_ids(id, n),
+            _ => vec![id.to_owned()],
+        }
     }
 
     fn reach<'a>(&'a self, spec: &'a UnitSpec, url: &'a str) -> BoxFuture<'a, String> {

@@ -25,10 +25,58 @@ fn nanos(d: Duration) -> i64 {
     d.as_nanos() as i64
 }
 
+/// A replicated unit's tasks each register under an instance id of their
+/// own: the unit's id and the task's slot (Swarm fills in the template per
+/// task; a task that replaces another in its slot takes its id over).
+const SLOT_SUFFIX: &str = "-{{.Task.Slot}}";
+/// ... and advertise their own address on the overlay: the task's name
+/// (`<service>.<slot>.<task id>`), which the overlay's DNS resolves to that
+/// task alone, so the gateway tells the tasks apart.
+const TASK_NAME: &str = "{{.Task.Name}}";
+
+/// The instance ids the `n` tasks of a replicated unit started under `id`
+/// register under (what [`SLOT_SUFFIX`] makes of `id`: Swarm numbers the
+/// slots 1 … n).
+pub(super) fn slot_ids(id: &str, n: u32) -> Vec<String> {
+    (1..=n).map(|slot| format!("{id}-{slot}")).collect()
+}
+
+/// `KEY=value` as a task of `spec` gets it: per task where a replicated
+/// unit's tasks must differ (see [`SLOT_SUFFIX`]).
+fn task_env(spec: &UnitSpec, replicated: bool, k: &str, v: &str) -> String {
+    match k {
+        "CHORA_INSTANCE_ID" if replicated => format!("{k}={v}{SLOT_SUFFIX}"),
+        "CHORA_ADVERTISE_URL" if replicated => format!(
+            "{k}={}",
+            v.replacen(
+                &format!("://{}:", spec.name),
+                &format!("://{TASK_NAME}:"),
+                1
+            )
+        ),
+        _ => format!("{k}={v}"),
+    }
+}
+
+/// The unit's own `KEY=value` back from a task's (the inverse of
+/// [`task_env`]), as the runtime finds a service again.
+pub(super) fn unit_env(name: &str, k: &str, v: &str) -> String {
+    match k {
+        "CHORA_INSTANCE_ID" => v.strip_suffix(SLOT_SUFFIX).unwrap_or(v).to_owned(),
+        "CHORA_ADVERTISE_URL" => v.replacen(&format!("://{TASK_NAME}:"), &format!("://{name}:"), 1),
+        _ => v.to_owned(),
+    }
+}
+
 impl SwarmRuntime {
     pub(super) fn service_spec(&self, spec: &UnitSpec) -> ServiceSpec {
         let labels = self.labels(spec);
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let replicated = !spec.placement.global && spec.placement.replicas > 1;
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .map(|(k, v)| task_env(spec, replicated, k, v))
+            .collect();
         env.push(format!("{NETWORK_ENV}={}", self.project));
         let mounts: Vec<Mount> = spec
             .volumes
@@ -145,18 +193,15 @@ impl SwarmRuntime {
                     // ties on the first host and they all land there;
                     // without, Swarm puts it on the host with the fewest
                     // tasks.
-                    preferences: (spec.placement.replicas > 1 && !spec.placement.global).then(
-                        || {
-                            vec![TaskSpecPlacementPreferences {
-                                spread: Some(TaskSpecPlacementSpread {
-                                    spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
-                                }),
-                            }]
-                        },
-                    ),
-                    // One copy per host where it can.
-                    max_replicas: (!spec.placement.global && spec.placement.replicas > 1)
-                        .then_some(1),
+                    // No cap per host: the replica of a lost host runs
+                    // on another one beside the one there.
+                    preferences: replicated.then(|| {
+                        vec![TaskSpecPlacementPreferences {
+                            spread: Some(TaskSpecPlacementSpread {
+                                spread_descriptor: Some(format!("node.labels.{LABEL_HOST}")),
+                            }),
+                        }]
+                    }),
                     ..Default::default()
                 }),
                 networks: Some(vec![NetworkAttachmentConfig {
@@ -192,5 +237,103 @@ impl SwarmRuntime {
             }),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Placement;
+
+    fn runtime() -> SwarmRuntime {
+        let docker = bollard::Docker::connect_with_http(
+            "http://127.0.0.1:9",
+            1,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .expect("a client connects lazily");
+        SwarmRuntime::new(docker, "/home".into(), "p".into(), 1370)
+    }
+
+    fn unit(replicas: u32) -> UnitSpec {
+        UnitSpec {
+            name: "analyzer".into(),
+            env: [
+                ("CHORA_INSTANCE_ID".to_string(), "analyzer-1a2b".to_string()),
+                (
+                    "CHORA_ADVERTISE_URL".to_string(),
+                    "http://analyzer:8800".to_string(),
+                ),
+                ("OTHER".to_string(), "x".to_string()),
+            ]
+            .into(),
+            placement: Placement {
+                replicas,
+                ..Placement::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn env_of(s: &ServiceSpec) -> Vec<String> {
+        let t = s.task_template.as_ref().unwrap();
+        t.container_spec.as_ref().unwrap().env.clone().unwrap()
+    }
+
+    #[test]
+    fn replicas_are_one_service_whose_tasks_register_apart_and_spread() {
+        let rt = runtime();
+        let s = rt.service_spec(&unit(3));
+        let mode = s.mode.as_ref().unwrap().replicated.as_ref().unwrap();
+        assert_eq!(mode.replicas, Some(3));
+        let env = env_of(&s);
+        assert!(
+            env.contains(&"CHORA_INSTANCE_ID=analyzer-1a2b-{{.Task.Slot}}".to_owned()),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&"CHORA_ADVERTISE_URL=http://{{.Task.Name}}:8800".to_owned()),
+            "{env:?}"
+        );
+        assert!(env.contains(&"OTHER=x".to_owned()), "{env:?}");
+        let place = s
+            .task_template
+            .as_ref()
+            .unwrap()
+            .placement
+            .as_ref()
+            .unwrap();
+        assert!(place.preferences.is_some(), "spread over the hosts");
+        // A lost host's replica may run beside another one.
+        assert_eq!(place.max_replicas, None);
+        // Found again, the unit's own environment.
+        for (k, want) in &unit(3).env {
+            let kv = env
+                .iter()
+                .find(|kv| kv.starts_with(&format!("{k}=")))
+                .unwrap();
+            let v = &kv[k.len() + 1..];
+            assert_eq!(&unit_env("analyzer", k, v), want, "{k}");
+        }
+
+        // One copy: the unit's own id and address, no preference.
+        let s = rt.service_spec(&unit(1));
+        let env = env_of(&s);
+        assert!(
+            env.contains(&"CHORA_INSTANCE_ID=analyzer-1a2b".to_owned()),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&"CHORA_ADVERTISE_URL=http://analyzer:8800".to_owned()),
+            "{env:?}"
+        );
+        let place = s
+            .task_template
+            .as_ref()
+            .unwrap()
+            .placement
+            .as_ref()
+            .unwrap();
+        assert!(place.preferences.is_none());
     }
 }

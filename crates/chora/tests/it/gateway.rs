@@ -345,6 +345,66 @@ async fn a_hung_instance_costs_one_timeout_then_is_skipped() {
 }
 
 #[tokio::test]
+async fn a_get_whose_connection_drops_goes_to_another_instance_and_a_post_does_not() {
+    // Reads each request, then closes the connection without an answer: an
+    // instance that stops with a request in flight.
+    let dropper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dropper_url = format!("http://{}", dropper.local_addr().unwrap());
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let closer = {
+        let dropped = dropped.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut s, _)) = dropper.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                dropped.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        })
+    };
+    let up = upstream().await;
+    let marker = upstream().await;
+    let site = Site::start();
+    site.register("svc", &dropper_url).await;
+    site.register("svc", &up.url).await;
+    site.register("marker", &marker.url).await;
+    site.wait_for("/marker/x", 200).await;
+
+    // Every GET is answered, by the live instance.
+    for i in 0..10 {
+        let r = site.http.get(site.url("/svc/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+    }
+    assert!(
+        dropped.load(Ordering::SeqCst) >= 1,
+        "no GET reached the dropper"
+    );
+    // A POST that reached an instance may have done its work there: never
+    // sent again, it answers 502.
+    let before = dropped.load(Ordering::SeqCst);
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let r = site
+            .http
+            .post(site.url("/svc/x"))
+            .body("work")
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    let reached = dropped.load(Ordering::SeqCst) - before;
+    assert!(reached >= 1, "no POST reached the dropper: {codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == 502).count(),
+        reached,
+        "{codes:?}"
+    );
+    closer.abort();
+}
+
+#[tokio::test]
 async fn sigterm_refuses_new_connections_and_lets_a_request_in_flight_finish() {
     // An upstream that holds `/hold` until the test releases it.
     let arrived = Arc::new(tokio::sync::Notify::new());

@@ -1,0 +1,57 @@
+//! What the fleet test's parts share: the capabilities and their copies,
+//! where a unit's tasks run, and waiting for the system to be healthy.
+
+use crate::prod::Prod;
+use chora_testkit::infra_host::HostKit;
+use std::time::{Duration, Instant};
+
+/// Waits until `status` says the system is healthy (after a restart).
+pub(super) fn settle(p: &Prod) {
+    let t = Instant::now();
+    loop {
+        let st = p.status();
+        if st["overall_status"] == "healthy" {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "not healthy again: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The built-in capabilities the prod template deploys.
+pub(super) const CAPABILITIES: [&str; 5] = ["analyzer", "executor", "storage", "monitor", "logger"];
+
+/// How many copies of capability `c` run once `rolling_change` gave
+/// analyzer two replicas.
+pub(super) fn copies(c: &str) -> usize {
+    if c == "analyzer" { 2 } else { 1 }
+}
+
+/// The hosts unit `unit`'s running tasks are on, as a manager sees them.
+pub(super) fn nodes_of(kit: &HostKit, project: &str, unit: &str) -> Vec<String> {
+    let out = kit.host("f-1").sh(&format!(
+        "docker service ps {project}_{unit} --filter desired-state=running --format '{{{{.Node}}}} {{{{.CurrentState}}}}' 2>/dev/null || true"
+    ));
+    out.lines()
+        .filter(|l| l.contains("Running"))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// How many containers of unit `unit` run on the hosts still up.
+pub(super) fn containers_of(kit: &HostKit, project: &str, unit: &str, hosts: &[&str]) -> usize {
+    hosts
+        .iter()
+        .map(|h| {
+            kit.host(h)
+                .sh(&format!(
+                    "docker ps -q --filter label=com.docker.swarm.service.name={project}_{unit}"
+                ))
+                .lines()
+                .count()
+        })
+        .sum()
+}

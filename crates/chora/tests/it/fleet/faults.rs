@@ -1,0 +1,221 @@
+//! A hung host and a lost host under a writer through the Manifest nodes
+//! and a reader through the gateway (prod.rs's `around` and `judge`).
+
+use super::common::{CAPABILITIES, containers_of, copies, nodes_of, settle};
+use crate::infra_swarm::answers;
+use crate::prod::{Prod, Window, around_reading, judge};
+use chora_testkit::infra_host::{self, HostKit};
+use std::time::{Duration, Instant};
+
+/// Unpauses a test host when dropped (a hung host comes back, pass or fail).
+struct Thaw(String);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = chora_testkit::infra_host::docker_try(&["unpause", &self.0]);
+    }
+}
+
+/// Waits until every unit of `units` answers through the gateway from a task
+/// on a host other than `gone`, and returns how long after `at` the last did.
+fn back_elsewhere(
+    rt: &tokio::runtime::Runtime,
+    kit: &HostKit,
+    p: &Prod,
+    units: &[&str],
+    gone: &str,
+    at: Instant,
+) -> Duration {
+    let gateway = p.port("gateway");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut last = Duration::ZERO;
+    for u in units {
+        loop {
+            // Every copy runs again, none on the host gone.
+            let moved = nodes_of(kit, &p.project, u)
+                .iter()
+                .filter(|n| *n != gone)
+                .count()
+                >= copies(u);
+            let answers = rt.block_on(async {
+                http.get(format!("http://127.0.0.1:{gateway}/api/v1/{u}/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            });
+            if moved && answers {
+                last = last.max(at.elapsed());
+                break;
+            }
+            assert!(
+                at.elapsed() < Duration::from_secs(30),
+                "{u} is not back elsewhere"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    last
+}
+
+/// The host to fail (f-2 or f-3: f-1 holds the door), the capabilities
+/// that run there, and one that does not, for the reader (the first
+/// capability when all run there).
+fn pick_victim(kit: &HostKit, p: &Prod) -> (&'static str, Vec<&'static str>, &'static str) {
+    let on: Vec<(&str, Vec<String>)> = CAPABILITIES
+        .into_iter()
+        .map(|c| (c, nodes_of(kit, &p.project, c)))
+        .collect();
+    let there = |h: &str| -> Vec<&'static str> {
+        CAPABILITIES
+            .into_iter()
+            .zip(&on)
+            .filter(|(_, (_, nodes))| nodes.iter().any(|n| n == h))
+            .map(|(c, _)| c)
+            .collect()
+    };
+    let victim = ["f-3", "f-2"]
+        .into_iter()
+        .max_by_key(|h| there(h).len())
+        .unwrap();
+    let ran_there = there(victim);
+    let reader = CAPABILITIES
+        .into_iter()
+        .find(|c| !ran_there.contains(c))
+        .unwrap_or(CAPABILITIES[0]);
+    eprintln!("failing {victim}, where {ran_there:?} run; reading {reader}");
+    (victim, ran_there, reader)
+}
+
+/// A hung host (paused 20 s), then a lost one (stopped), each with a writer
+/// through the Manifest nodes and a reader through the gateway (prod.rs's
+/// `around` and `judge`): the write gap stays ≤ 3 s, no acknowledged
+/// registration is lost, the capabilities that ran there answer again from
+/// another host within 15 s; the hung host rejoins and nothing runs twice.
+pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    // This test reaches the Manifest nodes and the gateway as the
+    // operator's chora does: the door on f-1, over SSH (while no chora
+    // command runs: theirs would take the same ports).
+    let inventory = chora_infra::Inventory::load(inv).unwrap();
+    let door = || {
+        let tunnel = rt
+            .block_on(chora_infra::tunnel::docker_tunnel(&inventory, "f-1"))
+            .unwrap();
+        for port in (0..3)
+            .map(|i| p.manifest_port + i)
+            .chain([p.port("gateway")])
+        {
+            rt.block_on(tunnel.forward_port(port, port)).unwrap();
+        }
+        tunnel
+    };
+    let window = Window {
+        before: Duration::from_secs(1),
+        after: Duration::from_secs(8),
+        // The test's registrations have no heartbeat: those older than the
+        // TTL expire by design.
+        bench: true,
+    };
+    let bar = Duration::from_secs(3);
+    let (victim, ran_there, reader) = pick_victim(kit, p);
+    let container = kit.host(victim).container.clone();
+
+    // A hung host.
+    let tunnel = door();
+    let mut thaw = None;
+    let (rec, at, end) = rt.block_on(around_reading(
+        p,
+        "hung",
+        reader,
+        window.before,
+        window.after,
+        || {
+            infra_host::docker(&["pause", &container]);
+            thaw = Some(Thaw(container.clone()));
+        },
+    ));
+    let t = rt.block_on(judge(p, "hung host", &rec, at, end, bar, window));
+    let back = back_elsewhere(&rt, kit, p, &ran_there, victim, at);
+    println!(
+        "BENCH hung host (paused 20 s): write gap|{:.1} s|<= 3 s",
+        t.gap.as_secs_f64()
+    );
+    println!(
+        "BENCH hung host: {ran_there:?} back in discovery elsewhere|{:.1} s|< 10 s (bound 15 s)",
+        back.as_secs_f64()
+    );
+    assert!(back <= Duration::from_secs(15), "back after {back:?}");
+    drop(tunnel);
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(at.elapsed()));
+    drop(thaw);
+    // It rejoins by itself; nothing runs twice; its etcd member catches up.
+    let s1 = kit.host("f-1");
+    let back_at = Instant::now();
+    while s1.sh(&format!(
+        "docker node inspect {victim} --format '{{{{.Status.State}}}}'"
+    )) != "ready"
+    {
+        assert!(
+            back_at.elapsed() < Duration::from_secs(30),
+            "{victim} does not rejoin"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all = ["f-1", "f-2", "f-3"];
+    for c in CAPABILITIES {
+        let t = Instant::now();
+        while containers_of(kit, &p.project, c, &all) != copies(c) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{c} runs {} times",
+                containers_of(kit, &p.project, c, &all)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Its etcd member caught up: everything healthy again.
+    settle(p);
+
+    // A lost host: stopped, as a machine that lost power.
+    let (victim, ran_there, reader) = pick_victim(kit, p);
+    let container = kit.host(victim).container.clone();
+    let tunnel = door();
+    let (rec, at, end) = rt.block_on(around_reading(
+        p,
+        "lost",
+        reader,
+        window.before,
+        window.after,
+        || {
+            infra_host::docker(&["stop", "-t", "0", &container]);
+        },
+    ));
+    let t = rt.block_on(judge(p, "lost host", &rec, at, end, bar, window));
+    let back = back_elsewhere(&rt, kit, p, &ran_there, victim, at);
+    println!(
+        "BENCH lost host (stopped): write gap|{:.1} s|<= 3 s",
+        t.gap.as_secs_f64()
+    );
+    println!(
+        "BENCH lost host: {ran_there:?} back in discovery elsewhere|{:.1} s|< 10 s (bound 15 s)",
+        back.as_secs_f64()
+    );
+    println!(
+        "BENCH lost host: gateway errors (reader on another host)|{}|0 outside the gap",
+        t.gateway_errors
+    );
+    assert!(back <= Duration::from_secs(15), "back after {back:?}");
+    // The gateway on the hosts left keeps answering.
+    let others: Vec<&str> = all.into_iter().filter(|h| *h != victim).collect();
+    for h in others {
+        assert!(answers(&kit.host(h).ip, p.port("gateway")), "{h}'s gateway");
+    }
+    drop(tunnel);
+}
