@@ -41,10 +41,12 @@ impl Ctx {
     ) -> Result<(ServiceRecord, Option<String>), StepError> {
         let timeout = self.health_timeout(spec);
         // A replacement waits for the new version (twice: a stand-in, then
-        // the unit in its place) and maybe the old one again.
+        // the unit in its place; or once per copy in a rolling update) and
+        // maybe the old one again.
+        let copies = spec.replicas.unwrap_or(1).max(1);
         let orch = self
             .orchestrator()?
-            .with_timeout(timeout * 3 + std::time::Duration::from_secs(30));
+            .with_timeout(timeout * (3 + copies) + std::time::Duration::from_secs(90));
         let mut environment = self.env_for(name, spec);
         environment.remove("CHORA_HOME");
         let body = chora_api::orchestrator::DeploySpec {

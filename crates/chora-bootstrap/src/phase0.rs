@@ -135,7 +135,7 @@ impl Run {
                 .action("Or remove what the other home left, if it is not needed: docker rm -f NAME, docker volume rm NAME"));
         }
         // Ports. A fleet's are on its hosts; here they are the door's,
-        // which this run holds (`fleet.rs`).
+        // which this run holds (`fleet/`).
         let mut taken = Vec::new();
         let here = ctx.config.inventory.is_none();
         for (name, s) in ctx.config.services.iter().filter(|_| here) {

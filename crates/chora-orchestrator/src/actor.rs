@@ -28,6 +28,9 @@ pub(crate) enum Cmd {
     Restart(oneshot::Sender<State>),
     /// Stop for good (delete, replace, shutdown).
     Remove(oneshot::Sender<()>),
+    /// Let go of the unit without stopping it: another deployment took it
+    /// over (a runtime's rolling update replaced it in place).
+    Release(oneshot::Sender<()>),
 }
 
 /// The actor's own state.
@@ -308,6 +311,18 @@ impl Actor {
                         }
                         Cmd::Remove(reply) => {
                             self.halt(State::Stopped).await;
+                            let _ = reply.send(());
+                            return;
+                        }
+                        Cmd::Release(reply) => {
+                            // Its registrations are the old spec's (the new
+                            // deployment registers under ids of its own),
+                            // and its copies have stopped: none is left.
+                            self.drop_behalf().await;
+                            self.unit = None;
+                            for id in self.instance_ids() {
+                                self.ctx.deregister(&self.spec.name, &id).await;
+                            }
                             let _ = reply.send(());
                             return;
                         }

@@ -14,6 +14,15 @@
 //!   command): the old unit stops, the new one starts; the gap is a
 //!   restart's, and the answer says so.
 //!
+//! - **Rolling**, where the runtime replaces a unit in place itself
+//!   (`Runtime::roll`: a Swarm service's rolling update, one task at a time,
+//!   start-first, each new task healthy before an old one stops): the
+//!   runtime rolls the unit to the new spec, a deployment of the new spec
+//!   adopts it and must be ready (`up` under each of its instance ids), and
+//!   the old deployment lets go of it without stopping it. A new version
+//!   that fails is rolled back by the runtime; the old deployment keeps the
+//!   unit, which runs the old spec again.
+//!
 //! A new version that does not become healthy within its `health_timeout`
 //! never replaces the old one: start-first, the old unit never stopped;
 //! stop-first (or a new unit that fails in the old one's place), the old
@@ -29,6 +38,7 @@ use std::time::{Duration, Instant};
 pub enum Replaced {
     StartFirst,
     StopFirst(&'static str),
+    Rolling,
 }
 
 impl Replaced {
@@ -36,6 +46,7 @@ impl Replaced {
         match self {
             Replaced::StartFirst => "start-first".into(),
             Replaced::StopFirst(why) => format!("stop-first: {why}"),
+            Replaced::Rolling => "rolling: one copy at a time, start-first".into(),
         }
     }
 }
@@ -158,6 +169,12 @@ pub async fn replace(
         None => Replaced::StartFirst,
     };
     let fail = |m: String| format!("the new version of `{name}` {m}");
+    if let Some(rolled) = roll(ctx, &old, &spec, timeout).await {
+        return rolled.map_err(|e| Failed {
+            message: fail(e),
+            running: None,
+        });
+    }
     if let Replaced::StopFirst(why) = how {
         tracing::info!(service = %name, why, "replacing stop-first");
         old.remove().await;
@@ -186,6 +203,44 @@ pub async fn replace(
             Err(failed)
         }
     }
+}
+
+/// Replaces `old` by `spec` through the runtime's rolling update, where it
+/// has one (see the module doc); `None` where it has not. An error leaves
+/// `old` in charge of the unit, rolled back.
+async fn roll(
+    ctx: &Arc<Ctx>,
+    old: &Arc<Deployment>,
+    spec: &DeploySpec,
+    timeout: Duration,
+) -> Option<Result<(Deployment, Replaced), String>> {
+    let rt = ctx.runtimes.for_spec(spec).ok()?;
+    // The new spec under an instance id of its own: its copies register
+    // beside the old ones' until those stop.
+    let id = format!("{}-{}", spec.name, chora_api::random_hex(4));
+    let unit = ctx.unit_spec(spec, &Placement::of(spec), &*rt, &id);
+    // Each copy may take the whole health timeout.
+    let copies = spec.replicas.unwrap_or(1).max(1);
+    let rolling = rt.roll(&unit, timeout * copies)?;
+    tracing::info!(service = %spec.name, "replacing by the runtime's rolling update");
+    Some(
+        async move {
+            rolling.await.map_err(|e| e.to_string())?;
+            // The unit now runs the new spec: a deployment of it adopts the
+            // unit (by its digest label), then the old one lets go of it.
+            let d = supervisor::deploy(ctx, spec.clone())
+                .await
+                .map_err(|e| format!("was rolled out but not taken over: {e}"))?;
+            if let Err(e) = ready(ctx, &d, timeout).await {
+                // Not ours to stop: the old deployment keeps the unit.
+                d.release().await;
+                return Err(e);
+            }
+            old.release().await;
+            Ok((d, Replaced::Rolling))
+        }
+        .await,
+    )
 }
 
 /// Deploys `spec` (placed as `place` says) and waits until it is ready; a

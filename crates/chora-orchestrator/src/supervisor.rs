@@ -75,6 +75,15 @@ impl Deployment {
             let _ = rx.await;
         }
     }
+
+    /// Ends this deployment without stopping its unit, which another
+    /// deployment adopted (see `replace.rs`, a rolling update).
+    pub async fn release(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Release(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 fn hand_over(actor: Actor, digest: String) -> Deployment {

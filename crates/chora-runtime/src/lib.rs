@@ -396,6 +396,20 @@ pub trait Runtime: Send + Sync + 'static {
     fn log_hint(&self, name: &str) -> String;
     /// The base URL other services reach `spec` at (`http://HOST:PORT`).
     fn advertise(&self, spec: &UnitSpec) -> Option<String>;
+    /// Replaces the running unit `spec.name` by `spec` in place, copy by
+    /// copy, each new copy healthy before an old one stops, and back to the
+    /// old spec when the new one is not all healthy within `timeout`: where
+    /// this runtime does that itself (a Swarm service's rolling update).
+    /// `None` where it does not: the caller replaces the unit (a stand-in
+    /// first, see the orchestrator's `replace.rs`).
+    fn roll<'a>(
+        &'a self,
+        spec: &'a UnitSpec,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, Result<(), RuntimeError>>> {
+        let _ = (spec, timeout);
+        None
+    }
     /// The instance ids the copies of `spec`, started under instance `id`,
     /// register themselves under: `id` (one copy), or one per copy (a
     /// Swarm service of several tasks: one per task slot).

@@ -26,6 +26,7 @@
 //!   everything else answers on the overlay only.
 
 mod door;
+mod roll;
 mod service;
 mod spec;
 
@@ -449,6 +450,14 @@ impl Runtime for SwarmRuntime {
     fn advertise(&self, spec: &UnitSpec) -> Option<String> {
         spec.inner_port()
             .map(|p| format!("http://{}:{p}", spec.name))
+    }
+
+    fn roll<'a>(
+        &'a self,
+        spec: &'a UnitSpec,
+        timeout: std::time::Duration,
+    ) -> Option<BoxFuture<'a, Result<(), RuntimeError>>> {
+        Some(Box::pin(self.roll_to(spec, timeout)))
     }
 
     fn instance_ids(&self, spec: &UnitSpec, id: &str) -> Vec<String> {

@@ -87,6 +87,8 @@ pub(super) fn rolling_change(kit: &HostKit, p: &Prod) {
     assert_eq!(untouched(&before), untouched(&after), "{out}");
     assert_ne!(before, after, "analyzer was not replaced\n{out}");
     assert!(out.contains("replicas 1 → 2"), "{out}");
+    // Swarm's own rolling update, one task at a time, not a stand-in.
+    assert!(out.contains("analyzer replaced (rolling"), "{out}");
     // Two tasks on two hosts, each in discovery under its own id and address.
     let mut hosts = nodes_of(kit, &p.project, "analyzer");
     hosts.sort();

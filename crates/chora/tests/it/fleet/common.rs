@@ -1,9 +1,35 @@
 //! What the fleet test's parts share: the capabilities and their copies,
 //! where a unit's tasks run, and waiting for the system to be healthy.
 
+use crate::infra::bootstrap as infra_bootstrap;
+use crate::infra_swarm::inventory;
 use crate::prod::Prod;
-use chora_testkit::infra_host::HostKit;
+use chora_testkit::infra_host::{HostKit, HostSpec};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Three fresh test hosts prepared by `chora infra bootstrap` (Docker, a
+/// WireGuard mesh, a swarm of three managers), and their inventory.
+pub(super) fn three_prepared_hosts() -> (HostKit, PathBuf) {
+    let spec = |name: &str| HostSpec {
+        name: name.into(),
+        ..HostSpec::default()
+    };
+    let kit = HostKit::start(&[spec("f-1"), spec("f-2"), spec("f-3")]);
+    let inv = inventory(
+        &kit,
+        &[("f-1", "{}"), ("f-2", "{}"), ("f-3", "{}")],
+        "network: {provider: wireguard}\nswarm: {managers: 3}\n",
+    );
+    let t = Instant::now();
+    let (code, report, err) = infra_bootstrap(&kit, &inv);
+    assert_eq!(code, 0, "{report}\n{err}");
+    println!(
+        "BENCH 3 fresh hosts prepared (chora infra bootstrap)|{:.1} s|-",
+        t.elapsed().as_secs_f64()
+    );
+    (kit, inv)
+}
 
 /// Waits until `status` says the system is healthy (after a restart).
 pub(super) fn settle(p: &Prod) {

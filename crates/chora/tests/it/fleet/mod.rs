@@ -8,12 +8,12 @@ mod change;
 mod common;
 mod dashboard;
 mod faults;
+mod fifty;
 
-use crate::infra::bootstrap as infra_bootstrap;
-use crate::infra_swarm::{answers, inventory};
+use crate::infra_swarm::answers;
 use crate::prod::Prod;
-use chora_testkit::infra_host::{self, HostKit, HostSpec};
-use common::{nodes_of, settle};
+use chora_testkit::infra_host;
+use common::{nodes_of, settle, three_prepared_hosts};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -34,23 +34,7 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
     // The hosts' dockerds and the fault timings want the machine: no other
     // system of this run beside them.
     let turn = crate::one_system_turn();
-    let spec = |name: &str| HostSpec {
-        name: name.into(),
-        ..HostSpec::default()
-    };
-    let kit = HostKit::start(&[spec("f-1"), spec("f-2"), spec("f-3")]);
-    let inv = inventory(
-        &kit,
-        &[("f-1", "{}"), ("f-2", "{}"), ("f-3", "{}")],
-        "network: {provider: wireguard}\nswarm: {managers: 3}\n",
-    );
-    let t = Instant::now();
-    let (code, report, err) = infra_bootstrap(&kit, &inv);
-    assert_eq!(code, 0, "{report}\n{err}");
-    println!(
-        "BENCH 3 fresh hosts prepared (chora infra bootstrap)|{:.1} s|-",
-        t.elapsed().as_secs_f64()
-    );
+    let (kit, inv) = three_prepared_hosts();
 
     let p = Prod::new_in(turn);
     let config = std::fs::read_to_string(p.home().join("bootstrap-config.yml")).unwrap();

@@ -1,0 +1,102 @@
+//! The fleet at scale (issue 23's "50 services over 3 hosts"): the prod
+//! topology plus 45 more phase 3 services (each `chora manifest serve` on
+//! SQLite from the chora image, registered by the orchestrator on its
+//! behalf), 50 capabilities in all, from three prepared hosts. A benchmark:
+//! `FIFTY=1 bench/fleet.sh` runs it and prints one row per figure.
+
+use super::common::{settle, three_prepared_hosts};
+use crate::prod::Prod;
+use std::time::Instant;
+
+/// How many services the benchmark adds to the five built-in capabilities.
+const MORE: usize = 45;
+
+#[test]
+#[ignore = "a benchmark: FIFTY=1 bench/fleet.sh runs it"]
+fn bench_fifty_services_over_three_hosts() {
+    let turn = crate::one_system_turn();
+    let (kit, inv) = three_prepared_hosts();
+    let p = Prod::new_in(turn);
+    let config = std::fs::read_to_string(p.home().join("bootstrap-config.yml")).unwrap();
+    // Phase 3 deploys 50 services at once on hosts that share this
+    // machine's two cores: more time than the template's 120 s.
+    let mut config = config
+        .replace("  prometheus: true\n", "  prometheus: false\n")
+        .replace("  phase_3: 120\n", "  phase_3: 900\n");
+    assert!(config.contains("  phase_3: 900\n"), "{config}");
+    let at = config
+        .find("\ntimeouts:")
+        .expect("the template has timeouts");
+    let mut more = String::new();
+    for (i, port) in chora_testkit::free_ports(MORE).into_iter().enumerate() {
+        more.push_str(&format!(
+            "  svc-{n:02}:
+    phase: 3
+    register: chora
+    deploy_via: orchestrator
+    image: \"chora:${{CHORA_VERSION}}\"
+    command: [manifest, serve, --listen, \"0.0.0.0:{port}\", --storage, \"sqlite:/tmp/m.db\", --no-auth]
+    port: {port}
+    health_endpoint: http://127.0.0.1:{port}/health
+    timeout: 120
+    dependencies: [orchestrator]
+
+",
+            n = i + 1
+        ));
+    }
+    config.insert_str(at + 1, &more);
+    p.write_config(&config);
+
+    let t = Instant::now();
+    let (code, out, err) = p.run(&[
+        "bootstrap",
+        "--environment",
+        "prod",
+        "--inventory",
+        inv.to_str().unwrap(),
+    ]);
+    let cold = t.elapsed();
+    assert_eq!(code, 0, "{out}\n{err}");
+    eprintln!("{out}");
+    println!(
+        "BENCH 50 capabilities (+ 8 units of prod) on 3 prepared hosts, cold|{:.1} s|-",
+        cold.as_secs_f64()
+    );
+    // Every unit healthy, the 45 included.
+    settle(&p);
+    let st = p.status();
+    assert!(st["services"].as_array().unwrap().len() >= 50 + 8, "{st}");
+    // Where Swarm put them: tasks per host.
+    let per_host: Vec<String> = ["f-1", "f-2", "f-3"]
+        .into_iter()
+        .map(|h| {
+            let n = kit
+                .host(h)
+                .sh(&format!(
+                    "docker ps -q --filter label=io.chora.project={}",
+                    p.project
+                ))
+                .lines()
+                .count();
+            format!("{h} {n}")
+        })
+        .collect();
+    println!("BENCH containers per host|{}|spread", per_host.join(", "));
+    let t = Instant::now();
+    let (code, out, err) = p.run(&["bootstrap"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    println!(
+        "BENCH no-op re-run with 50 capabilities|{:.1} s|< 5 s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let (code, out, err) = p.run(&["bootstrap", "status"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    println!(
+        "BENCH status of 58 units from the operator's machine|{:.1} s|-",
+        t.elapsed().as_secs_f64()
+    );
+    let (code, out, err) = p.run(&["bootstrap", "reset", "--force"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
