@@ -49,12 +49,18 @@ impl Ctx {
             .with_timeout(timeout * (3 + copies) + std::time::Duration::from_secs(90));
         let mut environment = self.env_for(name, spec);
         environment.remove("CHORA_HOME");
+        // On a fleet the tasks run on the hosts: the image goes there first
+        // (over SSH, where a host lacks it), as for phases 1-2.
+        let image = spec.image.as_deref().map(|i| self.substitute(i));
+        if let (true, Some(image)) = (self.config.inventory.is_some(), &image) {
+            self.ensure_fleet_image(image).await?;
+        }
         let body = chora_api::orchestrator::DeploySpec {
             name: name.to_owned(),
             version: spec.version.clone().unwrap_or_else(|| "1.0.0".into()),
             port: spec.port.expect("checked by the config"),
             command: self.argv(spec),
-            image: spec.image.as_deref().map(|i| self.substitute(i)),
+            image,
             environment,
             dependencies: spec.deps().map(str::to_owned).collect(),
             register: Some(spec.registers()),

@@ -8,6 +8,27 @@ use chora_testkit::infra_host::{HostKit, HostSpec};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// A phase 3 service from an image of its own, registered on its behalf:
+/// the chora image `image` running a Manifest on SQLite on `port` (any
+/// program with a `/health`), given `timeout` seconds to be healthy. A
+/// config block to put before `timeouts:`.
+pub(super) fn image_service(name: &str, image: &str, port: u16, timeout: u32) -> String {
+    format!(
+        "  {name}:
+    phase: 3
+    register: chora
+    deploy_via: orchestrator
+    image: \"{image}\"
+    command: [manifest, serve, --listen, \"0.0.0.0:{port}\", --storage, \"sqlite:/tmp/m.db\", --no-auth]
+    port: {port}
+    health_endpoint: http://127.0.0.1:{port}/health
+    timeout: {timeout}
+    dependencies: [orchestrator]
+
+"
+    )
+}
+
 /// Three fresh test hosts prepared by `chora infra bootstrap` (Docker, a
 /// WireGuard mesh, a swarm of three managers), and their inventory.
 pub(super) fn three_prepared_hosts() -> (HostKit, PathBuf) {

@@ -13,7 +13,7 @@ mod fifty;
 use crate::infra_swarm::answers;
 use crate::prod::Prod;
 use chora_testkit::infra_host;
-use common::{nodes_of, settle, three_prepared_hosts};
+use common::{image_service, nodes_of, settle, three_prepared_hosts};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,16 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
 
     let p = Prod::new_in(turn);
     let config = std::fs::read_to_string(p.home().join("bootstrap-config.yml")).unwrap();
-    p.write_config(&config.replace("  prometheus: true\n", "  prometheus: false\n"));
+    // Beside the built-ins, any program from an image of its own (here the
+    // chora image running a Manifest on SQLite), registered on its behalf:
+    // its image must reach the hosts.
+    let notes = image_service("notes", &p.image, chora_testkit::free_port(), 60);
+    let mut config = config.replace("  prometheus: true\n", "  prometheus: false\n");
+    let at = config
+        .find("\ntimeouts:")
+        .expect("the template has timeouts");
+    config.insert_str(at + 1, &notes);
+    p.write_config(&config);
     let t = Instant::now();
     let (code, out, err) = p.run(&[
         "bootstrap",
@@ -69,6 +78,7 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
         p.project
     ));
     for unit in [
+        "notes",
         "etcd-1",
         "etcd-2",
         "etcd-3",
