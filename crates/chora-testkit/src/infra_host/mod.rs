@@ -40,6 +40,27 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `docker pause` of a test host: a hung host. The kernel's freezer may give
+/// up on a cgroup as busy as a host running its own dockerd ("unable to
+/// freeze", seen once in a few dozen runs), so a refused pause is tried
+/// again, up to five times.
+pub fn pause(container: &str) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = docker_try(&["pause", container]);
+        if out.status.success() {
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "docker pause {container} refused, trying again: {}",
+            last.trim()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("docker pause {container} failed five times: {last}");
+}
+
 pub fn docker_try(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)

@@ -272,7 +272,7 @@ pub(crate) struct Paused<'a>(&'a str);
 
 impl<'a> Paused<'a> {
     pub(crate) fn new(container: &'a str) -> Paused<'a> {
-        docker(&["pause", container]);
+        infra_host::pause(container);
         Paused(container)
     }
 }

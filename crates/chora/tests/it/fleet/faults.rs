@@ -193,7 +193,7 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         window.before,
         window.after,
         || {
-            infra_host::docker(&["pause", &container]);
+            infra_host::pause(&container);
             thaw = Some(Thaw(container.clone()));
         },
     ));
