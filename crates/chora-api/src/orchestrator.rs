@@ -104,6 +104,18 @@ pub struct Deployed {
     pub replaced: Option<String>,
 }
 
+impl ServiceStatus {
+    /// Every Manifest instance id its current unit registers under: each
+    /// copy's, or the one `instance_id` (none before it started).
+    pub fn instance_ids(&self) -> Vec<String> {
+        if self.instance_ids.is_empty() {
+            self.instance_id.iter().cloned().collect()
+        } else {
+            self.instance_ids.clone()
+        }
+    }
+}
+
 /// The state of a deployed service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -147,11 +147,8 @@ impl Ctx {
         let deployed = asked.ok().map(|list| {
             list.into_iter()
                 .filter_map(|d| {
-                    let ids = match d.instance_ids {
-                        ids if !ids.is_empty() => ids,
-                        _ => vec![d.instance_id?],
-                    };
-                    Some((d.name, ids))
+                    let ids = d.instance_ids();
+                    (!ids.is_empty()).then_some((d.name, ids))
                 })
                 .collect()
         });

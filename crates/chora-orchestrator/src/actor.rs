@@ -12,16 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
-/// How this orchestrator reaches and knows a started unit.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Reached {
-    /// Its health URL as this orchestrator reaches it.
-    pub probe: Option<String>,
-    /// The instance ids it registers under (`Runtime::instance_ids`, or the
-    /// one registration kept on its behalf).
-    pub instances: Vec<String>,
-}
-
 pub(crate) enum Cmd {
     Stop(oneshot::Sender<State>),
     Start(oneshot::Sender<State>),
@@ -39,9 +29,8 @@ pub(crate) struct Actor {
     pub(crate) spec: DeploySpec,
     pub(crate) place: Placement,
     pub(crate) status: Arc<Mutex<ServiceStatus>>,
-    /// How the started unit is reached and known (shared with its
-    /// deployment, which the supervisor hands out).
-    pub(crate) reached: Arc<Mutex<Reached>>,
+    /// The unit's health URL as this orchestrator reaches it, once started.
+    pub(crate) probe: Arc<Mutex<Option<String>>>,
     unit: Option<Box<dyn Unit>>,
     /// The registration kept on the unit's behalf (`register: chora`).
     behalf: Option<OnBehalf>,
@@ -55,7 +44,7 @@ impl Actor {
             ctx: ctx.clone(),
             spec: spec.clone(),
             place,
-            reached: Arc::default(),
+            probe: Arc::default(),
             status: Arc::new(Mutex::new(ServiceStatus {
                 name: spec.name.clone(),
                 version: spec.version.clone(),
@@ -116,10 +105,7 @@ impl Actor {
             Register::Chora => vec![id.clone()],
             Register::Itself => runtime.instance_ids(unit_spec, &id),
         };
-        *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Reached {
-            probe: Some(health.clone()),
-            instances: instances.clone(),
-        };
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(health.clone());
         self.publish(|s| {
             s.state = State::Running;
             s.pid = uid.pid();
@@ -182,11 +168,10 @@ impl Actor {
 
     /// The instance ids its unit registered under (none before it started).
     fn instance_ids(&self) -> Vec<String> {
-        self.reached
+        self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .instances
-            .clone()
+            .instance_ids()
     }
 
     /// Stops the unit if there is one, deregisters it, and settles in `state`.

@@ -3,7 +3,7 @@
 //! the Manifest the moment its process is seen to exit, and obeys stop / start /
 //! restart commands. `GET /v1/services` reads the status each actor publishes.
 
-use crate::actor::{Actor, Cmd, Reached};
+use crate::actor::{Actor, Cmd};
 use crate::ctx::UNIT_ENV;
 pub use crate::ctx::{
     Ctx, LABEL_DEPLOY, LABEL_DIGEST, LABEL_STAND_IN, Placement, RestartPolicy, Runtimes, digest,
@@ -20,29 +20,21 @@ pub struct Deployment {
     /// [`digest`] of the request it was started for.
     pub digest: String,
     pub status: Arc<Mutex<ServiceStatus>>,
-    /// How its unit is reached and known, once started.
-    pub(crate) reached: Arc<Mutex<Reached>>,
+    /// Its unit's health URL as this orchestrator reaches it.
+    pub(crate) probe: Arc<Mutex<Option<String>>>,
     tx: mpsc::Sender<Cmd>,
 }
 
 impl Deployment {
     /// Its unit's health URL as this orchestrator reaches it (once started).
     pub fn probe_url(&self) -> Option<String> {
-        self.reached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .probe
-            .clone()
+        self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The instance ids its unit registers under, once started: one, or one
     /// per copy (see `Runtime::instance_ids`).
     pub fn instance_ids(&self) -> Vec<String> {
-        self.reached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .instances
-            .clone()
+        self.snapshot().instance_ids()
     }
 
     pub fn snapshot(&self) -> ServiceStatus {
@@ -90,13 +82,13 @@ fn hand_over(actor: Actor, digest: String) -> Deployment {
     let (tx, rx) = mpsc::channel(8);
     let spec = actor.spec.clone();
     let status = actor.status.clone();
-    let reached = actor.reached.clone();
+    let probe = actor.probe.clone();
     tokio::spawn(actor.run(rx));
     Deployment {
         spec,
         digest,
         status,
-        reached,
+        probe,
         tx,
     }
 }

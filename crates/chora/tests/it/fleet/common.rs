@@ -29,6 +29,37 @@ pub(super) fn image_service(name: &str, image: &str, port: u16, timeout: u32) ->
     )
 }
 
+/// Writes `p`'s prod config without Prometheus, `more` (service blocks)
+/// added, and `alter` applied; then `chora bootstrap --environment prod
+/// --inventory inv` must succeed. Returns how long it took and its output
+/// (also printed: where the cold start's time goes, for the benchmark).
+pub(super) fn cold_bootstrap(
+    p: &Prod,
+    inv: &std::path::Path,
+    more: &str,
+    alter: impl FnOnce(String) -> String,
+) -> (Duration, String) {
+    let config = std::fs::read_to_string(p.home().join("bootstrap-config.yml")).unwrap();
+    let mut config = alter(config.replace("  prometheus: true\n", "  prometheus: false\n"));
+    let at = config
+        .find("\ntimeouts:")
+        .expect("the template has timeouts");
+    config.insert_str(at + 1, more);
+    p.write_config(&config);
+    let t = Instant::now();
+    let (code, out, err) = p.run(&[
+        "bootstrap",
+        "--environment",
+        "prod",
+        "--inventory",
+        inv.to_str().unwrap(),
+    ]);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{out}\n{err}");
+    eprintln!("{out}");
+    (took, out)
+}
+
 /// Three fresh test hosts prepared by `chora infra bootstrap` (Docker, a
 /// WireGuard mesh, a swarm of three managers), and their inventory.
 pub(super) fn three_prepared_hosts() -> (HostKit, PathBuf) {

@@ -13,7 +13,7 @@ mod fifty;
 use crate::infra_swarm::answers;
 use crate::prod::Prod;
 use chora_testkit::infra_host;
-use common::{image_service, nodes_of, settle, three_prepared_hosts};
+use common::{cold_bootstrap, image_service, nodes_of, settle, three_prepared_hosts};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -37,29 +37,11 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
     let (kit, inv) = three_prepared_hosts();
 
     let p = Prod::new_in(turn);
-    let config = std::fs::read_to_string(p.home().join("bootstrap-config.yml")).unwrap();
     // Beside the built-ins, any program from an image of its own (here the
     // chora image running a Manifest on SQLite), registered on its behalf:
     // its image must reach the hosts.
     let notes = image_service("notes", &p.image, chora_testkit::free_port(), 60);
-    let mut config = config.replace("  prometheus: true\n", "  prometheus: false\n");
-    let at = config
-        .find("\ntimeouts:")
-        .expect("the template has timeouts");
-    config.insert_str(at + 1, &notes);
-    p.write_config(&config);
-    let t = Instant::now();
-    let (code, out, err) = p.run(&[
-        "bootstrap",
-        "--environment",
-        "prod",
-        "--inventory",
-        inv.to_str().unwrap(),
-    ]);
-    let cold = t.elapsed();
-    assert_eq!(code, 0, "{out}\n{err}");
-    // Where the cold start's time goes (each step's time), for the benchmark.
-    eprintln!("{out}");
+    let (cold, out) = cold_bootstrap(&p, &inv, &notes, |c| c);
     println!(
         "BENCH 3 prepared hosts -> healthy prod, cold|{:.1} s|< 30 s",
         cold.as_secs_f64()
