@@ -184,7 +184,7 @@ async fn run_phases(ctx: Ctx, out: Reporter, home: Home, opts: &Options) -> Resu
             run.out.phase(1, "Applying changes");
             return match run.apply(&plan).await {
                 Ok(n) => {
-                    let gone = run.ctx.prune_stale().await;
+                    let gone = run.ctx.prune_stale(true).await;
                     if gone > 0 {
                         run.out.ok(&format!("Removed {gone} stale record(s)"), None);
                     }

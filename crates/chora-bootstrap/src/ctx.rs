@@ -135,6 +135,25 @@ impl Ctx {
         move |i| i.name == service && ids.as_ref().is_none_or(|ids| ids.contains(&i.id))
     }
 
+    /// [`Ctx::ours`] when telling `names`' instances apart needs it (one of
+    /// them is a phase 3 service that registers under the ids its
+    /// orchestrator gives), else nothing is asked. Before phase 3 the
+    /// orchestrator may not run yet, and asking one that is not there
+    /// costs the whole time-out: through a fleet's door a name the overlay
+    /// does not know yet fails only after seconds.
+    pub async fn ours_for(&self, names: &[String]) -> Ours {
+        let needed = names.iter().any(|n| {
+            self.config
+                .service(n)
+                .is_some_and(|s| s.phase >= 3 && honours_instance_id(s))
+        });
+        if needed {
+            self.ours().await
+        } else {
+            Ours::default()
+        }
+    }
+
     /// This system's instances as its orchestrator reports them now.
     pub async fn ours(&self) -> Ours {
         let Ok(orch) = self.orchestrator() else {

@@ -117,6 +117,9 @@ impl Run {
         match n {
             0 => self.phase0().await,
             1..=3 => {
+                if n == 1 && self.ctx.config.inventory.is_some() {
+                    self.ctx.prefetch_fleet_images();
+                }
                 if n == 3 {
                     self.start_waves(3).await?;
                 } else {
@@ -125,7 +128,7 @@ impl Run {
                 // What an earlier system left in the registry never fails
                 // this one (DESIGN.md §14).
                 let t = Instant::now();
-                let gone = self.ctx.prune_stale().await;
+                let gone = self.ctx.prune_stale(n == 3).await;
                 if gone > 0 {
                     self.out.ok(
                         &format!("Removed {gone} stale record(s) an earlier system left"),

@@ -14,14 +14,20 @@ use std::collections::BTreeSet;
 impl Ctx {
     /// Deregisters the stale instances of this system's services; returns
     /// how many went. Failures are logged, never fatal: a stale record only
-    /// lingers until its TTL.
-    pub async fn prune_stale(&self) -> usize {
+    /// lingers until its TTL. Before the capabilities' phase (`deployed` false) their
+    /// orchestrator is not asked (it may not run yet): their records are
+    /// kept until the pass after phase 3.
+    pub async fn prune_stale(&self, deployed: bool) -> usize {
         let client = self.manifest();
         let Ok(list) = client.list(&ListFilter::default()).await else {
             return 0;
         };
-        let ours = self.ours().await;
         let units = self.config.registered_units();
+        let ours = if deployed {
+            self.ours().await
+        } else {
+            crate::ctx::Ours::default()
+        };
         let services: BTreeSet<&str> = units
             .iter()
             .map(|u| {

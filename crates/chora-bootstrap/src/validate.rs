@@ -47,7 +47,7 @@ pub fn verdict(results: &[TestResult]) -> Result<(), StepError> {
 /// returns the missing names.
 pub async fn wait_registered(ctx: &Ctx, names: &[String], limit: Duration) -> Result<(), String> {
     let client = ctx.manifest();
-    let mut ours = ctx.ours().await;
+    let mut ours = ctx.ours_for(names).await;
     let deadline = Instant::now() + limit;
     let mut index = None;
     loop {

@@ -93,6 +93,7 @@ impl Ctx {
                                 manager,
                                 swarm: Arc::new(swarm),
                                 ensured: Default::default(),
+                                tunnels: Default::default(),
                             }));
                         }
                         Err(e) => why.push(e.to_string()),
@@ -173,18 +174,50 @@ impl Ctx {
     }
 
     /// Puts `image` (of the local engine) onto every host of the fleet that
-    /// lacks it, once per run (see [`Ctx::ensure_fleet_images`]).
+    /// lacks it, once per run: a second caller waits for the first one's
+    /// load (see [`Ctx::prefetch_fleet_images`]).
     pub async fn ensure_fleet_image(&self, image: &str) -> Result<(), StepError> {
         let fleet = self.fleet().await?;
-        let mut done = fleet.ensured.lock().await;
-        if done.contains(image) {
-            return Ok(());
+        let cell = fleet
+            .ensured
+            .lock()
+            .await
+            .entry(image.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            for line in self.ensure_fleet_images(&[image.to_owned()]).await? {
+                tracing::info!("{line}");
+            }
+            Ok::<_, StepError>(())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Starts putting every image this config's units run onto the fleet's
+    /// hosts, in the order the phases need them, while the first waves
+    /// start (a wave asking for an image on its way waits for it); a load
+    /// that fails here is tried again, and reported, by the unit that
+    /// needs it.
+    pub fn prefetch_fleet_images(self: &Arc<Self>) {
+        let mut images: Vec<String> = Vec::new();
+        for name in self.config.start_order() {
+            if let Some(i) = self.unit_spec(&name, self.spec(&name)).image
+                && !i.contains("${")
+                && !images.contains(&i)
+            {
+                images.push(i);
+            }
         }
-        for line in self.ensure_fleet_images(&[image.to_owned()]).await? {
-            tracing::info!("{line}");
-        }
-        done.insert(image.to_owned());
-        Ok(())
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            for image in images {
+                if let Err(e) = ctx.ensure_fleet_image(&image).await {
+                    tracing::warn!(image, error = %e.message, "putting an image on the fleet's hosts ahead failed");
+                }
+            }
+        });
     }
 
     /// Puts `images` (of the local engine) onto every host of the fleet that
@@ -202,9 +235,9 @@ impl Ctx {
                 let tunnel = if h.name == fleet.manager.host() {
                     None
                 } else {
-                    Some(chora_infra::tunnel::docker_tunnel(inv, &h.name).await?)
+                    Some(fleet.tunnel(&h.name).await?)
                 };
-                let t = tunnel.as_ref().unwrap_or(&fleet.manager);
+                let t = tunnel.as_deref().unwrap_or(&fleet.manager);
                 let mut said = Vec::new();
                 for image in images {
                     match chora_infra::tunnel::ensure_image(&local, t, image).await? {
