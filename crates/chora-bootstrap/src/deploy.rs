@@ -140,25 +140,31 @@ impl Ctx {
     /// A phase 3 service: running and healthy → left alone; otherwise deployed
     /// again.
     pub async fn ensure_deployed(&self, name: &str) -> Result<(Ensured, ServiceRecord), StepError> {
-        let spec = self.spec(name);
-        let running = self
-            .deployed()
-            .await?
-            .into_iter()
-            .any(|s| s.name == name && s.state == chora_api::orchestrator::State::Running);
-        if running && self.probe_unit(name).await.is_ok() {
-            return Ok((
-                Ensured::Healthy,
-                ServiceRecord {
-                    phase: 3,
-                    deployed_via: Some("orchestrator".into()),
-                    url: spec.url(),
-                    started_at: chora_api::bootstrap_state::now(),
-                    ..Default::default()
-                },
-            ));
+        let deployed = self.deployed().await?;
+        if let Some(record) = self.deployed_healthy(name, &deployed).await {
+            return Ok((Ensured::Healthy, record));
         }
         Ok((Ensured::Restarted, self.deploy(name).await?))
+    }
+
+    /// A phase 3 service's record when `deployed` (the orchestrator's
+    /// list) has it running and it answers its health check now; one look,
+    /// nothing started.
+    pub async fn deployed_healthy(
+        &self,
+        name: &str,
+        deployed: &[ServiceStatus],
+    ) -> Option<ServiceRecord> {
+        let running = deployed
+            .iter()
+            .any(|s| s.name == name && s.state == chora_api::orchestrator::State::Running);
+        (running && self.probe_unit(name).await.is_ok()).then(|| ServiceRecord {
+            phase: 3,
+            deployed_via: Some("orchestrator".into()),
+            url: self.spec(name).url(),
+            started_at: chora_api::bootstrap_state::now(),
+            ..Default::default()
+        })
     }
 
     /// Undeploys a phase 3 service (the orchestrator stops it).

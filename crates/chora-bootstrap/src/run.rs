@@ -340,9 +340,30 @@ impl Run {
             if !self.state.is_completed(phase) {
                 continue;
             }
+            // Phase 3 may hold many services (one orchestrator, any number
+            // of capabilities): one list, and every service looked at at
+            // once (a few at a time); only those not healthy are taken
+            // one by one below.
+            let mut healthy = std::collections::BTreeMap::new();
+            if phase == 3
+                && let Ok(deployed) = ctx.deployed().await
+            {
+                use futures_util::StreamExt;
+                let names = ctx.config.phase_services(3);
+                let looks = futures_util::stream::iter(names.iter().map(|n| {
+                    let (ctx, deployed) = (&ctx, &deployed);
+                    async move { (n.clone(), ctx.deployed_healthy(n, deployed).await) }
+                }))
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await;
+                healthy.extend(looks.into_iter().filter_map(|(n, r)| Some((n, r?))));
+            }
             for name in ctx.config.phase_services(phase) {
                 let t = Instant::now();
-                let r = if phase == 3 {
+                let r = if let Some(rec) = healthy.remove(&name) {
+                    Ok((Ensured::Healthy, rec))
+                } else if phase == 3 {
                     ctx.ensure_deployed(&name).await
                 } else {
                     let rec = self.state.services.get(&name).cloned();
