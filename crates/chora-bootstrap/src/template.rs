@@ -511,10 +511,15 @@ mod tests {
         let monitoring = "monitoring:\n  prometheus: true\n  binary: /bin/sh\n";
         for (yaml, kind) in [
             (staging, crate::config::RuntimeKind::Docker),
-            (format!("{DEV}{monitoring}"), crate::config::RuntimeKind::Process),
+            (
+                format!("{DEV}{monitoring}"),
+                crate::config::RuntimeKind::Process,
+            ),
         ] {
             let c = Config::parse(&yaml, Path::new("t.yml")).unwrap();
-            let p = c.service(crate::config::PROMETHEUS).expect("a Prometheus unit");
+            let p = c
+                .service(crate::config::PROMETHEUS)
+                .expect("a Prometheus unit");
             assert_eq!(p.runtime(c.default_runtime()), kind);
             for (k, v) in crate::config::PROMETHEUS_ENV {
                 assert_eq!(p.env.get(k).map(String::as_str), Some(v), "{kind:?}");
