@@ -60,7 +60,7 @@ PROMETHEUS="${PROMETHEUS:-prometheus}"
 PROMETHEUS_ENV="${PROMETHEUS_ENV:-}"
 OUT="${OUT:-/tmp/chora-bench-metrics-$(date +%F)}"
 # What `chora bootstrap` runs Prometheus with (config/units.rs PROMETHEUS_ENV and
-# PROMETHEUS_FLAGS: they keep it under 50 MB), unless UNTUNED=1.
+# PROMETHEUS_FLAGS: they cut its memory most), unless UNTUNED=1.
 if [ "${UNTUNED:-0}" = 1 ]; then TUNED_ENV=""; TUNED_FLAGS=""; else TUNED_ENV="GOGC=10"; TUNED_FLAGS="--no-storage.tsdb.wal-compression"; fi
 command -v "$PROMETHEUS" >/dev/null || { echo "bench/metrics.sh: $PROMETHEUS not found (apt-get install -y prometheus)" >&2; exit 1; }
 find_chora bench/metrics.sh

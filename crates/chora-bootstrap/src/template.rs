@@ -501,7 +501,7 @@ mod tests {
     }
 
     /// Prometheus runs with the same memory settings as a container (staging)
-    /// and as a process (dev): they are what kept it under 50 MB.
+    /// and as a process (dev).
     #[test]
     fn prometheus_runs_with_its_memory_settings_in_both_forms() {
         let staging = template(Environment::Staging).unwrap().replace(

@@ -27,21 +27,24 @@ pub const ETCD: &str = "etcd";
 pub const PROMETHEUS: &str = "prometheus";
 
 /// What Prometheus runs with, in both forms (its environment and its first
-/// flags), to stay under 50 MB resident while it scrapes 50 services every
-/// 5 s (issue 25; measured with `bench/metrics.sh`, BENCHMARKS.md):
+/// flags): the settings that cut its memory most while it scrapes 50
+/// services every 5 s (issue 25's goal: under 50 MB resident; measured with
+/// `bench/metrics.sh` and `bench/prometheus-variants.sh`, BENCHMARKS.md):
 ///
-/// - `GOGC=10`: its Go heap may grow 10 % past what is live after a
-///   collection instead of 100 %. Of its 23-24 MB of anonymous memory at 50
-///   services, about 10 MB was live heap and 7 MB headroom the collector had
-///   not yet used; this gives back ~6.5 MB for ~0.15 % of a core. It scales
-///   with the heap (unlike `GOMEMLIMIT`, which turns into back-to-back
-///   collections once the live heap outgrows it).
-/// - `--no-storage.tsdb.wal-compression`: ~1 MB less (the snappy buffers of
-///   the WAL; its files, truncated every two hours, get bigger instead).
+/// - `GOGC=10`: its Go heap may grow 10 % past what a collection left live
+///   instead of 100 %. At 50 services ~10 MB are live and ~7 MB were
+///   headroom not yet collected; this gives back ~6.5 MB for ~0.1 % of a
+///   core, and scales with the heap (a `GOMEMLIMIT` bought as much, at more
+///   CPU, and turns into back-to-back collections once the live heap
+///   outgrows it).
+/// - `--no-storage.tsdb.wal-compression`: ~1 MB less (snappy's buffers; the
+///   WAL's files, truncated every two hours, get bigger instead).
 ///
-/// What stays is Prometheus 2.42 itself: ~30 MB of its 50 MB binary's pages
-/// (mostly touched at start and never since), ~10 MB of live heap, ~2.5 MB
-/// of goroutine stacks.
+/// Prometheus 2.42 then holds ~47 MB (55 MB without) until its first head
+/// chunks go to disk, 10 minutes in at a 5 s interval, when it allocates a
+/// 4 MiB write buffer no flag sizes: ~52-56 MB after (63-67 MB without).
+/// The rest is Prometheus itself: ~31 MB of its binary's pages, ~10 MB of
+/// heap live from the start, goroutine stacks and the runtime's own.
 pub const PROMETHEUS_ENV: [(&str, &str); 1] = [("GOGC", "10")];
 pub const PROMETHEUS_FLAGS: [&str; 1] = ["--no-storage.tsdb.wal-compression"];
 

@@ -188,8 +188,8 @@ fn a_staging_system_runs_its_own_prometheus_that_scrapes_every_service() {
         "{}",
         String::from_utf8_lossy(&env.stdout)
     );
-    // Prometheus runs with the settings that keep it under 50 MB
-    // (BENCHMARKS.md, issue 25): its environment and flags, as Docker has them.
+    // Prometheus runs with the settings that cut its memory (BENCHMARKS.md,
+    // issue 25): its environment and flags, as Docker has them.
     let prom = docker(&[
         "inspect",
         "-f",
