@@ -42,7 +42,7 @@ pub const PROMETHEUS: &str = "prometheus";
 ///
 /// Prometheus 2.42 then holds ~47 MB (55 MB without) until its first head
 /// chunks go to disk, 10 minutes in at a 5 s interval, when it allocates a
-/// 4 MiB write buffer no flag sizes: ~52-56 MB after (63-67 MB without).
+/// 4 MiB write buffer no flag sizes: ~52-56 MB after (63-70 MB without).
 /// The rest is Prometheus itself: ~31 MB of its binary's pages, ~10 MB of
 /// heap live from the start, goroutine stacks and the runtime's own.
 pub const PROMETHEUS_ENV: [(&str, &str); 1] = [("GOGC", "10")];
