@@ -39,7 +39,9 @@
 #
 # Needs: prometheus (apt-get install -y prometheus), python3, curl.
 # Env knobs: N (50), WINDOW (60), WARMUP (30), ROUNDS (5), REQUESTS (500), REFRESH (5), REFRESH2 (1),
-#   PROMETHEUS (prometheus), PROMETHEUS_ENV (its environment, e.g. "GOMEMLIMIT=40MiB"),
+#   PROMETHEUS (prometheus), PROMETHEUS_ENV (more of its environment, e.g. "GOMEMLIMIT=40MiB"),
+#   UNTUNED=1 (Prometheus without the environment and flags `chora bootstrap` gives it),
+#   KEEP_ALL=1 (keep the observers' series `chora bootstrap` drops),
 #   CHORA_BIN, BASELINE_BIN, OUT (/tmp/chora-bench-metrics-<date>).
 set -euo pipefail
 
@@ -57,6 +59,9 @@ REFRESH2="${REFRESH2:-1}"
 PROMETHEUS="${PROMETHEUS:-prometheus}"
 PROMETHEUS_ENV="${PROMETHEUS_ENV:-}"
 OUT="${OUT:-/tmp/chora-bench-metrics-$(date +%F)}"
+# What `chora bootstrap` runs Prometheus with (config/units.rs PROMETHEUS_ENV and
+# PROMETHEUS_FLAGS: they cut its memory most), unless UNTUNED=1.
+if [ "${UNTUNED:-0}" = 1 ]; then TUNED_ENV=""; TUNED_FLAGS=""; else TUNED_ENV="GOGC=10"; TUNED_FLAGS="--no-storage.tsdb.wal-compression"; fi
 command -v "$PROMETHEUS" >/dev/null || { echo "bench/metrics.sh: $PROMETHEUS not found (apt-get install -y prometheus)" >&2; exit 1; }
 find_chora bench/metrics.sh
 if [ -n "${BASELINE_BIN:-}" ]; then
@@ -140,7 +145,7 @@ SD="$MANIFEST/v1/prometheus/targets"
 
 log "# Metrics benchmark (issue 25) — $(date -u +%FT%TZ)"
 log "# host: $(uname -srm), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-log "# chora: $("$CHORA" --version) ($CHORA); prometheus: $("$PROMETHEUS" --version 2>&1 | head -1)${PROMETHEUS_ENV:+, environment: $PROMETHEUS_ENV}"
+log "# chora: $("$CHORA" --version) ($CHORA); prometheus: $("$PROMETHEUS" --version 2>&1 | head -1), environment: ${TUNED_ENV:-(none)} $PROMETHEUS_ENV, flags: ${TUNED_FLAGS:-(none)}"
 log "# N=$N WINDOW=${WINDOW}s WARMUP=${WARMUP}s ROUNDS=$ROUNDS REQUESTS=$REQUESTS; scrape every 5 s, discovery refresh every ${REFRESH} s (latency also at ${REFRESH2} s)"
 
 start manifest "$CHORA" manifest serve --listen "127.0.0.1:$PM" --storage "sqlite:$WORK/manifest.db" \
@@ -194,9 +199,9 @@ EOF
         action: drop
 EOF
   cp "$WORK/prometheus/prometheus.yml" "$OUT/prometheus-refresh-$1s.yml"
-  # shellcheck disable=SC2086 # PROMETHEUS_ENV is a list of NAME=VALUE words
-  start "prometheus-$1" env $PROMETHEUS_ENV "$PROMETHEUS" --config.file="$WORK/prometheus/prometheus.yml" \
-    --storage.tsdb.path="$WORK/prometheus/data-$1" --web.listen-address="127.0.0.1:$PP"
+  # shellcheck disable=SC2086 # *_ENV are lists of NAME=VALUE words, TUNED_FLAGS of flags
+  start "prometheus-$1" env $TUNED_ENV $PROMETHEUS_ENV "$PROMETHEUS" --config.file="$WORK/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$WORK/prometheus/data-$1" --web.listen-address="127.0.0.1:$PP" $TUNED_FLAGS
   PROM_PID=$PID
   wait_for 30 "Prometheus" grep -q "Server is ready to receive web requests" "$OUT/prometheus-$1.log"
 }
@@ -204,8 +209,8 @@ EOF
 mkdir -p "$WORK/idle"
 printf 'global:\n  scrape_interval: 5s\n' > "$WORK/idle/prometheus.yml"
 # shellcheck disable=SC2086
-start prometheus-idle env $PROMETHEUS_ENV "$PROMETHEUS" --config.file="$WORK/idle/prometheus.yml" \
-  --storage.tsdb.path="$WORK/idle/data" --web.listen-address="127.0.0.1:$PP"
+start prometheus-idle env $TUNED_ENV $PROMETHEUS_ENV "$PROMETHEUS" --config.file="$WORK/idle/prometheus.yml" \
+  --storage.tsdb.path="$WORK/idle/data" --web.listen-address="127.0.0.1:$PP" $TUNED_FLAGS
 wait_for 30 "Prometheus" grep -q "Server is ready to receive web requests" "$OUT/prometheus-idle.log"
 sleep "$WARMUP"
 read -r PI_CPU PI_RSS PI_MAX PI_ANON <<< "$(measure 30 "$PID")"

@@ -500,6 +500,37 @@ mod tests {
         assert_eq!(c.waves(3)[1], ["executor"]);
     }
 
+    /// Prometheus runs with the same memory settings as a container (staging)
+    /// and as a process (dev).
+    #[test]
+    fn prometheus_runs_with_its_memory_settings_in_both_forms() {
+        let staging = template(Environment::Staging).unwrap().replace(
+            "  prometheus: true\n",
+            "  prometheus: true\n  binary: /bin/sh\n",
+        );
+        let monitoring = "monitoring:\n  prometheus: true\n  binary: /bin/sh\n";
+        for (yaml, kind) in [
+            (staging, crate::config::RuntimeKind::Docker),
+            (
+                format!("{DEV}{monitoring}"),
+                crate::config::RuntimeKind::Process,
+            ),
+        ] {
+            let c = Config::parse(&yaml, Path::new("t.yml")).unwrap();
+            let p = c
+                .service(crate::config::PROMETHEUS)
+                .expect("a Prometheus unit");
+            assert_eq!(p.runtime(c.default_runtime()), kind);
+            for (k, v) in crate::config::PROMETHEUS_ENV {
+                assert_eq!(p.env.get(k).map(String::as_str), Some(v), "{kind:?}");
+            }
+            let command = p.command.as_ref().unwrap();
+            for f in crate::config::PROMETHEUS_FLAGS {
+                assert!(command.iter().any(|a| a == f), "{kind:?}: {command:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_dev_template_is_valid_and_ordered() {
         let c = Config::parse(DEV, Path::new("t.yml")).unwrap();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-pub use units::{ETCD, PROMETHEUS};
+pub use units::{ETCD, PROMETHEUS, PROMETHEUS_ENV, PROMETHEUS_FLAGS};
 
 /// A configuration mistake: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

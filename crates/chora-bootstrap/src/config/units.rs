@@ -26,6 +26,28 @@ pub const ETCD: &str = "etcd";
 /// The service name of the Prometheus chora runs (`monitoring.prometheus`).
 pub const PROMETHEUS: &str = "prometheus";
 
+/// What Prometheus runs with, in both forms (its environment and its first
+/// flags): the settings that cut its memory most while it scrapes 50
+/// services every 5 s (issue 25's goal: under 50 MB resident; measured with
+/// `bench/metrics.sh` and `bench/prometheus-variants.sh`, BENCHMARKS.md):
+///
+/// - `GOGC=10`: its Go heap may grow 10 % past what a collection left live
+///   instead of 100 %. At 50 services ~10 MB are live and ~7 MB were
+///   headroom not yet collected; this gives back ~6.5 MB for ~0.1 % of a
+///   core, and scales with the heap (a `GOMEMLIMIT` bought as much, at more
+///   CPU, and turns into back-to-back collections once the live heap
+///   outgrows it).
+/// - `--no-storage.tsdb.wal-compression`: ~1 MB less (snappy's buffers; the
+///   WAL's files, truncated every two hours, get bigger instead).
+///
+/// Prometheus 2.42 then holds ~47 MB (55 MB without) until its first head
+/// chunks go to disk, 10 minutes in at a 5 s interval, when it allocates a
+/// 4 MiB write buffer no flag sizes: ~52-56 MB after (63-70 MB without).
+/// The rest is Prometheus itself: ~31 MB of its binary's pages, ~10 MB of
+/// heap live from the start, goroutine stacks and the runtime's own.
+pub const PROMETHEUS_ENV: [(&str, &str); 1] = [("GOGC", "10")];
+pub const PROMETHEUS_FLAGS: [&str; 1] = ["--no-storage.tsdb.wal-compression"];
+
 /// The Prometheus of `monitoring` (DESIGN.md §16), a phase 2 unit on the
 /// default runtime: a process of the local binary, or a container of the
 /// image built from it (`${PROMETHEUS_IMAGE}`), its data in a volume and its
@@ -50,6 +72,7 @@ fn prometheus_unit(
                 format!("--web.listen-address=127.0.0.1:{port}"),
                 "--web.route-prefix=/".into(),
             ];
+            c.extend(PROMETHEUS_FLAGS.map(String::from));
             c.extend(external);
             (c, None, Vec::new(), None)
         }
@@ -60,6 +83,7 @@ fn prometheus_unit(
                 "--web.listen-address=0.0.0.0:9090".into(),
                 "--web.route-prefix=/".into(),
             ];
+            c.extend(PROMETHEUS_FLAGS.map(String::from));
             c.extend(external);
             (
                 c,
@@ -83,7 +107,10 @@ fn prometheus_unit(
         docker_compose: None,
         port: Some(port),
         health_endpoint: Some(format!("http://127.0.0.1:{port}/-/ready")),
-        env: BTreeMap::new(),
+        env: PROMETHEUS_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         dependencies: depends.into_iter().map(spanned).collect(),
         timeout: Some(60.0),
         deploy_via: None,

@@ -188,4 +188,19 @@ fn a_staging_system_runs_its_own_prometheus_that_scrapes_every_service() {
         "{}",
         String::from_utf8_lossy(&env.stdout)
     );
+    // Prometheus runs with the settings that cut its memory (BENCHMARKS.md,
+    // issue 25): its environment and flags, as Docker has them.
+    let prom = docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Env}} {{.Args}}",
+        &id_of(&s, "prometheus"),
+    ]);
+    let seen = String::from_utf8_lossy(&prom.stdout);
+    for (k, v) in chora_bootstrap::config::PROMETHEUS_ENV {
+        assert!(seen.contains(&format!("{k}={v}")), "{seen}");
+    }
+    for f in chora_bootstrap::config::PROMETHEUS_FLAGS {
+        assert!(seen.contains(f), "{seen}");
+    }
 }
