@@ -15,11 +15,10 @@ pub struct Fleet {
     /// The manager's Docker, over SSH: held open while the run lasts.
     pub manager: DockerTunnel,
     pub swarm: Arc<SwarmRuntime>,
-    /// Each image this run puts on every host: set once it is there (a
-    /// caller asking for one on its way waits for that load).
-    pub(super) ensured: tokio::sync::Mutex<BTreeMap<String, Arc<Once<()>>>>,
+    /// Each image this run puts on every host, once there.
+    pub(super) ensured: OnceMap<()>,
     /// The other hosts' Docker, over SSH, once reached (by host name).
-    pub(super) tunnels: tokio::sync::Mutex<BTreeMap<String, Arc<Once<Arc<DockerTunnel>>>>>,
+    pub(super) tunnels: OnceMap<Arc<DockerTunnel>>,
 }
 
 impl Fleet {
@@ -28,19 +27,40 @@ impl Fleet {
         &self,
         name: &str,
     ) -> Result<Arc<DockerTunnel>, chora_infra::tunnel::TunnelError> {
+        self.tunnels
+            .get_or_try_init(name, || async {
+                chora_infra::tunnel::docker_tunnel(&self.inventory, name)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+    }
+}
+
+/// One value per key, made once per run: a second caller for a key waits
+/// for the first one's making (and makes it again if that failed); callers
+/// for other keys do not wait.
+pub(super) struct OnceMap<T>(tokio::sync::Mutex<BTreeMap<String, Arc<Once<T>>>>);
+
+impl<T> Default for OnceMap<T> {
+    fn default() -> Self {
+        OnceMap(Default::default())
+    }
+}
+
+impl<T: Clone> OnceMap<T> {
+    pub(super) async fn get_or_try_init<E, F, Fut>(&self, key: &str, make: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
         let cell = self
-            .tunnels
+            .0
             .lock()
             .await
-            .entry(name.to_owned())
+            .entry(key.to_owned())
             .or_default()
             .clone();
-        cell.get_or_try_init(|| async {
-            chora_infra::tunnel::docker_tunnel(&self.inventory, name)
-                .await
-                .map(Arc::new)
-        })
-        .await
-        .cloned()
+        cell.get_or_try_init(make).await.cloned()
     }
 }

@@ -178,21 +178,15 @@ impl Ctx {
     /// load (see [`Ctx::prefetch_fleet_images`]).
     pub async fn ensure_fleet_image(&self, image: &str) -> Result<(), StepError> {
         let fleet = self.fleet().await?;
-        let cell = fleet
+        fleet
             .ensured
-            .lock()
+            .get_or_try_init(image, || async {
+                for line in self.ensure_fleet_images(&[image.to_owned()]).await? {
+                    tracing::info!("{line}");
+                }
+                Ok::<_, StepError>(())
+            })
             .await
-            .entry(image.to_owned())
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| async {
-            for line in self.ensure_fleet_images(&[image.to_owned()]).await? {
-                tracing::info!("{line}");
-            }
-            Ok::<_, StepError>(())
-        })
-        .await
-        .map(drop)
     }
 
     /// Starts putting every image this config's units run onto the fleet's
