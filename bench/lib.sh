@@ -25,6 +25,31 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# The processes a bench started (start_logged adds to it): clean_on_exit makes
+# sure that, however the script ends, they are stopped in reverse order and
+# $WORK is removed.
+PIDS=()
+clean_on_exit() {
+  trap _clean_up EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+_clean_up() {
+  local rc=$? i
+  trap - EXIT INT TERM
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+  rm -rf "$WORK"
+  exit "$rc"
+}
+# start_logged NAME CMD...: CMD in the background, its output in $OUT/NAME.log,
+# stopped on exit; sets PID.
+start_logged() {
+  local name=$1; shift
+  "$@" > "$OUT/$name.log" 2>&1 &
+  PID=$!
+  PIDS+=("$PID")
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 free_ports() {  # free_ports N: N distinct free loopback ports, one line
   python3 - "$1" <<'PY'

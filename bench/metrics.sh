@@ -70,27 +70,11 @@ fi
 
 rm -rf "$OUT"; mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/chora-bench-metrics.XXXXXX)"
-PIDS=()
-cleanup() {
-  local rc=$? i
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+clean_on_exit
 
 log() { echo "$@" | tee -a "$OUT/raw.txt"; }
 
-# start NAME CMD...: in the background, output to $OUT/NAME.log; sets PID.
-start() {
-  local name=$1; shift
-  "$@" > "$OUT/$name.log" 2>&1 &
-  PID=$!
-  PIDS+=("$PID")
-}
+start() { start_logged "$@"; }
 # stop PID: as stop_pid, and forgets it.
 stop() {
   local pid=$1 i

@@ -30,18 +30,9 @@ N="${N:-50}"; WINDOW="${WINDOW:-60}"; WARMUP="${WARMUP:-60}"
 VARIANTS="${VARIANTS:?VARIANTS=file, one variant a line (see the head of this script)}"
 OUT="${OUT:-/tmp/chora-bench-prometheus-$(date +%H%M)}"
 find_chora bench/prometheus-variants.sh
-mkdir -p "$OUT"; WORK="$(mktemp -d /tmp/chora-bench-prometheus.XXXXXX)"; PIDS=()
-cleanup() {
-  local rc=$? i
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-start() { local name=$1; shift; "$@" > "$OUT/$name.log" 2>&1 & PID=$!; PIDS+=("$PID"); }
+mkdir -p "$OUT"; WORK="$(mktemp -d /tmp/chora-bench-prometheus.XXXXXX)"
+clean_on_exit
+start() { start_logged "$@"; }
 wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
   local limit=$1 what=$2 t0; shift 2; t0=$(date +%s)
   until "$@" >/dev/null 2>&1; do
