@@ -23,18 +23,22 @@
 
 pub mod balance;
 mod proxy;
-pub mod stats;
 pub mod table;
 pub mod tls;
 pub mod upstream;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chora_service::ApiError;
 use chora_service::register::{SelfRegistration, keep_registered};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,13 +81,24 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
 struct Gateway {
     routes: Arc<table::Shared>,
     upstreams: Arc<upstream::Upstreams>,
     timeout: Duration,
     metrics: Arc<chora_service::HttpMetrics>,
-    /// The proxied requests' own metrics, registered in `metrics`.
-    stats: stats::Metrics,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ServiceLabels, Histogram>,
 }
 
 pub async fn run(
@@ -98,13 +113,27 @@ pub async fn run(
     let follower = tokio::spawn(table::follow(manifest, routes.clone()));
 
     let metrics = chora_service::HttpMetrics::new("gateway");
-    let stats = stats::Metrics::new(&metrics);
+    let requests = Family::<RequestLabels, Counter>::default();
+    metrics.register(
+        "gateway_requests",
+        "Proxied requests by service and status",
+        requests.clone(),
+    );
+    let latency = Family::<ServiceLabels, Histogram>::new_with_constructor(
+        chora_service::metrics::latency_histogram,
+    );
+    metrics.register(
+        "gateway_request_duration_seconds",
+        "Proxied request latency (to response headers) by service",
+        latency.clone(),
+    );
     let gw = Arc::new(Gateway {
         routes,
         upstreams: upstream::Upstreams::new(Duration::from_secs(2), Duration::from_secs(60)),
         timeout: config.upstream_timeout,
         metrics,
-        stats,
+        requests,
+        latency,
     });
     let app = router(gw.clone());
     let keeper = keep_registered(SelfRegistration {
@@ -338,7 +367,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Front {
         }
         if proxied(req.uri().path()) {
             let (gw, peer_ip, proto) = (self.gw.clone(), self.peer_ip.clone(), self.proto.clone());
-            Box::pin(async move { Ok(proxy::proxy(gw, peer_ip, proto, req).await) })
+            Box::pin(async move { Ok(proxy::proxy(gw, peer_ip, proto, req.map(Body::new)).await) })
         } else {
             Box::pin(self.rest.call(req))
         }

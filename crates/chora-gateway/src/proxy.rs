@@ -9,8 +9,8 @@
 
 use crate::Gateway;
 use crate::balance;
-use crate::stats::ServiceStats;
-use axum::body::{Body, Bytes};
+use crate::{RequestLabels, ServiceLabels};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -58,38 +58,15 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// The request body: kept in memory when small (so it can be sent twice), else
 /// streamed.
 enum ReqBody {
-    Kept(Bytes),
+    Kept(axum::body::Bytes),
     Stream(Body),
-}
-
-/// All of a (small) body: its one data frame as it came, which is the usual
-/// case, or its frames joined (trailers dropped, as `collect` drops them on the
-/// way to bytes).
-async fn read_all(mut body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
-    let mut first = None;
-    let mut joined = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            prev => {
-                if let Some(prev) = prev {
-                    joined.extend_from_slice(&prev);
-                }
-                joined.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| joined.into()))
 }
 
 pub(crate) async fn proxy(
     gw: Arc<Gateway>,
     peer_ip: HeaderValue,
     proto: HeaderValue,
-    req: Request<hyper::body::Incoming>,
+    req: Request,
 ) -> Response {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -103,20 +80,16 @@ pub(crate) async fn proxy(
     let query = uri.query();
 
     let table = gw.routes.get();
-    match table.services.get(service) {
-        None => {
-            let resp = ApiError::not_found(format!("no service `{service}` is registered"))
-                .into_response();
-            let secs = start.elapsed().as_secs_f64();
-            gw.stats.record("_unknown", resp.status().as_u16(), secs);
-            resp
-        }
-        Some(r) if r.up.is_empty() => {
-            let resp =
-                ApiError::unavailable("no_instance", format!("no instance of `{service}` is up"))
-                    .into_response();
-            finish(&gw, &r.stats, service, resp, start)
-        }
+    let (resp, label) = match table.services.get(service) {
+        None => (
+            ApiError::not_found(format!("no service `{service}` is registered")).into_response(),
+            "_unknown",
+        ),
+        Some(r) if r.up.is_empty() => (
+            ApiError::unavailable("no_instance", format!("no instance of `{service}` is up"))
+                .into_response(),
+            service,
+        ),
         Some(r) => {
             let request_id = parts
                 .headers
@@ -150,17 +123,16 @@ pub(crate) async fn proxy(
             parts.headers.insert(&X_REQUEST_ID, request_id.clone());
 
             let mut body = if small {
-                match read_all(body).await {
-                    Ok(b) => ReqBody::Kept(b),
+                match body.collect().await {
+                    Ok(c) => ReqBody::Kept(c.to_bytes()),
                     Err(e) => {
-                        let resp =
-                            ApiError::bad_request(format!("cannot read the request body: {e}"))
-                                .into_response();
-                        return finish(&gw, &r.stats, service, resp, start);
+                        let r = ApiError::bad_request(format!("cannot read the request body: {e}"))
+                            .into_response();
+                        return finish(&gw, service, r, start);
                     }
                 }
             } else {
-                ReqBody::Stream(Body::new(body))
+                ReqBody::Stream(body)
             };
             let first = r.next.fetch_add(1, Ordering::Relaxed);
             // The time the request came is recent enough for the ejections.
@@ -266,9 +238,10 @@ pub(crate) async fn proxy(
                 }
             };
             resp.headers_mut().insert(&X_REQUEST_ID, request_id);
-            finish(&gw, &r.stats, service, resp, start)
+            (resp, service)
         }
-    }
+    };
+    finish(&gw, label, resp, start)
 }
 
 /// Ejects `load` (its upstream is skipped for a while, [`balance::EJECTION`]),
@@ -297,14 +270,17 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex is a header value")
 }
 
-fn finish(
-    gw: &Gateway,
-    stats: &ServiceStats,
-    service: &str,
-    resp: Response,
-    start: Instant,
-) -> Response {
-    let secs = start.elapsed().as_secs_f64();
-    stats.record(&gw.stats, service, resp.status().as_u16(), secs);
+fn finish(gw: &Gateway, service: &str, resp: Response, start: Instant) -> Response {
+    gw.latency
+        .get_or_create(&ServiceLabels {
+            service: service.to_owned(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    gw.requests
+        .get_or_create(&RequestLabels {
+            service: service.to_owned(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
     resp
 }

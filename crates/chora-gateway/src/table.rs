@@ -3,7 +3,6 @@
 //! keeps serving the last table it had while the registry is unreachable.
 
 use crate::balance::Load;
-use crate::stats::ServiceStats;
 use axum::http::HeaderValue;
 use chora_api::ManifestClient;
 use chora_api::manifest::{Instance, ListFilter, Status};
@@ -26,9 +25,8 @@ pub struct Upstream {
 
 /// A usable upstream URL, taken apart once when the table is built.
 pub struct Target {
-    /// `host:port` to connect to (shared: each response body holds it, to put
-    /// its connection back).
-    pub authority: Arc<str>,
+    /// `host:port` to connect to.
+    pub authority: String,
     /// The same, as the `Host` header.
     pub host: HeaderValue,
     /// The URL's path, prefixed to every proxied path (usually empty).
@@ -49,7 +47,7 @@ impl Upstream {
                 let authority = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(80));
                 Ok(Target {
                     host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
-                    authority: authority.into(),
+                    authority,
                     prefix: u.path().trim_end_matches('/').to_owned(),
                 })
             });
@@ -68,8 +66,6 @@ pub struct Routes {
     /// Where the round-robin among equally loaded upstreams starts, carried
     /// over when the table is rebuilt.
     pub next: Arc<AtomicUsize>,
-    /// Its metrics' handles, carried over too.
-    pub stats: Arc<ServiceStats>,
 }
 
 #[derive(Default)]
@@ -97,7 +93,6 @@ impl Table {
                     Routes {
                         up: Vec::new(),
                         next: r.next.clone(),
-                        stats: r.stats.clone(),
                     },
                 )
             })
@@ -106,7 +101,6 @@ impl Table {
             let r = services.entry(i.name.clone()).or_insert_with(|| Routes {
                 up: Vec::new(),
                 next: Default::default(),
-                stats: Default::default(),
             });
             if i.status == Status::Up
                 && let Some(url) = i.rest_url()
@@ -235,12 +229,15 @@ mod tests {
         let u = Upstream::new("http://10.0.0.7:8800/base/");
         assert_eq!(u.base, "http://10.0.0.7:8800/base");
         let t = u.target.unwrap();
-        assert_eq!(&*t.authority, "10.0.0.7:8800");
+        assert_eq!(t.authority, "10.0.0.7:8800");
         assert_eq!(t.host, "10.0.0.7:8800");
         assert_eq!(t.prefix, "/base");
 
         let t = Upstream::new("http://svc.local").target.unwrap();
-        assert_eq!((&*t.authority, t.prefix.as_str()), ("svc.local:80", ""));
+        assert_eq!(
+            (t.authority.as_str(), t.prefix.as_str()),
+            ("svc.local:80", "")
+        );
 
         let e = Upstream::new("https://svc.local:443").target.err().unwrap();
         assert!(e.contains("only http://"), "{e}");

@@ -90,7 +90,7 @@ impl Upstreams {
     /// it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        authority: &Arc<str>,
+        authority: &str,
         mut req: axum::http::Request<Body>,
     ) -> Result<axum::http::Response<Body>, SendError> {
         loop {
@@ -110,7 +110,7 @@ impl Upstreams {
             }
             match drive(&mut conn, tx.try_send_request(req)).await {
                 Ok(resp) => {
-                    let home = (Arc::downgrade(self), authority.clone());
+                    let home = (Arc::downgrade(self), authority.to_owned());
                     return Ok(resp.map(|body| {
                         Body::new(PooledBody {
                             body,
@@ -244,7 +244,7 @@ struct PooledBody {
     done: bool,
     /// None once the connection has ended.
     conn: Option<Conn>,
-    home: (Weak<Upstreams>, Arc<str>),
+    home: (Weak<Upstreams>, String),
 }
 
 impl hyper::body::Body for PooledBody {

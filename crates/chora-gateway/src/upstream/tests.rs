@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 /// answers N bytes, chunked, and anything else answers `ok`. Counts the
 /// connections it accepted.
 struct Upstream {
-    authority: Arc<str>,
+    authority: String,
     accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -27,7 +27,7 @@ impl Drop for Upstream {
 
 async fn upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority: Arc<str> = listener.local_addr().unwrap().to_string().into();
+    let authority = listener.local_addr().unwrap().to_string();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     let task = tokio::spawn(async move {
@@ -143,7 +143,7 @@ async fn bodies_larger_than_any_buffer_stream_both_ways() {
     let req = Request::builder()
         .method(Method::POST)
         .uri("/echo")
-        .header("host", &*up.authority)
+        .header("host", &up.authority)
         .body(Body::new(Pieces {
             sent: 0,
             total: 96 * 65536,
@@ -177,7 +177,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     // pool took it back, without having said so in the response (as an
     // upstream's idle timeout does).
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority: Arc<str> = listener.local_addr().unwrap().to_string().into();
+    let authority = listener.local_addr().unwrap().to_string();
     let (close_tx, mut close_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<()>();
     let server = tokio::spawn(async move {
@@ -213,7 +213,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let authority: Arc<str> = listener.local_addr().unwrap().to_string().into();
+    let authority = listener.local_addr().unwrap().to_string();
     drop(listener);
     let err = pool()
         .send(&authority, get(&authority, "/"))
