@@ -21,6 +21,10 @@ pub(crate) enum Cmd {
     /// Let go of the unit without stopping it: another deployment took it
     /// over (a runtime's rolling update replaced it in place).
     Release(oneshot::Sender<()>),
+    /// The orchestrator is going: a unit its engine keeps running
+    /// (`Runtime::keeps_units`: a Swarm service) runs on, registered, for
+    /// the next orchestrator to adopt; any other stops for good.
+    Leave(oneshot::Sender<()>),
 }
 
 /// The actor's own state.
@@ -296,6 +300,25 @@ impl Actor {
                         }
                         Cmd::Remove(reply) => {
                             self.halt(State::Stopped).await;
+                            let _ = reply.send(());
+                            return;
+                        }
+                        Cmd::Leave(reply) => {
+                            let kept = self
+                                .ctx
+                                .runtimes
+                                .for_spec(&self.spec)
+                                .is_ok_and(|r| r.keeps_units());
+                            if kept {
+                                // Dropped, not stopped: its registration
+                                // stays until the next orchestrator keeps
+                                // it again (or its TTL lapses).
+                                tracing::info!(service = %self.spec.name, "left running for the next orchestrator");
+                                self.behalf = None;
+                                self.unit = None;
+                            } else {
+                                self.halt(State::Stopped).await;
+                            }
                             let _ = reply.send(());
                             return;
                         }

@@ -82,14 +82,16 @@ impl AppState {
         &self.ctx
     }
 
-    /// Stops and forgets every deployment, all at once.
-    pub async fn remove_all(&self) {
+    /// Ends every deployment, all at once, as the orchestrator goes: its
+    /// children stop; units their engine keeps (a fleet's Swarm services)
+    /// run on for the next orchestrator to adopt.
+    pub async fn leave_all(&self) {
         let all: Vec<Arc<Deployment>> = std::mem::take(&mut *self.deployments.lock().await)
             .into_values()
             .collect();
         let tasks: Vec<_> = all
             .into_iter()
-            .map(|d| tokio::spawn(async move { d.remove().await }))
+            .map(|d| tokio::spawn(async move { d.leave().await }))
             .collect();
         for t in tasks {
             let _ = t.await;

@@ -2,7 +2,8 @@
 //!
 //! [`run`] serves the API on a listener the caller bound until `shutdown`
 //! resolves, then stops every child (SIGTERM, then SIGKILL after the grace period),
-//! deregisters itself and returns. Units are started through the
+//! deregisters itself and returns. A fleet's capabilities are Swarm services,
+//! not children: they run on, and the next orchestrator adopts them. Units are started through the
 //! [`chora_runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
 
 mod actor;
@@ -181,8 +182,8 @@ pub async fn run(
     let served = axum::serve(chora_service::nodelay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await;
-    // Children first, then ourselves.
-    state.remove_all().await;
+    // Children first, then ourselves (a fleet's services run on: Swarm's).
+    state.leave_all().await;
     if let Err(e) = keeper.shutdown().await {
         tracing::warn!(error = %e, "could not deregister from the Manifest");
     }

@@ -68,6 +68,14 @@ impl Deployment {
         }
     }
 
+    /// Ends this deployment as its orchestrator goes (see `Cmd::Leave`).
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Leave(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Ends this deployment without stopping its unit, which another
     /// deployment adopted (see `replace.rs`, a rolling update).
     pub async fn release(&self) {

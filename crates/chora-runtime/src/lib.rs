@@ -371,6 +371,13 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Found>, RuntimeError>>;
     /// Every unit of this home this runtime runs now.
     fn list(&self) -> BoxFuture<'_, Result<Vec<Found>, RuntimeError>>;
+    /// Whether the engine keeps this runtime's units running by itself
+    /// (Swarm restarts and reschedules its services' tasks): a supervisor
+    /// that goes away leaves them running, for the next one to adopt,
+    /// instead of stopping them as it does its children.
+    fn keeps_units(&self) -> bool {
+        false
+    }
     /// Stops and removes every unit of this home this runtime knows, and its
     /// own bookkeeping (networks; volumes and data stay). Returns what went.
     fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>>;

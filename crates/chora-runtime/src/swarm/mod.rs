@@ -20,7 +20,10 @@
 //!   only once that passed; [`Runtime::probe`] asks the tasks, so the caller
 //!   needs no route to the overlay.
 //! - **A unit is its service.** `wait` resolves when the service is gone,
-//!   not when a task dies (Swarm starts another); `stop` removes it.
+//!   not when a task dies (Swarm starts another); `stop` removes it. A
+//!   supervisor that goes away leaves the services running
+//!   (`keeps_units`): they are the swarm's, not its children, and the next
+//!   orchestrator adopts them.
 //! - Only a unit placed to publish (`Placement::publish`: the gateway)
 //!   publishes its `port`, in host mode, on every host it runs on;
 //!   everything else answers on the overlay only.
@@ -353,6 +356,10 @@ impl Runtime for SwarmRuntime {
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
         })
+    }
+
+    fn keeps_units(&self) -> bool {
+        true
     }
 
     fn remove_all(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {

@@ -34,6 +34,7 @@ pub(super) fn image_service(name: &str, image: &str, port: u16, timeout: u32) ->
 /// --inventory inv` must succeed. Returns how long it took and its output
 /// (also printed: where the cold start's time goes, for the benchmark).
 pub(super) fn cold_bootstrap(
+    kit: &HostKit,
     p: &Prod,
     inv: &std::path::Path,
     more: &str,
@@ -55,9 +56,24 @@ pub(super) fn cold_bootstrap(
         inv.to_str().unwrap(),
     ]);
     let took = t.elapsed();
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 0, "{out}\n{err}\n{}", swarm_report(kit, p));
     eprintln!("{out}");
     (took, out)
+}
+
+/// What the swarm holds and what the orchestrator said, to explain a failed
+/// bootstrap (the stack is removed with the test's hosts).
+pub(super) fn swarm_report(kit: &HostKit, p: &Prod) -> String {
+    let out = kit.host("f-1").sh_try(&format!(
+        "docker service ls; docker node ls; \
+         docker service logs --no-task-ids --tail 300 {0}_orchestrator 2>&1 | tail -300",
+        p.project
+    ));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Three fresh test hosts prepared by `chora infra bootstrap` (Docker, a

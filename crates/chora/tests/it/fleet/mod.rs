@@ -41,7 +41,7 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
     // chora image running a Manifest on SQLite), registered on its behalf:
     // its image must reach the hosts.
     let notes = image_service("notes", &p.image, chora_testkit::free_port(), 60);
-    let (cold, out) = cold_bootstrap(&p, &inv, &notes, |c| c);
+    let (cold, out) = cold_bootstrap(&kit, &p, &inv, &notes, |c| c);
     println!(
         "BENCH 3 prepared hosts -> healthy prod, cold|{:.1} s|< 30 s",
         cold.as_secs_f64()
@@ -156,6 +156,24 @@ fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
     }
     settle(&p);
     assert_eq!(nodes_of(&kit, &p.project, "manifest-3"), ["f-3"]);
+    // The orchestrator restarted (as Swarm would after a failed health
+    // check, or a rolling update of it): Swarm keeps the capabilities; they
+    // run on, the same tasks, and the new orchestrator adopts them.
+    let tasks = || {
+        s1.sh(&format!(
+            "for s in notes {caps}; do docker service ps -q --filter desired-state=running {pr}_$s; done",
+            caps = common::CAPABILITIES.join(" "),
+            pr = p.project
+        ))
+    };
+    let before = tasks();
+    assert_eq!(before.lines().count(), 6, "{before}");
+    let (code, out, err) = p.run(&["restart", "orchestrator"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Healthy means every capability's instance is the orchestrator's
+    // again (`status` tells them apart by the ids it gave): adopted.
+    settle(&p);
+    assert_eq!(tasks(), before, "the capabilities' tasks changed");
     let (code, out, err) = p.run(&["bootstrap", "rollback", "--to-phase", "2", "--force"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(nodes_of(&kit, &p.project, "analyzer").is_empty());
