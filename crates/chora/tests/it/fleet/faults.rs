@@ -65,24 +65,64 @@ impl Drop for Thaw {
     }
 }
 
-/// Waits until every unit of `units` answers through the gateway from a task
-/// on a host other than `gone`, and returns how long after `at` the last did.
-fn back_elsewhere(
+/// Runs `around_reading` around `fault` on host `gone`, and meanwhile
+/// waits (from the fault on, on a thread of its own) until every unit of
+/// `units` answers through the gateway from a task on another host: what
+/// the writer and the reader saw, the fault's instant, the end, and how
+/// long after the fault the last unit was back.
+fn around_fault(
     rt: &tokio::runtime::Runtime,
     kit: &HostKit,
     p: &Prod,
-    units: &[&str],
-    gone: &str,
-    at: Instant,
-) -> Duration {
+    (tag, reader, window): (&str, &str, &Window),
+    (units, gone): (&[&str], &str),
+    fault: impl FnOnce(),
+) -> (crate::prod::Record, Instant, Instant, Duration) {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = s.spawn(move || {
+            let at = rx.recv().expect("the fault happened");
+            back_elsewhere(kit, p, units, gone, at)
+        });
+        let (rec, at, end) = rt.block_on(around_reading(
+            p,
+            tag,
+            reader,
+            window.before,
+            window.after,
+            || {
+                let _ = tx.send(Instant::now());
+                fault();
+            },
+        ));
+        (rec, at, end, watcher.join().unwrap())
+    })
+}
+
+/// Waits until every unit of `units` answers through the gateway from a task
+/// on a host other than `gone`, and returns how long after `at` the last did.
+fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Instant) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let gateway = p.port("gateway");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let mut last = Duration::ZERO;
+    let mut down = None;
     for u in units {
+        let (mut moved_at, mut answered_at) = (None, None);
         loop {
+            if down.is_none()
+                && kit.host("f-1").sh(&format!(
+                    "docker node inspect {gone} --format '{{{{.Status.State}}}}'"
+                )) == "down"
+            {
+                down = Some(at.elapsed());
+            }
             // Every copy runs again, none on the host gone.
             let moved = nodes_of(kit, &p.project, u)
                 .iter()
@@ -95,8 +135,21 @@ fn back_elsewhere(
                     .await
                     .is_ok_and(|r| r.status().is_success())
             });
+            if moved {
+                moved_at.get_or_insert(at.elapsed());
+            }
+            // Since when it answers without a miss.
+            if answers {
+                answered_at.get_or_insert(at.elapsed());
+            } else {
+                answered_at = None;
+            }
             if moved && answers {
                 last = last.max(at.elapsed());
+                // Where the time went (Swarm's part, then discovery's).
+                eprintln!(
+                    "{u}: {gone} down after {down:?}, a task running elsewhere after {moved_at:?}, answering through the gateway after {answered_at:?}"
+                );
                 break;
             }
             assert!(
@@ -186,17 +239,17 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         p.port("gateway")
     ));
     let mut thaw = None;
-    let (rec, at, end) = rt.block_on(around_reading(
+    let (rec, at, end, back) = around_fault(
+        &rt,
+        kit,
         p,
-        "hung",
-        reader,
-        window.before,
-        window.after,
+        ("hung", reader, &window),
+        (&ran_there, victim),
         || {
             infra_host::pause(&container);
             thaw = Some(Thaw(container.clone()));
         },
-    ));
+    );
     let (reads, failed, dip) = discovery.stop();
     let t = rt.block_on(judge(p, "hung host", &rec, at, end, bar, window));
     println!(
@@ -211,7 +264,6 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         dip < Duration::from_secs(2),
         "discovery dipped for {dip:?} ({failed} of {reads} reads failed)"
     );
-    let back = back_elsewhere(&rt, kit, p, &ran_there, victim, at);
     println!(
         "BENCH hung host (paused 20 s): write gap|{:.1} s|<= 3 s",
         t.gap.as_secs_f64()
@@ -256,18 +308,17 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
     let (victim, ran_there, reader) = pick_victim(kit, p);
     let container = kit.host(victim).container.clone();
     let tunnel = door();
-    let (rec, at, end) = rt.block_on(around_reading(
+    let (rec, at, end, back) = around_fault(
+        &rt,
+        kit,
         p,
-        "lost",
-        reader,
-        window.before,
-        window.after,
+        ("lost", reader, &window),
+        (&ran_there, victim),
         || {
             infra_host::docker(&["stop", "-t", "0", &container]);
         },
-    ));
+    );
     let t = rt.block_on(judge(p, "lost host", &rec, at, end, bar, window));
-    let back = back_elsewhere(&rt, kit, p, &ran_there, victim, at);
     println!(
         "BENCH lost host (stopped): write gap|{:.1} s|<= 3 s",
         t.gap.as_secs_f64()
