@@ -3,12 +3,20 @@
 //! `LD_LIBRARY_PATH`, labels) the engine applies.
 
 use super::plan::Plan;
-use super::{EMPTY_DIRS, ImageError, ImageFile};
+use super::{CHORA_IN_IMAGE, EMPTY_DIRS, ImageError, ImageFile};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Reads `source`, stripped of debug info when objcopy is there.
-fn contents(source: &Path, scratch: &Path, objcopy: bool) -> Result<(Vec<u8>, bool), ImageError> {
+/// Reads `source`, stripped of debug info when objcopy is there; chora
+/// itself (`all`) of its symbol table too, which nothing in an image reads
+/// (a third of a debug build's bytes, to load onto every host and for
+/// `vfs` to copy per container).
+fn contents(
+    source: &Path,
+    scratch: &Path,
+    objcopy: bool,
+    all: bool,
+) -> Result<(Vec<u8>, bool), ImageError> {
     let io = |source_err| ImageError::Io {
         path: source.to_path_buf(),
         source: source_err,
@@ -16,7 +24,7 @@ fn contents(source: &Path, scratch: &Path, objcopy: bool) -> Result<(Vec<u8>, bo
     if objcopy {
         let out = scratch.join("stripped");
         let ok = std::process::Command::new("objcopy")
-            .arg("--strip-debug")
+            .arg(if all { "--strip-all" } else { "--strip-debug" })
             .arg(source)
             .arg(&out)
             .stdout(std::process::Stdio::null())
@@ -110,7 +118,7 @@ pub(super) fn layer(plan: &Plan, tag: &str) -> Result<Layer, ImageError> {
                 &[],
             )?;
         }
-        let (data, stripped) = contents(source, scratch.path(), objcopy)?;
+        let (data, stripped) = contents(source, scratch.path(), objcopy, at == CHORA_IN_IMAGE)?;
         if objcopy && !stripped {
             not_stripped.push(at.clone());
         }

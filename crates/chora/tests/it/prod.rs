@@ -87,8 +87,8 @@ impl Prod {
     }
 
     pub(crate) fn status(&self) -> Value {
-        let (_, out, _) = self.run(&["bootstrap", "status", "--format", "json"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON ({e}): {out}"))
+        let (_, out, err) = self.run(&["bootstrap", "status", "--format", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON ({e}): {out}\n{err}"))
     }
 
     /// The container of unit `name` (`etcd-2`, `manifest-1`).
