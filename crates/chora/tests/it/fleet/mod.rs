@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 /// the only port answering on a host's address, the orchestrator on a
 /// manager), each Manifest node under its own instance id; validation
 /// passes from this machine through the door, and so does the dashboard
-/// (`chora bootstrap ui`); a re-run changes nothing; reset leaves no service
-/// or network of the stack.
+/// (`chora bootstrap ui`); a restarted orchestrator leaves the capabilities
+/// running and adopts them; a re-run changes nothing; reset leaves no
+/// service or network of the stack.
 #[test]
 fn three_prepared_hosts_run_prod_as_a_swarm_and_validate() {
     let test = "fleet::three_prepared_hosts_run_prod_as_a_swarm_and_validate";
