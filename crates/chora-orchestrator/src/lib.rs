@@ -3,8 +3,9 @@
 //! [`run`] serves the API on a listener the caller bound until `shutdown`
 //! resolves, then stops every child (SIGTERM, then SIGKILL after the grace period),
 //! deregisters itself and returns. A fleet's capabilities are Swarm services,
-//! not children: they run on, and the next orchestrator adopts them. Units are started through the
-//! [`chora_runtime::Runtime`] seam; [`supervisor`] restarts them on failure.
+//! not children: they run on, and the next orchestrator adopts them. Units
+//! are started through the [`chora_runtime::Runtime`] seam; [`supervisor`]
+//! restarts them on failure.
 
 mod actor;
 mod ctx;
