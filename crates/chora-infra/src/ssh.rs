@@ -407,6 +407,39 @@ impl Remote {
             })
     }
 
+    /// [`Remote::forward_port`] for each of `ports` (the same number here
+    /// and on the host), in one request to the master: one `ssh` process
+    /// for them all (a fleet's door has one port per unit; one process
+    /// each took ~150 ms apiece on a busy machine, 9 s for 59).
+    pub async fn forward_ports(&self, ports: &[u16]) -> Result<(), String> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.stdin(std::process::Stdio::null())
+            .arg("-S")
+            .arg(self.session.control_socket())
+            .args(["-o", "BatchMode=yes", "-fNT"]);
+        for p in ports {
+            cmd.arg("-L").arg(format!("127.0.0.1:{p}:127.0.0.1:{p}"));
+        }
+        // As the master is named by `-S`, ssh ignores the host.
+        let out = cmd
+            .arg("none")
+            .output()
+            .await
+            .map_err(|e| format!("ssh: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        Err(format!(
+            "ssh: cannot forward 127.0.0.1 ports {} to the host's: {}",
+            list.join(", "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+
     /// Keeps this master from exiting while idle ([`IDLE_EXIT`]) for as long
     /// as the returned guard lives: a remote `cat` reading its stdin, a
     /// channel. When chora dies the pipe closes, `cat` ends and the master

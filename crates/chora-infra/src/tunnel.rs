@@ -113,6 +113,18 @@ impl DockerTunnel {
         &self.docker
     }
 
+    /// Forwards each of `ports` here to the same port on the host, all in
+    /// one request, for as long as the tunnel lives.
+    pub async fn forward_ports(&self, ports: &[u16]) -> Result<(), TunnelError> {
+        self.remote
+            .forward_ports(ports)
+            .await
+            .map_err(|message| TunnelError::Forward {
+                host: self.host.clone(),
+                message,
+            })
+    }
+
     /// Forwards 127.0.0.1:`local` here to the host's 127.0.0.1:`remote` for
     /// as long as the tunnel lives (its SSH master carries it).
     pub async fn forward_port(&self, local: u16, remote: u16) -> Result<(), TunnelError> {

@@ -163,14 +163,11 @@ impl Ctx {
         swarm.open_door(&pairs).await.map_err(|e| {
             StepError::new(format!("cannot open the door on {}: {e}", manager.host()))
         })?;
-        for p in pairs.iter().map(|(p, _)| *p).chain(direct) {
-            manager.forward_port(p, p).await.map_err(|e| {
-                StepError::new(e.to_string()).cause(format!(
-                    "this machine's port {p} is taken (a system of another home?)"
-                ))
-            })?;
-        }
-        Ok(())
+        let ports: Vec<u16> = pairs.iter().map(|(p, _)| *p).chain(direct).collect();
+        manager.forward_ports(&ports).await.map_err(|e| {
+            StepError::new(e.to_string())
+                .cause("one of this machine's ports is taken (a system of another home?)")
+        })
     }
 
     /// Puts `image` (of the local engine) onto every host of the fleet that
