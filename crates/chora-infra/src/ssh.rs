@@ -382,33 +382,10 @@ impl Remote {
         })
     }
 
-    /// Forwards 127.0.0.1:`local` here to 127.0.0.1:`remote` on the host,
-    /// through this master, until it exits: a loopback port of the host
-    /// used from here, with nothing opened on the host's addresses.
-    pub async fn forward_port(&self, local: u16, remote: u16) -> Result<(), String> {
-        self.session
-            .request_port_forward(
-                ForwardType::Local,
-                Socket::TcpSocket {
-                    host: "127.0.0.1".into(),
-                    port: local,
-                },
-                Socket::TcpSocket {
-                    host: "127.0.0.1".into(),
-                    port: remote,
-                },
-            )
-            .await
-            .map_err(|e| {
-                let why = source_text(&e);
-                format!("ssh: cannot forward 127.0.0.1:{local} to the host's 127.0.0.1:{remote}: {e} {why}")
-                    .trim()
-                    .to_owned()
-            })
-    }
-
-    /// [`Remote::forward_port`] for each of `ports` (the same number here
-    /// and on the host), in one request to the master: one `ssh` process
+    /// Forwards each of `ports` on 127.0.0.1 here to the same port on the
+    /// host's 127.0.0.1, through this master, until it exits (a loopback
+    /// port of the host used from here, nothing opened on the host's
+    /// addresses); all in one request to the master: one `ssh` process
     /// for them all (a fleet's door has one port per unit; one process
     /// each took ~150 ms apiece on a busy machine, 9 s for 59).
     pub async fn forward_ports(&self, ports: &[u16]) -> Result<(), String> {

@@ -124,18 +124,6 @@ impl DockerTunnel {
                 message,
             })
     }
-
-    /// Forwards 127.0.0.1:`local` here to the host's 127.0.0.1:`remote` for
-    /// as long as the tunnel lives (its SSH master carries it).
-    pub async fn forward_port(&self, local: u16, remote: u16) -> Result<(), TunnelError> {
-        self.remote
-            .forward_port(local, remote)
-            .await
-            .map_err(|message| TunnelError::Forward {
-                host: self.host.clone(),
-                message,
-            })
-    }
 }
 
 /// A bollard client on a forwarded socket, its API version negotiated (one

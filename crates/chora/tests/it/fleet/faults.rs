@@ -210,12 +210,11 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         let tunnel = rt
             .block_on(chora_infra::tunnel::docker_tunnel(&inventory, "f-1"))
             .unwrap();
-        for port in (0..3)
+        let ports: Vec<u16> = (0..3)
             .map(|i| p.manifest_port + i)
             .chain([p.port("gateway")])
-        {
-            rt.block_on(tunnel.forward_port(port, port)).unwrap();
-        }
+            .collect();
+        rt.block_on(tunnel.forward_ports(&ports)).unwrap();
         tunnel
     };
     let window = Window {
