@@ -376,8 +376,9 @@ pub async fn docker(
 }
 
 /// The `verify` script, run as the SSH user: `docker version`; then, at once,
-/// every mesh peer pinged (a few tries: a fresh tunnel needs its first
-/// handshake) and one container run with no registry: `/bin/echo` and the
+/// every mesh peer pinged (for up to ~30 s: a fresh tunnel needs its first
+/// handshake, and a peer still finishing its own steps retries it only
+/// every 5 s; 10 tries once let two healthy peers miss each other) and one container run with no registry: `/bin/echo` and the
 /// libraries `ldd` names for it (the host's own glibc, so any Debian or Ubuntu
 /// architecture works), imported as a one-layer image and run with no
 /// network. The container goes with `--rm`, the image and the temp dir by the
@@ -387,7 +388,7 @@ fn verify_script(nonce: &str, peers: &[(String, String)]) -> String {
     let mut pings = String::new();
     for (name, ip) in peers {
         pings.push_str(&format!(
-            "ok=\"\"; for i in 1 2 3 4 5 6 7 8 9 10; do ping -c1 -W1 {ip} >/dev/null 2>&1 && {{ ok=1; break; }}; done; [ -n \"$ok\" ] || echo \"{name}({ip})\" >>\"$d/unanswered\"\n"
+            "ok=\"\"; for i in $(seq 30); do ping -c1 -W1 {ip} >/dev/null 2>&1 && {{ ok=1; break; }}; done; [ -n \"$ok\" ] || echo \"{name}({ip})\" >>\"$d/unanswered\"\n"
         ));
     }
     format!(
