@@ -26,7 +26,7 @@ flag=""
 [ "$PROFILE" = release ] && flag="--release"
 echo "date:     $(date -u +'%Y-%m-%d %H:%M UTC')"
 echo "machine:  $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-echo "docker:   $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo 'not reachable') (the hosts: Debian's docker.io, vfs storage)"
+echo "docker:   $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo 'not reachable') (the hosts: Debian's docker.io, overlay2 on a volume)"
 filter="fleet::"
 extra=""
 if [ "${FIFTY:-0}" = 1 ]; then

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Reads `source`, stripped of debug info when objcopy is there; chora
 /// itself (`all`) of its symbol table too, which nothing in an image reads
-/// (a third of a debug build's bytes, to load onto every host and for
-/// `vfs` to copy per container).
+/// (a third of a debug build's bytes, to load onto every host).
 fn contents(
     source: &Path,
     scratch: &Path,

@@ -267,6 +267,13 @@ impl TestHost {
             "apparmor=unconfined",
             "--device",
             "/dev/net/tun",
+            // Docker's data on a volume, as a real host's is on its own
+            // disk: not on this container's root (overlayfs, or
+            // fuse-overlayfs), where the inner dockerd could only use `vfs`
+            // and every layer it writes would cross that filesystem too.
+            // Removed with the host (`rm -v`).
+            "--volume",
+            "/var/lib/docker",
             &image.tag,
         ]);
         let ip = docker(&[
