@@ -99,8 +99,58 @@ fn around_fault(
     })
 }
 
+/// Starts recording, on each host, what its engine does with containers
+/// (`docker events`, health checks' execs left out) for [`timeline`].
+fn record_events(kit: &HostKit, hosts: &[&str]) {
+    for h in hosts {
+        kit.host(h).sh(
+            "[ -e /tmp/chora-events.pid ] && kill $(cat /tmp/chora-events.pid) 2>/dev/null
+             nohup docker events --filter type=container \
+               --format '{{.TimeNano}} {{.Action}} {{index .Actor.Attributes \"com.docker.swarm.service.name\"}}' \
+               </dev/null >/tmp/chora-events 2>/dev/null &
+             echo $! >/tmp/chora-events.pid",
+        );
+    }
+}
+
+/// Prints what the engines on the hosts other than `gone` did with
+/// containers since the fault at `at` ([`record_events`]), in seconds after
+/// it: where the time to come back went.
+fn timeline(kit: &HostKit, project: &str, hosts: &[&str], gone: &str, at: Instant) {
+    let since = (std::time::SystemTime::now() - at.elapsed())
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // What the gateway and the orchestrator said meanwhile.
+    for unit in ["gateway", "orchestrator"] {
+        let out = kit.host("f-1").sh(&format!(
+            "timeout 10 docker service logs --no-trunc --since {since:.0} {project}_{unit} 2>&1 | tail -n 40"
+        ));
+        for line in out.lines() {
+            eprintln!("timeline {unit}: {line}");
+        }
+    }
+    for h in hosts.iter().filter(|h| **h != gone) {
+        let out = kit
+            .host(h)
+            .sh("kill $(cat /tmp/chora-events.pid) 2>/dev/null; grep -v ' exec_' /tmp/chora-events || true");
+        for line in out.lines() {
+            let Some((ns, what)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(ns) = ns.parse::<u128>() else { continue };
+            let after = ns as f64 / 1e9 - since;
+            if after >= 0.0 {
+                eprintln!("timeline {h} +{after:.2} s {what}");
+            }
+        }
+    }
+}
+
 /// Waits until every unit of `units` answers through the gateway from a task
 /// on a host other than `gone`, and returns how long after `at` the last did.
+/// All of them are watched at once, every 100 ms: what Swarm says (one
+/// `docker service ps` for all) and whether each answers (in parallel).
 fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Instant) -> Duration {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,55 +161,90 @@ fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Insta
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let mut last = Duration::ZERO;
+    let services: Vec<String> = units.iter().map(|u| format!("{}_{u}", p.project)).collect();
     let mut down = None;
-    for u in units {
-        let (mut moved_at, mut answered_at) = (None, None);
-        loop {
-            if down.is_none()
-                && kit.host("f-1").sh(&format!(
-                    "docker node inspect {gone} --format '{{{{.Status.State}}}}'"
-                )) == "down"
-            {
-                down = Some(at.elapsed());
-            }
-            // Every copy runs again, none on the host gone.
-            let moved = nodes_of(kit, &p.project, u)
+    // Per unit: since when a task runs elsewhere, since when it answers
+    // without a miss, and when both first held.
+    let mut moved_at = vec![None; units.len()];
+    let mut answered_at = vec![None; units.len()];
+    let mut back_at = vec![None; units.len()];
+    // When each unit's answers through the gateway turned (true: answering).
+    let mut turns: Vec<Vec<(bool, Duration)>> = vec![Vec::new(); units.len()];
+    while back_at.iter().any(Option::is_none) {
+        assert!(
+            at.elapsed() < Duration::from_secs(30),
+            "not back elsewhere after 30 s: {:?}",
+            units
                 .iter()
-                .filter(|n| *n != gone)
-                .count()
-                >= copies(u);
-            let answers = rt.block_on(async {
-                http.get(format!("http://127.0.0.1:{gateway}/api/v1/{u}/health"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            });
-            if moved {
-                moved_at.get_or_insert(at.elapsed());
+                .zip(&back_at)
+                .filter(|(_, b)| b.is_none())
+                .map(|(u, _)| u)
+                .collect::<Vec<_>>()
+        );
+        let tick = Instant::now();
+        // The nodes of each service's running tasks, and the lost host's
+        // state, in one call.
+        let out = kit.host("f-1").sh(&format!(
+            "docker node inspect {gone} --format 'node {{{{.Status.State}}}}' 2>/dev/null
+             docker service ps {} --filter desired-state=running \
+               --format '{{{{.Name}}}} {{{{.Node}}}} {{{{.CurrentState}}}}' 2>/dev/null || true",
+            services.join(" ")
+        ));
+        let now = at.elapsed();
+        if down.is_none() && out.lines().any(|l| l == "node down") {
+            down = Some(now);
+        }
+        let answers: Vec<bool> = rt.block_on(async {
+            let asked: Vec<_> = units
+                .iter()
+                .map(|u| {
+                    let get = http
+                        .get(format!("http://127.0.0.1:{gateway}/api/v1/{u}/health"))
+                        .send();
+                    tokio::spawn(async move { get.await.is_ok_and(|r| r.status().is_success()) })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for a in asked {
+                answers.push(a.await.unwrap_or(false));
             }
-            // Since when it answers without a miss.
-            if answers {
-                answered_at.get_or_insert(at.elapsed());
+            answers
+        });
+        for (i, u) in units.iter().enumerate() {
+            if back_at[i].is_some() {
+                continue;
+            }
+            // Task names are `<service>.<slot>`; every copy runs again, none
+            // on the host gone.
+            let prefix = format!("{}.", services[i]);
+            let elsewhere = out
+                .lines()
+                .filter(|l| l.starts_with(&prefix) && l.contains("Running"))
+                .filter(|l| l.split_whitespace().nth(1).is_some_and(|n| n != gone))
+                .count();
+            if elsewhere >= copies(u) {
+                moved_at[i].get_or_insert(now);
+            }
+            if turns[i].last().map(|t| t.0) != Some(answers[i]) {
+                turns[i].push((answers[i], now));
+            }
+            if answers[i] {
+                answered_at[i].get_or_insert(now);
             } else {
-                answered_at = None;
+                answered_at[i] = None;
             }
-            if moved && answers {
-                last = last.max(at.elapsed());
+            if moved_at[i].is_some() && answered_at[i].is_some() {
+                back_at[i] = Some(now);
                 // Where the time went (Swarm's part, then discovery's).
                 eprintln!(
-                    "{u}: {gone} down after {down:?}, a task running elsewhere after {moved_at:?}, answering through the gateway after {answered_at:?}"
+                    "{u}: {gone} down after {down:?}, a task running elsewhere after {:?}, answering through the gateway after {:?} (answers turned: {:?})",
+                    moved_at[i], answered_at[i], turns[i]
                 );
-                break;
             }
-            assert!(
-                at.elapsed() < Duration::from_secs(30),
-                "{u} is not back elsewhere"
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
     }
-    last
+    back_at.into_iter().flatten().max().unwrap_or_default()
 }
 
 /// The host to fail (f-2 or f-3: f-1 holds the door), the capabilities
@@ -238,6 +323,7 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         p.port("gateway")
     ));
     let mut thaw = None;
+    record_events(kit, &["f-1", "f-2", "f-3"]);
     let (rec, at, end, back) = around_fault(
         &rt,
         kit,
@@ -250,6 +336,7 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         },
     );
     let (reads, failed, dip) = discovery.stop();
+    timeline(kit, &p.project, &["f-1", "f-2", "f-3"], victim, at);
     let t = rt.block_on(judge(p, "hung host", &rec, at, end, bar, window));
     println!(
         "BENCH hung host: discovery through the gateway, longest time without an answer|{:.1} s ({failed} of {reads} reads failed)|< 2 s (1 s read timeout; was 2-4.6 s)",
@@ -307,6 +394,7 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
     let (victim, ran_there, reader) = pick_victim(kit, p);
     let container = kit.host(victim).container.clone();
     let tunnel = door();
+    record_events(kit, &all);
     let (rec, at, end, back) = around_fault(
         &rt,
         kit,
@@ -317,6 +405,7 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
             infra_host::docker(&["stop", "-t", "0", &container]);
         },
     );
+    timeline(kit, &p.project, &all, victim, at);
     let t = rt.block_on(judge(p, "lost host", &rec, at, end, bar, window));
     println!(
         "BENCH lost host (stopped): write gap|{:.1} s|<= 3 s",
