@@ -129,7 +129,7 @@ pub async fn run(
     );
     let gw = Arc::new(Gateway {
         routes,
-        upstreams: upstream::Upstreams::new(Duration::from_secs(2), Duration::from_secs(60)),
+        upstreams: upstream::Upstreams::new(Duration::from_secs(60)),
         timeout: config.upstream_timeout,
         metrics,
         requests,

@@ -1,8 +1,9 @@
 //! The proxy path: one request to an `up` instance of its service (DESIGN.md
 //! §5), the one [`balance::choose`] picks: hop-by-hop headers dropped,
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id` set, a refused
-//! connection (and a safe request, GET or HEAD, that got no answer) retried on
-//! other instances (up to [`MAX_TRIES`] in all), the upstream's answer streamed
+//! connection, or one not made within [`CONNECT_HEDGE`] (and a safe request,
+//! GET or HEAD, that got no answer) retried on other instances (up to
+//! [`MAX_TRIES`] in all), the upstream's answer streamed
 //! back; per-service counters and latency. The upstream's [`balance::Load`]
 //! counts the request until its response head comes, and a timeout or a failed
 //! connection ejects the upstream.
@@ -18,7 +19,7 @@ use chora_service::ApiError;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Request bodies up to this size are kept for a retry on another instance.
 const RETRY_BODY: u64 = 256 * 1024;
@@ -28,6 +29,17 @@ const RETRY_BODY: u64 = 256 * 1024;
 /// each one once. Several may fail at once while a service is replaced (a
 /// new task registered before its address resolves, an old one stopping).
 const MAX_TRIES: usize = 3;
+
+/// How long a new connection to an upstream may take when another instance
+/// is left to try: a connection on a host's network is made in well under a
+/// millisecond, and one not made in this long lost its first SYN (the next
+/// is sent after a second), or its host is gone (a lost host drops SYNs, it
+/// does not refuse them). The request then goes to another instance at once,
+/// rather than after [`CONNECT_TIMEOUT`], and the silent one is ejected.
+const CONNECT_HEDGE: Duration = Duration::from_millis(500);
+
+/// How long a new connection may take to the last instance tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Hop-by-hop headers, never forwarded.
 const HOP: [HeaderName; 8] = [
@@ -192,7 +204,14 @@ pub(crate) async fn proxy(
                 up.headers_mut().insert(header::HOST, target.host.clone());
                 let load = &upstream.load;
                 let outstanding = load.begin();
-                let sent = gw.upstreams.send(&target.authority, up);
+                // A connection slow to come is given up sooner when the
+                // request can go to another instance instead.
+                let connect = if retry_possible && matches!(body, ReqBody::Kept(_)) {
+                    CONNECT_HEDGE
+                } else {
+                    CONNECT_TIMEOUT
+                };
+                let sent = gw.upstreams.send(&target.authority, up, connect);
                 let sent = tokio::time::timeout(gw.timeout, sent).await;
                 drop(outstanding);
                 match sent {

@@ -69,36 +69,36 @@ pub struct Upstreams {
     /// Reaper ticks so far; a tick is a quarter of the idle timeout. Cheaper than
     /// reading the clock on every checkout and return.
     age: AtomicU32,
-    connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_upstream: usize,
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Upstreams> {
+    pub fn new(idle_timeout: Duration) -> Arc<Upstreams> {
         Arc::new(Upstreams {
             idle: Mutex::default(),
             age: AtomicU32::new(0),
-            connect_timeout,
             idle_timeout,
             max_idle_per_upstream: 128,
         })
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `authority` (`host:port`).
+    /// Sends `req` (origin-form URI, `Host` set) to `authority` (`host:port`),
+    /// on a pooled connection or on a new one made within `connect_timeout`.
     /// The response body keeps the connection and puts it back into the pool once
     /// it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
         authority: &str,
         mut req: axum::http::Request<Body>,
+        connect_timeout: Duration,
     ) -> Result<axum::http::Response<Body>, SendError> {
         loop {
             let (Conn { mut tx, conn }, reused) = match self.checkout(authority) {
                 Some(c) => (c, true),
                 // Boxed: the connect future is large and this is the rare path;
                 // the common one should not carry its size.
-                None => (Box::pin(self.connect(authority)).await?, false),
+                None => (Box::pin(connect(authority, connect_timeout)).await?, false),
             };
             let mut conn = Some(conn);
             if !tx.is_ready() {
@@ -128,19 +128,6 @@ impl Upstreams {
                 },
             }
         }
-    }
-
-    async fn connect(&self, authority: &str) -> Result<Conn, SendError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
-            .await
-            .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
-            .map_err(SendError::Connect)?;
-        tcp.set_nodelay(true).map_err(SendError::Connect)?;
-        let (tx, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-        Ok(Conn {
-            tx,
-            conn: Box::new(conn),
-        })
     }
 
     fn checkout(&self, authority: &str) -> Option<Conn> {
@@ -205,6 +192,19 @@ impl Upstreams {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.get(authority).map_or(0, Vec::len)
     }
+}
+
+async fn connect(authority: &str, within: Duration) -> Result<Conn, SendError> {
+    let tcp = tokio::time::timeout(within, TcpStream::connect(authority))
+        .await
+        .map_err(|_| SendError::ConnectTimeout(within))?
+        .map_err(SendError::Connect)?;
+    tcp.set_nodelay(true).map_err(SendError::Connect)?;
+    let (tx, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    Ok(Conn {
+        tx,
+        conn: Box::new(conn),
+    })
 }
 
 /// Boxed once per connection: it is large (its buffers and parser state), and it

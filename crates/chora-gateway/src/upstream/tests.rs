@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+const CONNECT: Duration = Duration::from_secs(2);
+
 /// An upstream served by hyper: `/echo` sends the request body back, `/big?n=N`
 /// answers N bytes, chunked, and anything else answers `ok`. Counts the
 /// connections it accepted.
@@ -98,7 +100,7 @@ async fn text(resp: axum::http::Response<Body>) -> String {
 }
 
 fn pool() -> Arc<Upstreams> {
-    Upstreams::new(Duration::from_secs(2), Duration::from_secs(60))
+    Upstreams::new(Duration::from_secs(60))
 }
 
 #[tokio::test]
@@ -107,7 +109,7 @@ async fn requests_one_after_another_share_one_connection() {
     let pool = pool();
     for _ in 0..20 {
         let resp = pool
-            .send(&up.authority, get(&up.authority, "/"))
+            .send(&up.authority, get(&up.authority, "/"), CONNECT)
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
@@ -122,13 +124,13 @@ async fn a_response_left_unread_closes_its_connection() {
     let up = upstream().await;
     let pool = pool();
     let resp = pool
-        .send(&up.authority, get(&up.authority, "/big?n=4000000"))
+        .send(&up.authority, get(&up.authority, "/big?n=4000000"), CONNECT)
         .await
         .unwrap();
     drop(resp);
     assert_eq!(pool.idle_count(&up.authority), 0);
     let resp = pool
-        .send(&up.authority, get(&up.authority, "/"))
+        .send(&up.authority, get(&up.authority, "/"), CONNECT)
         .await
         .unwrap();
     assert_eq!(text(resp).await, "ok");
@@ -149,7 +151,7 @@ async fn bodies_larger_than_any_buffer_stream_both_ways() {
             total: 96 * 65536,
         }))
         .unwrap();
-    let resp = pool.send(&up.authority, req).await.unwrap();
+    let resp = pool.send(&up.authority, req, CONNECT).await.unwrap();
     let back = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(back.len(), 96 * 65536);
     assert!(
@@ -161,7 +163,7 @@ async fn bodies_larger_than_any_buffer_stream_both_ways() {
     // A chunked answer of 5,000,001 bytes, read to the end: the connection
     // goes back to the pool.
     let resp = pool
-        .send(&up.authority, get(&up.authority, "/big?n=5000001"))
+        .send(&up.authority, get(&up.authority, "/big?n=5000001"), CONNECT)
         .await
         .unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -200,7 +202,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     });
     let pool = pool();
     for i in 0..3 {
-        let resp = pool.send(&authority, get(&authority, "/")).await;
+        let resp = pool.send(&authority, get(&authority, "/"), CONNECT).await;
         let resp = resp.unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(text(resp).await, "ok");
         assert_eq!(pool.idle_count(&authority), 1, "request {i}");
@@ -216,7 +218,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let authority = listener.local_addr().unwrap().to_string();
     drop(listener);
     let err = pool()
-        .send(&authority, get(&authority, "/"))
+        .send(&authority, get(&authority, "/"), CONNECT)
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err}");

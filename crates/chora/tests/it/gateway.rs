@@ -345,6 +345,58 @@ async fn a_hung_instance_costs_one_timeout_then_is_skipped() {
 }
 
 #[tokio::test]
+async fn an_instance_whose_host_drops_connections_costs_half_a_second_not_an_error() {
+    // A listener that never accepts, its queue (of one) full: the kernel
+    // drops further SYNs, as a lost host's network does.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent = socket.listen(0).unwrap();
+    let addr = silent.local_addr().unwrap();
+    let _queued = std::net::TcpStream::connect(addr).unwrap();
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await
+        .is_err(),
+        "a connection to the full listener was made: this test proves nothing here"
+    );
+    let up = upstream().await;
+    let marker = upstream().await;
+    let site = Site::start();
+    site.register("svc", &format!("http://{addr}")).await;
+    site.register("svc", &up.url).await;
+    // Registered last: once it routes, the table has both instances of `svc`.
+    site.register("marker", &marker.url).await;
+    site.wait_for("/marker/x", 200).await;
+
+    // A client that waits a second: longer than the gateway takes to give up
+    // on the silent instance and go to the live one, shorter than a SYN's
+    // retransmission.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        let t = Instant::now();
+        let r = http.get(site.url("/svc/x")).send().await;
+        let took = t.elapsed();
+        let s = r.map(|r| r.status().as_u16());
+        assert!(matches!(s, Ok(200)), "request {i}: {s:?} after {took:?}");
+        if took >= Duration::from_millis(450) {
+            slow.push(i);
+        }
+    }
+    // Requests share the two round-robin at first: one met the silent
+    // instance (it waited for it, then went to the live one), which was
+    // then skipped.
+    assert_eq!(slow.len(), 1, "requests {slow:?} waited");
+    drop(silent);
+}
+
+#[tokio::test]
 async fn a_get_whose_connection_drops_goes_to_another_instance_and_a_post_does_not() {
     // Reads each request, then closes the connection without an answer: an
     // instance that stops with a request in flight.
