@@ -193,6 +193,8 @@ pub(crate) async fn proxy(
                 };
                 // Another attempt needs the head again; only then is it copied.
                 let retry_possible = attempt + 1 < r.up.len().min(MAX_TRIES);
+                // This request could still go to another instance.
+                let elsewhere = retry_possible && matches!(body, ReqBody::Kept(_));
                 let head = if retry_possible {
                     parts.clone()
                 } else {
@@ -206,7 +208,7 @@ pub(crate) async fn proxy(
                 let outstanding = load.begin();
                 // A connection slow to come is given up sooner when the
                 // request can go to another instance instead.
-                let connect = if retry_possible && matches!(body, ReqBody::Kept(_)) {
+                let connect = if elsewhere {
                     CONNECT_HEDGE
                 } else {
                     CONNECT_TIMEOUT
@@ -224,9 +226,7 @@ pub(crate) async fn proxy(
                         if e.is_connect() {
                             eject(load, service, base, "cannot connect");
                         }
-                        let retry = (e.is_connect() || safe)
-                            && matches!(body, ReqBody::Kept(_))
-                            && retry_possible;
+                        let retry = (e.is_connect() || safe) && elsewhere;
                         if retry {
                             tracing::debug!(%service, upstream = %base, error = %e, "failed before an answer; retrying on another instance");
                             if i < 64 {

@@ -379,7 +379,8 @@ pub async fn docker(
 /// every mesh peer pinged (for up to ~30 s: a fresh tunnel needs its first
 /// handshake, and a peer still finishing its own steps retries it only
 /// every 5 s; 10 tries once let two healthy peers miss each other) and one
-/// container run with no registry: `/bin/echo` and the libraries `ldd` names for it (the host's own glibc, so any Debian or Ubuntu
+/// container run with no registry: `/bin/echo` and the libraries `ldd`
+/// names for it (the host's own glibc, so any Debian or Ubuntu
 /// architecture works), imported as a one-layer image and run with no
 /// network. The container goes with `--rm`, the image and the temp dir by the
 /// trap, whatever failed. Prints `version=`, `ran=` (what the container

@@ -126,12 +126,26 @@ pub(super) fn copies(c: &str) -> usize {
 
 /// The hosts unit `unit`'s running tasks are on, as a manager sees them.
 pub(super) fn nodes_of(kit: &HostKit, project: &str, unit: &str) -> Vec<String> {
+    nodes_of_each(kit, project, &[unit]).remove(0)
+}
+
+/// [`nodes_of`] for each of `units`, in one call.
+pub(super) fn nodes_of_each(kit: &HostKit, project: &str, units: &[&str]) -> Vec<Vec<String>> {
+    let services: Vec<String> = units.iter().map(|u| format!("{project}_{u}")).collect();
     let out = kit.host("f-1").sh(&format!(
-        "docker service ps {project}_{unit} --filter desired-state=running --format '{{{{.Node}}}} {{{{.CurrentState}}}}' 2>/dev/null || true"
+        "docker service ps {} --filter desired-state=running --format '{{{{.Name}}}} {{{{.Node}}}} {{{{.CurrentState}}}}' 2>/dev/null || true",
+        services.join(" ")
     ));
-    out.lines()
-        .filter(|l| l.contains("Running"))
-        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+    services
+        .iter()
+        .map(|s| {
+            // Task names are `<service>.<slot>`.
+            let prefix = format!("{s}.");
+            out.lines()
+                .filter(|l| l.starts_with(&prefix) && l.contains("Running"))
+                .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+                .collect()
+        })
         .collect()
 }
 

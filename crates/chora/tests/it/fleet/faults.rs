@@ -1,7 +1,7 @@
 //! A hung host and a lost host under a writer through the Manifest nodes
 //! and a reader through the gateway (prod.rs's `around` and `judge`).
 
-use super::common::{CAPABILITIES, containers_of, copies, nodes_of, settle};
+use super::common::{CAPABILITIES, containers_of, copies, nodes_of_each, settle};
 use crate::infra_swarm::answers;
 use crate::prod::{Prod, Window, around_reading, judge};
 use chora_testkit::infra_host::{self, HostKit};
@@ -149,7 +149,7 @@ fn timeline(kit: &HostKit, project: &str, hosts: &[&str], gone: &str, at: Instan
 
 /// Waits until every unit of `units` answers through the gateway from a task
 /// on a host other than `gone`, and returns how long after `at` the last did.
-/// All of them are watched at once, every 100 ms: what Swarm says (one
+/// All of them are watched at once, every 100 ms: where Swarm runs them (one
 /// `docker service ps` for all) and whether each answers (in parallel).
 fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Instant) -> Duration {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -161,15 +161,12 @@ fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Insta
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let services: Vec<String> = units.iter().map(|u| format!("{}_{u}", p.project)).collect();
     let mut down = None;
-    // Per unit: since when a task runs elsewhere, since when it answers
-    // without a miss, and when both first held.
+    // Per unit: since when a task runs elsewhere, when its answers through
+    // the gateway turned (true: answering), and when both first held.
     let mut moved_at = vec![None; units.len()];
-    let mut answered_at = vec![None; units.len()];
-    let mut back_at = vec![None; units.len()];
-    // When each unit's answers through the gateway turned (true: answering).
     let mut turns: Vec<Vec<(bool, Duration)>> = vec![Vec::new(); units.len()];
+    let mut back_at = vec![None; units.len()];
     while back_at.iter().any(Option::is_none) {
         assert!(
             at.elapsed() < Duration::from_secs(30),
@@ -182,18 +179,15 @@ fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Insta
                 .collect::<Vec<_>>()
         );
         let tick = Instant::now();
-        // The nodes of each service's running tasks, and the lost host's
-        // state, in one call.
-        let out = kit.host("f-1").sh(&format!(
-            "docker node inspect {gone} --format 'node {{{{.Status.State}}}}' 2>/dev/null
-             docker service ps {} --filter desired-state=running \
-               --format '{{{{.Name}}}} {{{{.Node}}}} {{{{.CurrentState}}}}' 2>/dev/null || true",
-            services.join(" ")
-        ));
-        let now = at.elapsed();
-        if down.is_none() && out.lines().any(|l| l == "node down") {
-            down = Some(now);
+        if down.is_none()
+            && kit.host("f-1").sh(&format!(
+                "docker node inspect {gone} --format '{{{{.Status.State}}}}'"
+            )) == "down"
+        {
+            down = Some(at.elapsed());
         }
+        let nodes = nodes_of_each(kit, &p.project, units);
+        let now = at.elapsed();
         let answers: Vec<bool> = rt.block_on(async {
             let asked: Vec<_> = units
                 .iter()
@@ -214,31 +208,21 @@ fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Insta
             if back_at[i].is_some() {
                 continue;
             }
-            // Task names are `<service>.<slot>`; every copy runs again, none
-            // on the host gone.
-            let prefix = format!("{}.", services[i]);
-            let elsewhere = out
-                .lines()
-                .filter(|l| l.starts_with(&prefix) && l.contains("Running"))
-                .filter(|l| l.split_whitespace().nth(1).is_some_and(|n| n != gone))
-                .count();
-            if elsewhere >= copies(u) {
+            // Every copy runs again, none on the host gone.
+            if nodes[i].iter().filter(|n| *n != gone).count() >= copies(u) {
                 moved_at[i].get_or_insert(now);
             }
             if turns[i].last().map(|t| t.0) != Some(answers[i]) {
                 turns[i].push((answers[i], now));
             }
-            if answers[i] {
-                answered_at[i].get_or_insert(now);
-            } else {
-                answered_at[i] = None;
-            }
-            if moved_at[i].is_some() && answered_at[i].is_some() {
+            // Since when it answers without a miss: its last turn, to true.
+            let answering = turns[i].last().filter(|t| t.0).map(|t| t.1);
+            if moved_at[i].is_some() && answering.is_some() {
                 back_at[i] = Some(now);
                 // Where the time went (Swarm's part, then discovery's).
                 eprintln!(
-                    "{u}: {gone} down after {down:?}, a task running elsewhere after {:?}, answering through the gateway after {:?} (answers turned: {:?})",
-                    moved_at[i], answered_at[i], turns[i]
+                    "{u}: {gone} down after {down:?}, a task running elsewhere after {:?}, answering through the gateway after {answering:?} (answers turned: {:?})",
+                    moved_at[i], turns[i]
                 );
             }
         }
@@ -251,15 +235,12 @@ fn back_elsewhere(kit: &HostKit, p: &Prod, units: &[&str], gone: &str, at: Insta
 /// that run there, and one that does not, for the reader (the first
 /// capability when all run there).
 fn pick_victim(kit: &HostKit, p: &Prod) -> (&'static str, Vec<&'static str>, &'static str) {
-    let on: Vec<(&str, Vec<String>)> = CAPABILITIES
-        .into_iter()
-        .map(|c| (c, nodes_of(kit, &p.project, c)))
-        .collect();
+    let on = nodes_of_each(kit, &p.project, &CAPABILITIES);
     let there = |h: &str| -> Vec<&'static str> {
         CAPABILITIES
             .into_iter()
             .zip(&on)
-            .filter(|(_, (_, nodes))| nodes.iter().any(|n| n == h))
+            .filter(|(_, nodes)| nodes.iter().any(|n| n == h))
             .map(|(c, _)| c)
             .collect()
     };
