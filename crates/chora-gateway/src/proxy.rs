@@ -5,8 +5,9 @@
 //! GET or HEAD, that got no answer) retried on other instances (up to
 //! [`MAX_TRIES`] in all), the upstream's answer streamed
 //! back; per-service counters and latency. The upstream's [`balance::Load`]
-//! counts the request until its response head comes, and a timeout or a failed
-//! connection ejects the upstream.
+//! counts the request until its response head comes, and a timeout, a failed
+//! connection or a host that acknowledges nothing
+//! ([`crate::upstream::UNACKNOWLEDGED`]) ejects the upstream.
 
 use crate::Gateway;
 use crate::balance;
@@ -225,6 +226,8 @@ pub(crate) async fn proxy(
                     Ok(Err(e)) => {
                         if e.is_connect() {
                             eject(load, service, base, "cannot connect");
+                        } else if e.host_silent() {
+                            eject(load, service, base, "its host acknowledged nothing");
                         }
                         let retry = (e.is_connect() || safe) && elsewhere;
                         if retry {

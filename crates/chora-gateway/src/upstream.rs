@@ -12,7 +12,9 @@
 //!
 //! A pooled connection that the upstream closed while it was idle is noticed
 //! when it is taken out (or when its request could not be sent) and the request
-//! goes on a fresh connection, as hyper's pool does.
+//! goes on a fresh connection, as hyper's pool does. One whose host is gone
+//! closes no connection: a request written on it is never acknowledged, and the
+//! kernel ends the connection after [`UNACKNOWLEDGED`] (`TCP_USER_TIMEOUT`).
 
 use axum::body::{Body, Bytes};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
@@ -29,6 +31,16 @@ use tokio::net::TcpStream;
 
 /// Reaper ticks per idle timeout.
 const TICKS: u32 = 4;
+
+/// How long what the gateway sent on an upstream connection may stay
+/// unacknowledged before the kernel ends the connection (`TCP_USER_TIMEOUT`):
+/// the upstream's host is gone (a lost host sends no reset). Three
+/// transmissions go unanswered in that time (at 0, 200 and 600 ms), so a
+/// live host on a lossy path is not taken for a lost one; a slow upstream is
+/// not concerned (its kernel acknowledges the request at once, whenever the
+/// answer comes). Without it a request on a pooled connection to a lost host
+/// waits for the gateway's whole timeout.
+pub const UNACKNOWLEDGED: Duration = Duration::from_secs(1);
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +60,25 @@ impl SendError {
     /// True when the request cannot have reached the upstream.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_))
+    }
+
+    /// True when the upstream's host did not answer at all: no connection
+    /// came, or what was sent stayed unacknowledged ([`UNACKNOWLEDGED`]).
+    pub fn host_silent(&self) -> bool {
+        match self {
+            SendError::Connect(_) => false,
+            SendError::ConnectTimeout(_) => true,
+            SendError::Http(e) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(c) = cause {
+                    if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                        return io.kind() == std::io::ErrorKind::TimedOut;
+                    }
+                    cause = c.source();
+                }
+                false
+            }
+        }
     }
 }
 
@@ -200,6 +231,9 @@ async fn connect(authority: &str, within: Duration) -> Result<Conn, SendError> {
         .map_err(|_| SendError::ConnectTimeout(within))?
         .map_err(SendError::Connect)?;
     tcp.set_nodelay(true).map_err(SendError::Connect)?;
+    socket2::SockRef::from(&tcp)
+        .set_tcp_user_timeout(Some(UNACKNOWLEDGED))
+        .map_err(SendError::Connect)?;
     let (tx, conn) = http1::handshake(TokioIo::new(tcp)).await?;
     Ok(Conn {
         tx,

@@ -396,6 +396,127 @@ async fn an_instance_whose_host_drops_connections_costs_half_a_second_not_an_err
     drop(silent);
 }
 
+/// A container upstream on a network of its own, and its image; all removed
+/// when dropped, pass or fail.
+struct LostHost {
+    name: String,
+}
+
+impl LostHost {
+    fn image(&self) -> String {
+        format!("{}:upstream", self.name)
+    }
+}
+
+impl Drop for LostHost {
+    fn drop(&mut self) {
+        let docker = crate::staging::docker;
+        docker(&["rm", "-f", &self.name]);
+        docker(&["network", "rm", &self.name]);
+        docker(&["rmi", "-f", &self.image()]);
+    }
+}
+
+#[tokio::test]
+async fn an_instance_whose_host_is_lost_under_a_kept_connection_costs_a_second_not_an_error() {
+    const TEST: &str = "gateway::an_instance_whose_host_is_lost_under_a_kept_connection_costs_a_second_not_an_error";
+    if !chora_testkit::docker_available(TEST) {
+        return;
+    }
+    let docker = |args: &[&str]| {
+        let out = crate::staging::docker(args);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // A Manifest in a container (chora's own image: a server that keeps
+    // connections alive) stands for an instance on another host.
+    let lost = LostHost {
+        name: format!("chora-t{}-lost", chora_api::random_hex(4)),
+    };
+    let build = std::process::Command::new(chora_bin())
+        .args(["image", "build", "--tag", &lost.image()])
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{build:?}");
+    docker(&["network", "create", &lost.name]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &lost.name,
+        "--network",
+        &lost.name,
+        &lost.image(),
+        "manifest",
+        "serve",
+        "--listen",
+        "0.0.0.0:8080",
+        "--storage",
+        "sqlite:/tmp/m.db",
+        "--no-auth",
+    ]);
+    let ip = docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &lost.name,
+    ]);
+    let far = format!("http://{ip}:8080");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{far}/health")).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the container's Manifest never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let up = upstream().await;
+    let marker = upstream().await;
+    let site = Site::start();
+    site.register("svc", &far).await;
+    site.register("svc", &up.url).await;
+    site.register("marker", &marker.url).await;
+    site.wait_for("/marker/x", 200).await;
+    // Both instances answered: each has a connection kept in the pool.
+    let mut from_container = 0;
+    for _ in 0..4 {
+        let r = site.http.get(site.url("/svc/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        if r.text().await.unwrap().contains("services_registered") {
+            from_container += 1;
+        }
+    }
+    assert_eq!(from_container, 2, "the two instances take turns");
+
+    // The container's network goes: its host sends nothing back, not even a
+    // reset, as a host that lost power.
+    docker(&["network", "disconnect", "--force", &lost.name, &lost.name]);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        let t = Instant::now();
+        let r = http.get(site.url("/svc/health")).send().await;
+        let took = t.elapsed();
+        let s = r.map(|r| r.status().as_u16());
+        assert!(matches!(s, Ok(200)), "request {i}: {s:?} after {took:?}");
+        if took >= Duration::from_millis(900) {
+            slow.push((i, took));
+        }
+    }
+    // The request that went out on the kept connection waited until the
+    // kernel gave up on it (a second unacknowledged), then went to the live
+    // instance; the silent one was skipped after that.
+    assert_eq!(slow.len(), 1, "requests {slow:?} waited");
+}
+
 #[tokio::test]
 async fn a_get_whose_connection_drops_goes_to_another_instance_and_a_post_does_not() {
     // Reads each request, then closes the connection without an answer: an

@@ -150,6 +150,10 @@ impl Drop for Staging {
         if std::thread::panicking() {
             for s in ["manifest", "orchestrator", "gateway"] {
                 let out = docker(&["logs", "--tail", "30", &format!("{}-{s}", self.project)]);
+                // A fleet's units run on its hosts, not here: nothing to show.
+                if !out.status.success() {
+                    continue;
+                }
                 eprintln!(
                     "----- {s} -----\n{}\n{}",
                     text(&out.stdout),
