@@ -99,6 +99,15 @@ fn around_fault(
     })
 }
 
+/// Runs `judge` at once, while the fault's registrations are young (none
+/// has expired: they have no heartbeat), then `timeline`, also when the
+/// judgement failed: where the time went is what tells why.
+fn judged<T>(judge: impl FnOnce() -> T, timeline: impl FnOnce()) -> T {
+    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(judge));
+    timeline();
+    verdict.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// Starts recording, on each host, what its engine does with containers
 /// (`docker events`, health checks' execs left out) for [`timeline`].
 fn record_events(kit: &HostKit, hosts: &[&str]) {
@@ -317,8 +326,10 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
         },
     );
     let (reads, failed, dip) = discovery.stop();
-    timeline(kit, &p.project, &["f-1", "f-2", "f-3"], victim, at);
-    let t = rt.block_on(judge(p, "hung host", &rec, at, end, bar, window));
+    let t = judged(
+        || rt.block_on(judge(p, "hung host", &rec, at, end, bar, window)),
+        || timeline(kit, &p.project, &["f-1", "f-2", "f-3"], victim, at),
+    );
     println!(
         "BENCH hung host: discovery through the gateway, longest time without an answer|{:.1} s ({failed} of {reads} reads failed)|< 2 s (1 s read timeout; was 2-4.6 s)",
         dip.as_secs_f64()
@@ -386,8 +397,10 @@ pub(super) fn faults(kit: &HostKit, inv: &std::path::Path, p: &Prod) {
             infra_host::docker(&["stop", "-t", "0", &container]);
         },
     );
-    timeline(kit, &p.project, &all, victim, at);
-    let t = rt.block_on(judge(p, "lost host", &rec, at, end, bar, window));
+    let t = judged(
+        || rt.block_on(judge(p, "lost host", &rec, at, end, bar, window)),
+        || timeline(kit, &p.project, &all, victim, at),
+    );
     println!(
         "BENCH lost host (stopped): write gap|{:.1} s|<= 3 s",
         t.gap.as_secs_f64()
