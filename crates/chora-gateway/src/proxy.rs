@@ -1,16 +1,16 @@
 //! The proxy path: one request to an `up` instance of its service (DESIGN.md
 //! §5), the one [`balance::choose`] picks: hop-by-hop headers dropped,
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id` set, a refused
-//! connection, or one not made within [`CONNECT_HEDGE`] (and a safe request,
+//! connection, or one whose host stays silent ([`HEDGED`]) (and a safe request,
 //! GET or HEAD, that got no answer) retried on other instances (up to
 //! [`MAX_TRIES`] in all), the upstream's answer streamed
 //! back; per-service counters and latency. The upstream's [`balance::Load`]
 //! counts the request until its response head comes, and a timeout, a failed
-//! connection or a host that acknowledges nothing
-//! ([`crate::upstream::UNACKNOWLEDGED`]) ejects the upstream.
+//! connection or a silent host ejects the upstream.
 
 use crate::Gateway;
 use crate::balance;
+use crate::upstream::Patience;
 use crate::{RequestLabels, ServiceLabels};
 use axum::body::Body;
 use axum::extract::Request;
@@ -31,16 +31,26 @@ const RETRY_BODY: u64 = 256 * 1024;
 /// new task registered before its address resolves, an old one stopping).
 const MAX_TRIES: usize = 3;
 
-/// How long a new connection to an upstream may take when another instance
-/// is left to try: a connection on a host's network is made in well under a
-/// millisecond, and one not made in this long lost its first SYN (the next
-/// is sent after a second), or its host is gone (a lost host drops SYNs, it
-/// does not refuse them). The request then goes to another instance at once,
-/// rather than after [`CONNECT_TIMEOUT`], and the silent one is ejected.
-const CONNECT_HEDGE: Duration = Duration::from_millis(500);
+/// How long an upstream's host may stay silent when another instance is
+/// left to try. A connection on a host's network is made in well under a
+/// millisecond, and one not made in 500 ms lost its first SYN (the next is
+/// sent after a second) or its host is gone (a lost host drops SYNs, it
+/// does not refuse them). A request on a kept connection to a lost host is
+/// never acknowledged: the kernel resends it after 200-400 ms and ends the
+/// connection 300 ms later, about 0.7 s after it went (measured: the
+/// gateway test of a lost host). Either way the request goes to another
+/// instance (a GET also after it was sent), within the second a client may
+/// wait, rather than after [`LAST`], and the silent one is ejected.
+const HEDGED: Patience = Patience {
+    connect: Duration::from_millis(500),
+    unacknowledged: Duration::from_millis(300),
+};
 
-/// How long a new connection may take to the last instance tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the last instance tried may stay silent.
+const LAST: Patience = Patience {
+    connect: Duration::from_secs(2),
+    unacknowledged: Duration::from_secs(2),
+};
 
 /// Hop-by-hop headers, never forwarded.
 const HOP: [HeaderName; 8] = [
@@ -207,14 +217,10 @@ pub(crate) async fn proxy(
                 up.headers_mut().insert(header::HOST, target.host.clone());
                 let load = &upstream.load;
                 let outstanding = load.begin();
-                // A connection slow to come is given up sooner when the
-                // request can go to another instance instead.
-                let connect = if elsewhere {
-                    CONNECT_HEDGE
-                } else {
-                    CONNECT_TIMEOUT
-                };
-                let sent = gw.upstreams.send(&target.authority, up, connect);
+                // A silent host is given up sooner when the request can go
+                // to another instance instead.
+                let patience = if elsewhere { HEDGED } else { LAST };
+                let sent = gw.upstreams.send(&target.authority, up, patience);
                 let sent = tokio::time::timeout(gw.timeout, sent).await;
                 drop(outstanding);
                 match sent {

@@ -14,7 +14,8 @@
 //! when it is taken out (or when its request could not be sent) and the request
 //! goes on a fresh connection, as hyper's pool does. One whose host is gone
 //! closes no connection: a request written on it is never acknowledged, and the
-//! kernel ends the connection after [`UNACKNOWLEDGED`] (`TCP_USER_TIMEOUT`).
+//! kernel ends the connection as the request's [`Patience`] says
+//! (`TCP_USER_TIMEOUT`).
 
 use axum::body::{Body, Bytes};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
@@ -22,6 +23,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -32,15 +34,19 @@ use tokio::net::TcpStream;
 /// Reaper ticks per idle timeout.
 const TICKS: u32 = 4;
 
-/// How long what the gateway sent on an upstream connection may stay
-/// unacknowledged before the kernel ends the connection (`TCP_USER_TIMEOUT`):
-/// the upstream's host is gone (a lost host sends no reset). Three
-/// transmissions go unanswered in that time (at 0, 200 and 600 ms), so a
-/// live host on a lossy path is not taken for a lost one; a slow upstream is
-/// not concerned (its kernel acknowledges the request at once, whenever the
-/// answer comes). Without it a request on a pooled connection to a lost host
-/// waits for the gateway's whole timeout.
-pub const UNACKNOWLEDGED: Duration = Duration::from_secs(1);
+/// How long a request waits for an upstream's host that says nothing: a lost
+/// host drops SYNs and sends no reset, so only time tells it from a slow one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// A new connection must be made within this.
+    pub connect: Duration,
+    /// What was sent on a connection may stay unacknowledged this long after
+    /// its first retransmission (sent about 200-400 ms after it went, when
+    /// no acknowledgement came) before the kernel ends the connection
+    /// (`TCP_USER_TIMEOUT`). A slow upstream is not concerned: its kernel
+    /// acknowledges the request at once, whenever the answer comes.
+    pub unacknowledged: Duration,
+}
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +69,7 @@ impl SendError {
     }
 
     /// True when the upstream's host did not answer at all: no connection
-    /// came, or what was sent stayed unacknowledged ([`UNACKNOWLEDGED`]).
+    /// came, or what was sent stayed unacknowledged ([`Patience`]).
     pub fn host_silent(&self) -> bool {
         match self {
             SendError::Connect(_) => false,
@@ -86,6 +92,24 @@ impl SendError {
 struct Conn {
     tx: http1::SendRequest<Body>,
     conn: Connection,
+    /// The socket inside `conn`, and the `TCP_USER_TIMEOUT` set on it.
+    fd: RawFd,
+    unacknowledged: Duration,
+}
+
+impl Conn {
+    /// Sets how long what is sent may stay unacknowledged, when it changed
+    /// (a system call only then: a service's requests mostly want the same).
+    fn expect_acks_within(&mut self, within: Duration) -> std::io::Result<()> {
+        if self.unacknowledged != within {
+            // SAFETY: `fd` is the socket of the stream that `conn` owns, open
+            // as long as `conn` is, and `self` holds `conn`.
+            let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+            socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(within))?;
+            self.unacknowledged = within;
+        }
+        Ok(())
+    }
 }
 
 struct Idle {
@@ -115,22 +139,31 @@ impl Upstreams {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority` (`host:port`),
-    /// on a pooled connection or on a new one made within `connect_timeout`.
+    /// on a pooled connection or on a new one, as patient with a silent host
+    /// as `patience` says.
     /// The response body keeps the connection and puts it back into the pool once
     /// it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
         authority: &str,
         mut req: axum::http::Request<Body>,
-        connect_timeout: Duration,
+        patience: Patience,
     ) -> Result<axum::http::Response<Body>, SendError> {
         loop {
-            let (Conn { mut tx, conn }, reused) = match self.checkout(authority) {
+            let (mut c, reused) = match self.checkout(authority) {
                 Some(c) => (c, true),
                 // Boxed: the connect future is large and this is the rare path;
                 // the common one should not carry its size.
-                None => (Box::pin(connect(authority, connect_timeout)).await?, false),
+                None => (Box::pin(connect(authority, patience.connect)).await?, false),
             };
+            c.expect_acks_within(patience.unacknowledged)
+                .map_err(SendError::Connect)?;
+            let Conn {
+                mut tx,
+                conn,
+                fd,
+                unacknowledged,
+            } = c;
             let mut conn = Some(conn);
             if !tx.is_ready() {
                 match drive(&mut conn, poll_fn(|cx| tx.poll_ready(cx))).await {
@@ -146,7 +179,12 @@ impl Upstreams {
                         Body::new(PooledBody {
                             body,
                             done: false,
-                            conn: conn.map(|conn| Conn { tx, conn }),
+                            conn: conn.map(|conn| Conn {
+                                tx,
+                                conn,
+                                fd,
+                                unacknowledged,
+                            }),
                             home,
                         })
                     }));
@@ -231,13 +269,14 @@ async fn connect(authority: &str, within: Duration) -> Result<Conn, SendError> {
         .map_err(|_| SendError::ConnectTimeout(within))?
         .map_err(SendError::Connect)?;
     tcp.set_nodelay(true).map_err(SendError::Connect)?;
-    socket2::SockRef::from(&tcp)
-        .set_tcp_user_timeout(Some(UNACKNOWLEDGED))
-        .map_err(SendError::Connect)?;
+    let fd = tcp.as_raw_fd();
     let (tx, conn) = http1::handshake(TokioIo::new(tcp)).await?;
     Ok(Conn {
         tx,
         conn: Box::new(conn),
+        fd,
+        // The system's default (none), until a request says.
+        unacknowledged: Duration::ZERO,
     })
 }
 

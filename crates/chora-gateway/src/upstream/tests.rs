@@ -10,7 +10,10 @@ use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const CONNECT: Duration = Duration::from_secs(2);
+const CONNECT: Patience = Patience {
+    connect: Duration::from_secs(2),
+    unacknowledged: Duration::from_secs(2),
+};
 
 /// An upstream served by hyper: `/echo` sends the request body back, `/big?n=N`
 /// answers N bytes, chunked, and anything else answers `ok`. Counts the
@@ -222,4 +225,41 @@ async fn a_refused_connection_is_a_connect_error() {
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err}");
+}
+
+/// The `TCP_USER_TIMEOUT` the kernel has for the one idle connection to
+/// `authority`.
+fn user_timeout_of_idle(pool: &Upstreams, authority: &str) -> Option<Duration> {
+    let idle = pool.idle.lock().unwrap();
+    let c = &idle[authority][0].conn;
+    // SAFETY: the connection, and so its socket, is held by the pool's lock.
+    let fd = unsafe { BorrowedFd::borrow_raw(c.fd) };
+    socket2::SockRef::from(&fd).tcp_user_timeout().unwrap()
+}
+
+#[tokio::test]
+async fn a_kept_connection_waits_for_acknowledgements_as_each_request_says() {
+    let up = upstream().await;
+    let pool = pool();
+    let hedged = Patience {
+        connect: Duration::from_millis(500),
+        unacknowledged: Duration::from_millis(300),
+    };
+    for (patience, expect) in [
+        (hedged, 300),
+        (CONNECT, 2000),
+        (CONNECT, 2000),
+        (hedged, 300),
+    ] {
+        let resp = pool
+            .send(&up.authority, get(&up.authority, "/"), patience)
+            .await
+            .unwrap();
+        assert_eq!(text(resp).await, "ok");
+        assert_eq!(
+            user_timeout_of_idle(&pool, &up.authority),
+            Some(Duration::from_millis(expect))
+        );
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "one connection");
 }

@@ -418,8 +418,9 @@ impl Drop for LostHost {
 }
 
 #[tokio::test]
-async fn an_instance_whose_host_is_lost_under_a_kept_connection_costs_a_second_not_an_error() {
-    const TEST: &str = "gateway::an_instance_whose_host_is_lost_under_a_kept_connection_costs_a_second_not_an_error";
+async fn an_instance_whose_host_is_lost_under_a_kept_connection_costs_under_a_second_not_an_error()
+{
+    const TEST: &str = "gateway::an_instance_whose_host_is_lost_under_a_kept_connection_costs_under_a_second_not_an_error";
     if !chora_testkit::docker_available(TEST) {
         return;
     }
@@ -507,14 +508,15 @@ async fn an_instance_whose_host_is_lost_under_a_kept_connection_costs_a_second_n
         let took = t.elapsed();
         let s = r.map(|r| r.status().as_u16());
         assert!(matches!(s, Ok(200)), "request {i}: {s:?} after {took:?}");
-        if took >= Duration::from_millis(900) {
+        if took >= Duration::from_millis(600) {
             slow.push((i, took));
         }
     }
     // The request that went out on the kept connection waited until the
-    // kernel gave up on it (a second unacknowledged), then went to the live
-    // instance; the silent one was skipped after that.
+    // kernel gave up on it (about 0.7 s unacknowledged), then went to the
+    // live instance; the silent one was skipped after that.
     assert_eq!(slow.len(), 1, "requests {slow:?} waited");
+    assert!(slow[0].1 < Duration::from_secs(1), "{slow:?}");
 }
 
 #[tokio::test]
