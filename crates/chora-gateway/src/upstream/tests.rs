@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const CONNECT: Patience = Patience {
+const PATIENCE: Patience = Patience {
     connect: Duration::from_secs(2),
     unacknowledged: Duration::from_secs(2),
 };
@@ -112,7 +112,7 @@ async fn requests_one_after_another_share_one_connection() {
     let pool = pool();
     for _ in 0..20 {
         let resp = pool
-            .send(&up.authority, get(&up.authority, "/"), CONNECT)
+            .send(&up.authority, get(&up.authority, "/"), PATIENCE)
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
@@ -127,13 +127,17 @@ async fn a_response_left_unread_closes_its_connection() {
     let up = upstream().await;
     let pool = pool();
     let resp = pool
-        .send(&up.authority, get(&up.authority, "/big?n=4000000"), CONNECT)
+        .send(
+            &up.authority,
+            get(&up.authority, "/big?n=4000000"),
+            PATIENCE,
+        )
         .await
         .unwrap();
     drop(resp);
     assert_eq!(pool.idle_count(&up.authority), 0);
     let resp = pool
-        .send(&up.authority, get(&up.authority, "/"), CONNECT)
+        .send(&up.authority, get(&up.authority, "/"), PATIENCE)
         .await
         .unwrap();
     assert_eq!(text(resp).await, "ok");
@@ -154,7 +158,7 @@ async fn bodies_larger_than_any_buffer_stream_both_ways() {
             total: 96 * 65536,
         }))
         .unwrap();
-    let resp = pool.send(&up.authority, req, CONNECT).await.unwrap();
+    let resp = pool.send(&up.authority, req, PATIENCE).await.unwrap();
     let back = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(back.len(), 96 * 65536);
     assert!(
@@ -166,7 +170,11 @@ async fn bodies_larger_than_any_buffer_stream_both_ways() {
     // A chunked answer of 5,000,001 bytes, read to the end: the connection
     // goes back to the pool.
     let resp = pool
-        .send(&up.authority, get(&up.authority, "/big?n=5000001"), CONNECT)
+        .send(
+            &up.authority,
+            get(&up.authority, "/big?n=5000001"),
+            PATIENCE,
+        )
         .await
         .unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -205,7 +213,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     });
     let pool = pool();
     for i in 0..3 {
-        let resp = pool.send(&authority, get(&authority, "/"), CONNECT).await;
+        let resp = pool.send(&authority, get(&authority, "/"), PATIENCE).await;
         let resp = resp.unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(text(resp).await, "ok");
         assert_eq!(pool.idle_count(&authority), 1, "request {i}");
@@ -221,7 +229,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let authority = listener.local_addr().unwrap().to_string();
     drop(listener);
     let err = pool()
-        .send(&authority, get(&authority, "/"), CONNECT)
+        .send(&authority, get(&authority, "/"), PATIENCE)
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err}");
@@ -247,8 +255,8 @@ async fn a_kept_connection_waits_for_acknowledgements_as_each_request_says() {
     };
     for (patience, expect) in [
         (hedged, 300),
-        (CONNECT, 2000),
-        (CONNECT, 2000),
+        (PATIENCE, 2000),
+        (PATIENCE, 2000),
         (hedged, 300),
     ] {
         let resp = pool

@@ -344,6 +344,30 @@ async fn a_hung_instance_costs_one_timeout_then_is_skipped() {
     holder.abort();
 }
 
+/// Sends 10 GETs of `path` through the gateway, one after another, from a
+/// client that waits `wait`; each must answer 200. Returns those that took
+/// `slow` or longer (their index, how long).
+async fn gets_that_waited(
+    site: &Site,
+    path: &str,
+    wait: Duration,
+    slow: Duration,
+) -> Vec<(usize, Duration)> {
+    let http = reqwest::Client::builder().timeout(wait).build().unwrap();
+    let mut waited = Vec::new();
+    for i in 0..10 {
+        let t = Instant::now();
+        let r = http.get(site.url(path)).send().await;
+        let took = t.elapsed();
+        let s = r.map(|r| r.status().as_u16());
+        assert!(matches!(s, Ok(200)), "request {i}: {s:?} after {took:?}");
+        if took >= slow {
+            waited.push((i, took));
+        }
+    }
+    waited
+}
+
 #[tokio::test]
 async fn an_instance_whose_host_drops_connections_costs_half_a_second_not_an_error() {
     // A listener that never accepts, its queue (of one) full: the kernel
@@ -374,21 +398,13 @@ async fn an_instance_whose_host_drops_connections_costs_half_a_second_not_an_err
     // A client that waits a second: longer than the gateway takes to give up
     // on the silent instance and go to the live one, shorter than a SYN's
     // retransmission.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let mut slow = Vec::new();
-    for i in 0..10 {
-        let t = Instant::now();
-        let r = http.get(site.url("/svc/x")).send().await;
-        let took = t.elapsed();
-        let s = r.map(|r| r.status().as_u16());
-        assert!(matches!(s, Ok(200)), "request {i}: {s:?} after {took:?}");
-        if took >= Duration::from_millis(450) {
-            slow.push(i);
-        }
-    }
+    let slow = gets_that_waited(
+        &site,
+        "/svc/x",
+        Duration::from_secs(1),
+        Duration::from_millis(450),
+    )
+    .await;
     // Requests share the two round-robin at first: one met the silent
     // instance (it waited for it, then went to the live one), which was
     // then skipped.
@@ -410,7 +426,7 @@ impl LostHost {
 
 impl Drop for LostHost {
     fn drop(&mut self) {
-        let docker = crate::staging::docker;
+        let docker = chora_testkit::infra_host::docker_try;
         docker(&["rm", "-f", &self.name]);
         docker(&["network", "rm", &self.name]);
         docker(&["rmi", "-f", &self.image()]);
@@ -424,16 +440,7 @@ async fn an_instance_whose_host_is_lost_under_a_kept_connection_costs_under_a_se
     if !chora_testkit::docker_available(TEST) {
         return;
     }
-    let docker = |args: &[&str]| {
-        let out = crate::staging::docker(args);
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let docker = chora_testkit::infra_host::docker;
     // A Manifest in a container (chora's own image: a server that keeps
     // connections alive) stands for an instance on another host.
     let lost = LostHost {
@@ -497,21 +504,13 @@ async fn an_instance_whose_host_is_lost_under_a_kept_connection_costs_under_a_se
     // The container's network goes: its host sends nothing back, not even a
     // reset, as a host that lost power.
     docker(&["network", "disconnect", "--force", &lost.name, &lost.name]);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let mut slow = Vec::new();
-    for i in 0..10 {
-        let t = Instant::now();
-        let r = http.get(site.url("/svc/health")).send().await;
-        let took = t.elapsed();
-        let s = r.map(|r| r.status().as_u16());
-        assert!(matches!(s, Ok(200)), "request {i}: {s:?} after {took:?}");
-        if took >= Duration::from_millis(600) {
-            slow.push((i, took));
-        }
-    }
+    let slow = gets_that_waited(
+        &site,
+        "/svc/health",
+        Duration::from_secs(2),
+        Duration::from_millis(600),
+    )
+    .await;
     // The request that went out on the kept connection waited until the
     // kernel gave up on it (about 0.7 s unacknowledged), then went to the
     // live instance; the silent one was skipped after that.
